@@ -1,0 +1,207 @@
+"""The public Conv2D: parse -> plan -> execute.
+
+:func:`conv2d` is the seed's Conv2D with every argument the seed explains;
+:func:`conv_general_dilated` is the 2-D subset of ``lax.conv_general_dilated`` (so it can be
+handed to ``flax.nnx.Conv(conv_general_dilated=...)``). Both parse once into a
+:class:`~jconv.geometry.ConvSpec`, bring the arrays to NHWC / HWIO, apply the padding mode, and
+run the planned implementation under ``jax.jit`` with the spec static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jconv import select
+from jconv.geometry import ConvSpec, _fmt, check_impl, parse_conv2d
+
+_NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _check_array(fn: str, name: str, a: Any):
+    if a is None or isinstance(a, (str, bytes)) or not hasattr(a, "shape") or not hasattr(a, "dtype"):
+        if isinstance(a, (list, tuple)):
+            raise TypeError(f"{fn}: {name} must be an array (jax.Array or numpy.ndarray), not a {type(a).__name__}; wrap it in jnp.asarray")
+        raise TypeError(f"{fn}: {name} (={_fmt(a)}) must be an array (jax.Array or numpy.ndarray), not {type(a).__name__}")
+    return a
+
+
+def plan_for(spec: ConvSpec, impl: str = "auto") -> select.Plan:
+    """The plan ``conv2d`` would run for ``spec`` (for reports and tests)."""
+    return select.plan(_exec_spec(spec), impl)
+
+
+def _exec_spec(spec: ConvSpec) -> ConvSpec:
+    """The spec the implementation sees (mirrors the array steps in ``_execute``)."""
+    pads = spec.padding
+    in_size = spec.in_size
+    lhs_dil = spec.lhs_dilation
+    if spec.padding_mode != "zeros":
+        in_size = tuple(s + lo + hi for s, (lo, hi) in zip(in_size, pads))
+        pads = ((0, 0), (0, 0))
+    elif any(p < 0 for side in pads for p in side):
+        in_size = spec.padded_size
+        pads, lhs_dil = ((0, 0), (0, 0)), (1, 1)
+    return dataclasses.replace(spec.for_execute(in_size=in_size, padding=pads), lhs_dilation=lhs_dil)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "impl"))
+def _execute(x, w, b, *, spec: ConvSpec, impl: str):
+    """Arrays in the user's layout -> result in the user's layout."""
+    if not spec.batched:
+        x = x[None]
+    if spec.layout == "NCHW":
+        x = jnp.transpose(x, (0, 2, 3, 1))
+        w = jnp.transpose(w, (2, 3, 1, 0))
+    if spec.flip_kernel:
+        w = w[::-1, ::-1]
+    (pt, pb), (pl, pr) = spec.padding
+    if spec.padding_mode != "zeros":
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), mode=_NP_PAD_MODE[spec.padding_mode])
+    elif min(pt, pb, pl, pr) < 0:  # negative padding crops (conv_general_dilated only)
+        lh, lw = spec.lhs_dilation
+        x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
+    espec = _exec_spec(spec)
+    if spec.batch == 0:  # nothing to compute: an empty result of the right shape
+        y = jnp.zeros((0,) + espec.out_size + (spec.out_channels,), spec.out_dtype)
+    else:
+        y = select.plan(espec, impl).fn(x, w, b, espec)
+    if spec.layout == "NCHW":
+        y = jnp.transpose(y, (0, 3, 1, 2))
+    return y if spec.batched else y[0]
+
+
+def conv2d(
+    x,
+    w,
+    b=None,
+    *,
+    stride=1,
+    padding="VALID",
+    dilation=1,
+    groups=1,
+    layout="NHWC",
+    padding_mode="zeros",
+    flip_kernel=False,
+    impl="auto",
+    precision=None,
+    preferred_element_type=None,
+):
+    """2-D convolution (cross-correlation, as every framework computes it).
+
+    Args:
+      x: input, ``(N, H, W, C)`` for ``layout="NHWC"`` or ``(N, C, H, W)`` for ``"NCHW"``; a
+        rank-3 ``x`` is one unbatched example and gives a rank-3 result.
+      w: kernel, HWIO ``(KH, KW, C_in/groups, C_out)`` for NHWC, OIHW for NCHW.
+      b: optional bias ``(C_out,)``.
+      stride, dilation: int or ``(h, w)``.
+      padding: ``"VALID"``, ``"SAME"`` (TF/XLA: extra padding after), an int, ``(ph, pw)`` or
+        ``((top, bottom), (left, right))``.
+      groups: splits channels into independent groups; ``groups == C_in`` is depthwise.
+      layout: ``"NHWC"`` or ``"NCHW"``.
+      padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+      flip_kernel: True computes true convolution (kernel flipped in H and W).
+      impl: ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``), ``"lax"`` (built from lax
+        primitives; ``"lax:<algorithm>"`` forces one), ``"pallas"``.
+      precision, preferred_element_type: as in ``lax.conv_general_dilated``.
+    """
+    fn = "conv2d"
+    _check_array(fn, "x", x)
+    _check_array(fn, "w", w)
+    if b is not None:
+        _check_array(fn, "b", b)
+    impl = check_impl(fn, impl)
+    spec = parse_conv2d(
+        x.shape, x.dtype, w.shape, w.dtype,
+        None if b is None else b.shape, None if b is None else b.dtype,
+        stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
+        padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
+        preferred_element_type=preferred_element_type, fn=fn,
+    )
+    select.plan(_exec_spec(spec), impl, fn=fn)  # surface plan errors before tracing
+    return _execute(x, w, b, spec=spec, impl=impl)
+
+
+def _layout_perms(fn: str, lhs_shape, rhs_shape, dimension_numbers):
+    try:
+        dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{fn}: dimension_numbers (={_fmt(dimension_numbers)}) are invalid: {e}") from e
+    lhs, rhs, out = dn
+    to_nhwc = (lhs[0], lhs[2], lhs[3], lhs[1])
+    to_hwio = (rhs[2], rhs[3], rhs[1], rhs[0])
+    from_nhwc = [0] * 4
+    for src, dst in zip((0, 3, 1, 2), out):  # NHWC axes N, C, H, W -> their places in out
+        from_nhwc[dst] = src
+    return to_nhwc, to_hwio, tuple(from_nhwc)
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    impl="auto",
+    **kwargs,
+):
+    """The 2-D subset of ``jax.lax.conv_general_dilated``, run by jconv.
+
+    Same signature and semantics (``lhs_dilation`` included: transposed convolution), so it can
+    be passed as ``flax.nnx.Conv(..., conv_general_dilated=jconv.conv_general_dilated)``.
+    Raises NotImplementedError for what it cannot do (``batch_group_count > 1``, 1-D/3-D).
+    """
+    fn = "conv_general_dilated"
+    if kwargs:
+        raise TypeError(f"{fn}: unexpected keyword arguments {sorted(kwargs)}")
+    _check_array(fn, "lhs", lhs)
+    _check_array(fn, "rhs", rhs)
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        raise NotImplementedError(
+            f"{fn}: only 2-D convolutions (rank-4 lhs and rhs) are supported; got lhs.shape="
+            f"{tuple(lhs.shape)}, rhs.shape={tuple(rhs.shape)}"
+        )
+    if not isinstance(batch_group_count, (int, np.integer)) or batch_group_count != 1:
+        raise NotImplementedError(f"{fn}: batch_group_count (={batch_group_count}) > 1 is not supported")
+    impl = check_impl(fn, impl)
+    to_nhwc, to_hwio, from_nhwc = _layout_perms(fn, lhs.shape, rhs.shape, dimension_numbers)
+    x_shape = tuple(lhs.shape[i] for i in to_nhwc)
+    w_shape = tuple(rhs.shape[i] for i in to_hwio)
+    if isinstance(padding, str):
+        pad_arg = padding
+    else:
+        try:
+            pad_arg = tuple((int(lo), int(hi)) for lo, hi in padding)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{fn}: padding (={_fmt(padding)}) must be a string or a sequence of (low, high) pairs") from e
+        if len(pad_arg) != 2:
+            raise ValueError(f"{fn}: padding (={_fmt(padding)}) must have one (low, high) pair per spatial axis (2)")
+    spec = parse_conv2d(
+        x_shape, lhs.dtype, w_shape, rhs.dtype,
+        stride=window_strides, padding=pad_arg,
+        dilation=1 if rhs_dilation is None else rhs_dilation,
+        lhs_dilation=1 if lhs_dilation is None else lhs_dilation,
+        groups=feature_group_count, layout="NHWC", precision=precision,
+        preferred_element_type=preferred_element_type, allow_negative_padding=True, fn=fn,
+    )
+    select.plan(_exec_spec(spec), impl, fn=fn)
+    return _execute_general(lhs, rhs, spec=spec, impl=impl, to_nhwc=to_nhwc, to_hwio=to_hwio, from_nhwc=from_nhwc)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "impl", "to_nhwc", "to_hwio", "from_nhwc"))
+def _execute_general(lhs, rhs, *, spec, impl, to_nhwc, to_hwio, from_nhwc):
+    y = _execute(jnp.transpose(lhs, to_nhwc), jnp.transpose(rhs, to_hwio), None, spec=spec, impl=impl)
+    return jnp.transpose(y, from_nhwc)

@@ -1,0 +1,38 @@
+"""Helpers shared by the implementations (the execute contract is in ``jconv.impls``)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from jconv.geometry import ConvSpec
+
+
+def acc_dtype(spec: ConvSpec):
+    """Accumulator dtype: float64 when float64 is involved, else float32."""
+    return jnp.float64 if "float64" in (spec.dtype, spec.out_dtype) else jnp.float32
+
+
+def pad_input(x, spec: ConvSpec):
+    """Apply ``spec.padding`` (zeros) and ``spec.lhs_dilation`` (interior zeros) to NHWC ``x``."""
+    (pt, pb), (pl, pr) = spec.padding
+    lh, lw = spec.lhs_dilation
+    if (pt, pb, pl, pr, lh, lw) == (0, 0, 0, 0, 1, 1):
+        return x
+    zero = jnp.zeros((), x.dtype)
+    return lax.pad(x, zero, ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
+
+
+def tap_slice(xp, spec: ConvSpec, i: int, j: int):
+    """The (N, H_out, W_out, C) window of padded ``xp`` that kernel tap (i, j) multiplies."""
+    ho, wo = spec.out_size
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    n, _, _, c = xp.shape
+    start = (0, i * dh, j * dw, 0)
+    limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
+    return lax.slice(xp, start, limit, (1, sh, sw, 1))
+
+
+def add_bias(y, b):
+    return y if b is None else y + b.astype(y.dtype)

@@ -1,0 +1,64 @@
+"""Accuracy tolerances, one home for tests and experiments alike.
+
+A result matches when ``max|actual - expected| <= tol(dtype) * max(1, max|expected|)``: an error
+relative to the output's scale, keyed by the dtype the computation ran in (the coarser of input
+and output dtypes). Accumulation is in float32 (float64 for float64), so the budget is set by
+the rounding of the inputs/outputs plus a reduction-length allowance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TOLERANCES = {
+    "float64": 1e-10,
+    "float32": 2e-5,
+    "float16": 1e-2,
+    "bfloat16": 4e-2,
+}
+
+_COARSENESS = ["float64", "float32", "float16", "bfloat16"]
+
+
+def tolerance(*dtypes) -> float:
+    """The tolerance for a computation involving ``dtypes`` (the coarsest wins)."""
+    names = [np.dtype(d).name for d in dtypes]
+    for n in names:
+        if n not in TOLERANCES:
+            raise ValueError(f"tolerance: dtype (={n}) has no tolerance; known: {sorted(TOLERANCES)}")
+    return TOLERANCES[max(names, key=_COARSENESS.index)]
+
+
+def scaled_error(actual, expected) -> float:
+    """``max|actual - expected| / max(1, max|expected|)`` in float64 (NaNs compared as equal)."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"scaled_error: shapes differ: {a.shape} vs {e.shape}")
+    if a.size == 0:
+        return 0.0
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    if (nan_a != nan_e).any():
+        return float("inf")
+    a, e = np.where(nan_a, 0, a), np.where(nan_e, 0, e)
+    return float(np.max(np.abs(a - e)) / max(1.0, float(np.max(np.abs(e)))))
+
+
+def max_errors(actual, expected) -> tuple[float, float]:
+    """(max abs error, max relative error) for reports; relative uses |expected| + tiny."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.size == 0:
+        return 0.0, 0.0
+    abs_err = np.abs(a - e)
+    rel = abs_err / (np.abs(e) + np.finfo(np.float32).tiny)
+    return float(np.nanmax(abs_err)), float(np.nanmax(rel))
+
+
+def assert_close(actual, expected, *dtypes, factor: float = 1.0, what: str = "result") -> None:
+    """Raise AssertionError unless ``actual`` matches ``expected`` within ``tolerance(dtypes)``."""
+    dtypes = dtypes or (np.asarray(actual).dtype,)
+    tol = tolerance(*dtypes) * factor
+    err = scaled_error(actual, expected)
+    if not err <= tol:
+        raise AssertionError(f"{what}: scaled error {err:.3g} > tolerance {tol:.3g} for {dtypes}")
