@@ -64,7 +64,7 @@ class Case:
                                  rhs_dilation=self.dilation, dimension_numbers=dn,
                                  feature_group_count=self.groups, precision=precision, impl=impl)
         if b is not None:
-            y = y + (b if self.layout == "NHWC" else b[:, None, None])
+            y = y + self._bias_shaped(b)
         return y
 
     def reference(self, x, w, b=None, *, precision="highest"):
@@ -77,8 +77,11 @@ class Case:
                                      rhs_dilation=self.dilation, dimension_numbers=dn,
                                      feature_group_count=self.groups, precision=precision)
         if b is not None:
-            y = y + (b if self.layout == "NHWC" else b[:, None, None])
+            y = y + self._bias_shaped(b)
         return y
+
+    def _bias_shaped(self, b):
+        return b.reshape((1, 1, 1, -1) if self.layout == "NHWC" else (1, -1, 1, 1))
 
     def flops(self, batch: int) -> int:
         return self.spec(batch).flops

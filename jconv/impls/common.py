@@ -35,4 +35,5 @@ def tap_slice(xp, spec: ConvSpec, i: int, j: int):
 
 
 def add_bias(y, b):
-    return y if b is None else y + b.astype(y.dtype)
+    """``y`` (..., C_out) plus bias ``b`` (C_out,), without implicit rank promotion."""
+    return y if b is None else y + b.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))

@@ -89,7 +89,7 @@ def conv_depthwise(x, w, b, spec: ConvSpec):
     for i in range(kh):
         for j in range(kw):
             xs = tap_slice(xp, spec, i, j)
-            t = xs[..., None] * wd[i, j] if m > 1 else xs * wd[i, j, :, 0]
+            t = xs[..., None] * wd[i, j][None, None, None] if m > 1 else xs * wd[i, j, :, 0][None, None, None]
             acc = t if acc is None else acc + t
     n, ho, wo = acc.shape[:3]
     y = acc.reshape(n, ho, wo, c * m)
