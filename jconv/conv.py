@@ -181,6 +181,11 @@ def conv_general_dilated(
     x_shape = tuple(lhs.shape[i] for i in to_nhwc)
     w_shape = tuple(rhs.shape[i] for i in to_hwio)
     if isinstance(padding, str):
+        if lhs_dilation is not None and tuple(lhs_dilation) != (1,) * len(tuple(lhs_dilation)):
+            raise ValueError(
+                f"{fn}: padding (={padding!r}) must be explicit (low, high) pairs when lhs_dilation "
+                f"(={tuple(lhs_dilation)}) is not 1, as in lax.conv_general_dilated"
+            )
         pad_arg = padding
     else:
         try:

@@ -1,0 +1,125 @@
+"""Every wrong argument gets a clear error, naming the function, the argument and its value,
+raised before any tracing happens."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jconv
+
+X = jnp.ones((2, 8, 8, 4))
+W = jnp.ones((3, 3, 4, 6))
+
+
+def _raises(exc, pattern, *args, **kwargs):
+    with pytest.raises(exc, match=pattern) as info:
+        jconv.conv2d(*args, **kwargs)
+    assert str(info.value).startswith("conv2d: "), str(info.value)
+    return info
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        # ranks
+        (dict(x=jnp.ones((8, 8)), w=W), ValueError, r"x\.shape \(=\(8, 8\)\) must be rank 4"),
+        (dict(x=X, w=jnp.ones((3, 3, 4))), ValueError, r"w\.shape \(=\(3, 3, 4\)\) must be rank 4"),
+        # channels and groups
+        (dict(x=X, w=jnp.ones((3, 3, 3, 6))), ValueError, r"w\.shape \(=\(3, 3, 3, 6\)\) has 3 input channels per group.*needs 4"),
+        (dict(x=X, w=jnp.ones((3, 3, 1, 6)), groups=3), ValueError, r"groups \(=3\) must divide input channels \(=4\)"),
+        (dict(x=X, w=jnp.ones((3, 3, 2, 5)), groups=2), ValueError, r"groups \(=2\) must divide output channels \(=5"),
+        (dict(x=X, w=jnp.ones((3, 3, 4, 6)), groups=2), ValueError, r"has 4 input channels per group, but x has 4 channels and groups=2, so the kernel needs 2"),
+        (dict(x=X, w=W, groups=0), ValueError, r"groups \(=0\) must be >= 1"),
+        (dict(x=X, w=W, groups=1.0), TypeError, r"groups \(=1\.0\) must be an int"),
+        # stride / dilation
+        (dict(x=X, w=W, stride=0), ValueError, r"stride \(=0\) must be >= 1"),
+        (dict(x=X, w=W, stride=(1, -2)), ValueError, r"stride \(=\(1, -2\)\) must be >= 1"),
+        (dict(x=X, w=W, stride=(1, 2, 3)), ValueError, r"stride \(=\(1, 2, 3\)\) must be an int or a pair of ints, got 3"),
+        (dict(x=X, w=W, stride="2"), TypeError, r"stride \(='2'\) must be an int or a pair"),
+        (dict(x=X, w=W, dilation=(0, 1)), ValueError, r"dilation \(=\(0, 1\)\) must be >= 1"),
+        (dict(x=X, w=W, dilation=1.5), TypeError, r"dilation \(=1\.5\) must be an int"),
+        # padding
+        (dict(x=X, w=W, padding=-1), ValueError, r"padding \(=-1\) must not be negative"),
+        (dict(x=X, w=W, padding=((0, -1), (0, 0))), ValueError, r"padding \(=\(0, -1\)\) must not be negative"),
+        (dict(x=X, w=W, padding=1.5), TypeError, r"padding \(=1\.5\) must be 'VALID', 'SAME'"),
+        (dict(x=X, w=W, padding="FULL"), ValueError, r"padding \(='FULL'\) must be 'VALID' or 'SAME'"),
+        (dict(x=X, w=W, padding=(1, 2, 3)), ValueError, r"padding \(=\(1, 2, 3\)\) must have 2 entries"),
+        (dict(x=X, w=W, padding=8, padding_mode="reflect"), ValueError, r"padding \(=8\) with padding_mode='reflect' must be smaller than the input height"),
+        (dict(x=jnp.ones((1, 3, 3, 1)), w=jnp.ones((3, 3, 1, 1)), padding=3, padding_mode="circular"), ValueError, r"padding_mode='circular' must be smaller than the input height \(=3\)"),
+        # modes, layout, impl
+        (dict(x=X, w=W, padding_mode="mirror"), ValueError, r"padding_mode \(='mirror'\) must be one of"),
+        (dict(x=X, w=W, padding_mode=0), TypeError, r"padding_mode \(=0\) must be a string"),
+        (dict(x=X, w=W, layout="HWCN"), ValueError, r"layout \(='HWCN'\) must be 'NHWC'"),
+        (dict(x=X, w=W, impl="cudnn"), ValueError, r"impl \(='cudnn'\) must be one of"),
+        (dict(x=X, w=W, impl="lax:winograd9"), ValueError, r"impl \(='lax:winograd9'\) names an unknown lax algorithm"),
+        (dict(x=X, w=W, impl=None), TypeError, r"impl \(=None\) must be a string"),
+        (dict(x=X, w=W, flip_kernel="yes"), TypeError, r"flip_kernel \(='yes'\) must be a bool"),
+        (dict(x=X, w=W, precision="ultra"), ValueError, r"precision \(='ultra'\) must be None"),
+        # kernel larger than the (padded) input
+        (dict(x=jnp.ones((1, 4, 4, 1)), w=jnp.ones((5, 5, 1, 1))), ValueError, r"kernel \(dilated height 5\) is larger than the padded input height \(=4"),
+        (dict(x=jnp.ones((1, 6, 6, 1)), w=jnp.ones((3, 3, 1, 1)), dilation=3), ValueError, r"kernel \(dilated height 7\) is larger"),
+        # bias
+        (dict(x=X, w=W, b=jnp.ones((4,))), ValueError, r"b\.shape \(=\(4,\)\) must be \(C_out,\) = \(6,\)"),
+        (dict(x=X, w=W, b=jnp.ones((6,), jnp.float16)), TypeError, r"b\.dtype \(=float16\) must match x\.dtype \(=float32\)"),
+        # dtypes
+        (dict(x=X, w=W.astype(jnp.bfloat16)), TypeError, r"x\.dtype \(=float32\) and w\.dtype \(=bfloat16\) must match"),
+        (dict(x=X.astype(jnp.int32), w=W.astype(jnp.int32)), TypeError, r"x\.dtype \(=int32\) must be a floating dtype"),
+        (dict(x=X, w=W, preferred_element_type=jnp.int8), TypeError, r"preferred_element_type \(=int8\) must be a floating dtype"),
+        # not arrays
+        (dict(x=[[1.0]], w=W), TypeError, r"x must be an array .*not a list"),
+        (dict(x=X, w="kernel"), TypeError, r"w \(='kernel'\) must be an array"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, pattern):
+    x, w = kwargs.pop("x"), kwargs.pop("w")
+    b = kwargs.pop("b", None)
+    _raises(exc, pattern, x, w, b, **kwargs)
+
+
+def test_errors_surface_before_tracing_under_jit():
+    """Inside jit the same message comes out (shapes are static), not a tracer error."""
+    @jax.jit
+    def f(x, w):
+        return jconv.conv2d(x, w, groups=3)
+
+    with pytest.raises(ValueError, match=re.escape("conv2d: groups (=3) must divide input channels (=4)")):
+        f(X, jnp.ones((3, 3, 1, 6)))
+
+
+def test_nchw_messages_use_nchw_shapes():
+    with pytest.raises(ValueError, match=r"OIHW"):
+        jconv.conv2d(jnp.ones((2, 4, 8, 8)), jnp.ones((3, 3, 4)), layout="NCHW")
+
+
+def test_pallas_is_never_silently_replaced():
+    """Until (or unless) the Pallas kernel can run a spec, impl='pallas' raises, never runs XLA."""
+    try:
+        y = jconv.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), impl="pallas")
+    except NotImplementedError as e:
+        assert "pallas" in str(e)
+    else:
+        np.testing.assert_allclose(np.asarray(y), 9.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, exc, pattern",
+    [
+        (lambda: jconv.output_size(28, 0), ValueError, r"output_size: kernel_size \(=0\) must be >= 1"),
+        (lambda: jconv.output_size(2, 5), ValueError, r"output_size: the kernel \(dilated size 5\) is larger"),
+        (lambda: jconv.output_size(28, 3, padding="full"), ValueError, r"output_size: padding \(='full'\)"),
+        (lambda: jconv.output_size(28.0, 3), TypeError, r"output_size: input_size \(=28\.0\) must be an int"),
+        (lambda: jconv.conv_params(3, 64, 3, groups=2), ValueError, r"conv_params: groups \(=2\) must divide"),
+        (lambda: jconv.conv_params(3, 64, (3, 3, 3)), ValueError, r"conv_params: kernel_size"),
+        (lambda: jconv.receptive_field([(3,)]), ValueError, r"receptive_field: layers\[0\] \(=\(3,\)\)"),
+        (lambda: jconv.receptive_field(3), TypeError, r"receptive_field: layers \(=3\)"),
+        (lambda: jconv.conv_general_dilated(X, W, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), foo=1), TypeError, r"conv_general_dilated: unexpected keyword"),
+        (lambda: jconv.conv_general_dilated(X, W, (1, 1), "SAME", lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC")), ValueError, r"conv_general_dilated: padding \(='SAME'\) must be explicit"),
+        (lambda: jconv.conv_general_dilated(X, W, (1, 0), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), ValueError, r"conv_general_dilated: stride \(=\(1, 0\)\)"),
+    ],
+)
+def test_other_public_functions(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
