@@ -156,6 +156,7 @@ def conv_general_dilated(
     preferred_element_type=None,
     *,
     impl="auto",
+    out_sharding=None,
     **kwargs,
 ):
     """The 2-D subset of ``jax.lax.conv_general_dilated``, run by jconv.
@@ -167,6 +168,8 @@ def conv_general_dilated(
     fn = "conv_general_dilated"
     if kwargs:
         raise TypeError(f"{fn}: unexpected keyword arguments {sorted(kwargs)}")
+    if out_sharding is not None:  # flax.nnx.Conv always passes out_sharding (None by default)
+        raise NotImplementedError(f"{fn}: out_sharding (={out_sharding}) is not supported; leave it None")
     _check_array(fn, "lhs", lhs)
     _check_array(fn, "rhs", rhs)
     if lhs.ndim != 4 or rhs.ndim != 4:
