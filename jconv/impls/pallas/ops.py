@@ -1,0 +1,463 @@
+"""pallas_call wrappers, the custom_vjp and the per-platform dispatch of the Pallas Conv2D.
+
+Data flow of one convolution (``forward_valid``), all static shapes:
+
+1. XLA prepares the operands (cheap, memory-bound): channels padded to the target's lanes (and
+   small groups packed block-diagonally into bundles), the stride split into phases (space to
+   depth) so every tap is a unit-stride window, output rows cut into tiles that carry their
+   halo rows, the kernel laid out as (bundle, tap, C_in, C_out).
+2. One Pallas kernel (kernels.py) computes all taps of one tile: matmuls of shifted windows
+   with an f32 accumulator (or a multiply-accumulate for depthwise).
+3. XLA crops the padding away.
+
+The backward pass is Pallas as well: the input gradient is ``forward_valid`` of the dilated,
+padded cotangent with the flipped, transposed kernel; the weight gradient has its own kernels
+(window^T @ cotangent, reduced over batch and row tiles).
+
+Which lowering runs is decided by the *target* platform through ``lax.platform_dependent``:
+interpreted on CPU, Mosaic on TPU, Triton on CUDA. Nothing falls back to XLA's convolution.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pltriton
+
+from jconv.geometry import ConvSpec
+from jconv.impls.pallas import kernels
+from jconv.impls.pallas.tiling import BlockSizes, Problem, Tiling, make_tiling
+
+_F32 = jnp.float32
+
+
+# ------------------------------------------------------------------------------------------
+# target plumbing
+# ------------------------------------------------------------------------------------------
+
+
+def _call_kwargs(target: str, interpret: Any, semantics: tuple[str, ...]) -> dict:
+    """interpret / compiler_params for one pallas_call on ``target``."""
+    if interpret is not None and interpret is not False:
+        return {"interpret": interpret}
+    if target == "cpu":
+        return {"interpret": True}
+    if target == "tpu":
+        return {"compiler_params": pltpu.CompilerParams(dimension_semantics=semantics,
+                                                        vmem_limit_bytes=64 * 1024 * 1024)}
+    if target == "cuda":
+        return {"compiler_params": pltriton.CompilerParams(num_warps=4, num_stages=2)}
+    raise ValueError(f"conv2d: impl='pallas' has no lowering for target (={target!r})")
+
+
+def _uses_scratch(target: str) -> bool:
+    return target != "cuda"
+
+
+def compute_dtype(dtype, target: str):
+    """Dtype the kernels read: TPU has no float16 arithmetic, so float16 is widened to f32."""
+    dtype = jnp.dtype(dtype)
+    if target == "tpu" and dtype == jnp.float16:
+        return jnp.dtype(_F32)
+    return dtype
+
+
+def _nbytes(*arrays) -> int:
+    return int(sum(np.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays))
+
+
+# ------------------------------------------------------------------------------------------
+# XLA-side layout: channels, groups, phases, row tiles
+# ------------------------------------------------------------------------------------------
+
+
+def _pad_last(a, size: int):
+    extra = size - a.shape[-1]
+    if extra == 0:
+        return a
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)])
+
+
+def pack_channels(x, tl: Tiling):
+    """(..., C_in) -> (..., bundles * cin_block_total): groups packed, lanes padded."""
+    p = tl.problem
+    if tl.depthwise:
+        m = p.out_channels // p.in_channels
+        if m > 1:
+            x = jnp.repeat(x, m, axis=-1)
+        return _pad_last(x, tl.cin_block_total)
+    if p.groups == 1:
+        return _pad_last(x, tl.cin_block_total)
+    g, cg, gb, nb = p.groups, p.in_channels // p.groups, tl.group_bundle, tl.bundles
+    lead = x.shape[:-1]
+    x = x.reshape(lead + (g, cg))
+    if nb * gb != g:
+        x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, nb * gb - g), (0, 0)])
+    x = _pad_last(x.reshape(lead + (nb, gb * cg)), tl.cin_block_total)
+    return x.reshape(lead + (nb * tl.cin_block_total,))
+
+
+def pack_out_channels(y, tl: Tiling):
+    """(..., C_out) -> (..., bundles * cout_block_total): the cotangent's layout."""
+    p = tl.problem
+    if tl.depthwise or p.groups == 1:
+        return _pad_last(y, tl.cout_block_total)
+    g, cog, gb, nb = p.groups, p.out_channels // p.groups, tl.group_bundle, tl.bundles
+    lead = y.shape[:-1]
+    y = y.reshape(lead + (g, cog))
+    if nb * gb != g:
+        y = jnp.pad(y, [(0, 0)] * len(lead) + [(0, nb * gb - g), (0, 0)])
+    y = _pad_last(y.reshape(lead + (nb, gb * cog)), tl.cout_block_total)
+    return y.reshape(lead + (nb * tl.cout_block_total,))
+
+
+def unpack_out_channels(y, tl: Tiling):
+    """Inverse of :func:`pack_out_channels`."""
+    p = tl.problem
+    co = p.out_channels
+    if tl.depthwise or p.groups == 1:
+        return y[..., :co]
+    cog, gb, nb = co // p.groups, tl.group_bundle, tl.bundles
+    lead = y.shape[:-1]
+    y = y.reshape(lead + (nb, tl.cout_block_total))[..., : gb * cog]
+    return y.reshape(lead + (nb * gb * cog,))[..., :co]
+
+
+def pack_weights(w, tl: Tiling):
+    """HWIO -> (bundles, T, cin_block_total, cout_block_total), block-diagonal per bundle;
+    depthwise: (T, cout_block_total)."""
+    p = tl.problem
+    kh, kw, cg, co = w.shape
+    t = kh * kw
+    if tl.depthwise:
+        return _pad_last(w.reshape(t, co), tl.cout_block_total)
+    if p.groups == 1:
+        w = w.reshape(t, cg, co)
+        w = jnp.pad(w, ((0, 0), (0, tl.cin_block_total - cg), (0, tl.cout_block_total - co)))
+        return w[None]
+    g, cog, gb, nb = p.groups, co // p.groups, tl.group_bundle, tl.bundles
+    w = w.reshape(t, cg, g, cog)
+    if nb * gb != g:
+        w = jnp.pad(w, ((0, 0), (0, 0), (0, nb * gb - g), (0, 0)))
+    w = w.reshape(t, cg, nb, gb, cog)
+    eye = jnp.eye(gb, dtype=w.dtype)
+    # block-diagonal: W[n, t, (a, c), (b, o)] = w[t, c, n, a, o] * (a == b)
+    bd = w.transpose(2, 0, 3, 1, 4)[:, :, :, :, None, :] * eye[None, None, :, None, :, None]
+    bd = bd.reshape(nb, t, gb * cg, gb * cog)
+    return jnp.pad(bd, ((0, 0), (0, 0), (0, tl.cin_block_total - gb * cg), (0, tl.cout_block_total - gb * cog)))
+
+
+def unpack_weight_grad(dwb, tl: Tiling, w_shape):
+    """(bundles, T, cin_b, cout_b) (depthwise: (T, cout_b)) -> HWIO ``w_shape``."""
+    p = tl.problem
+    kh, kw, cg, co = w_shape
+    t = kh * kw
+    if tl.depthwise:
+        return dwb[:, :co].reshape(kh, kw, 1, co)
+    if p.groups == 1:
+        return dwb[0, :, :cg, :co].reshape(kh, kw, cg, co)
+    g, cog, gb, nb = p.groups, co // p.groups, tl.group_bundle, tl.bundles
+    d = dwb[:, :, : gb * cg, : gb * cog].reshape(nb, t, gb, cg, gb, cog)
+    d = jnp.diagonal(d, axis1=2, axis2=4)                  # (nb, t, cg, cog, gb)
+    d = d.transpose(1, 2, 0, 4, 3).reshape(t, cg, nb * gb * cog)[:, :, :co]
+    return d.reshape(kh, kw, cg, co)
+
+
+def phase_tiles(xp, tl: Tiling):
+    """Padded NHWC (channels packed) -> (N, R, P, rows_in, in_w, C): per row tile, the used
+    phases of the stride with the halo rows each tile needs. Extra rows/cols are zeros."""
+    p = tl.problem
+    sh, sw = p.stride
+    n, hp, wp, c = xp.shape
+    hq = tl.out_rows + (tl.rows_in - tl.rows)
+    wq = tl.in_w
+    zero = jnp.zeros((), xp.dtype)
+    xp = lax.pad(xp, zero, ((0, 0, 0), (0, hq * sh - hp, 0), (0, wq * sw - wp, 0), (0, 0, 0)))
+    if (sh, sw) == (1, 1):
+        ph = xp[:, None]
+    else:
+        xp = xp.reshape(n, hq, sh, wq, sw, c).transpose(0, 2, 4, 1, 3, 5)
+        ph = jnp.stack([xp[:, a, b] for a, b in tl.phases], axis=1)    # (N, P, hq, wq, C)
+    if tl.row_tiles == 1:
+        return ph[:, None]
+    return jnp.stack([ph[:, :, r * tl.rows: r * tl.rows + tl.rows_in] for r in range(tl.row_tiles)], axis=1)
+
+
+def _pad_out_grid(g, tl: Tiling):
+    """Cotangent (N, Ho, Wo, C) -> (N, out_rows, out_w, C) with zeros."""
+    ho, wo = tl.problem.out_size
+    return jnp.pad(g, ((0, 0), (0, tl.out_rows - ho), (0, tl.out_w - wo), (0, 0)))
+
+
+# ------------------------------------------------------------------------------------------
+# forward of a VALID convolution
+# ------------------------------------------------------------------------------------------
+
+
+def forward_valid(xp, w, b, problem: Problem, *, target: str, out_dtype, precision=None,
+                  blocks: BlockSizes | None = None, interpret: Any = None):
+    """Pallas forward of a VALID conv: ``xp`` NHWC already padded, ``w`` HWIO, ``b`` or None."""
+    cdt = compute_dtype(xp.dtype, target)
+    tl = make_tiling(dataclasses_replace_dtype(problem, cdt), blocks, target)
+    xt = phase_tiles(pack_channels(xp.astype(cdt), tl), tl)
+    wp = pack_weights(w.astype(cdt), tl)
+    co_tot = tl.bundles * tl.cout_block_total
+    bias = jnp.zeros((1, co_tot), _F32) if b is None else pack_out_channels(b.astype(_F32).reshape(1, -1), tl)
+    n = problem.batch
+    r, rows, ow, rin, iw = tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
+    npx = len(tl.phases)
+    ho, wo = problem.out_size
+    # TPU kernels cannot store float16: they write f32 and XLA narrows it
+    out_shape = jax.ShapeDtypeStruct((n, tl.out_rows, ow, co_tot), compute_dtype(out_dtype, target))
+    cost = pl.CostEstimate(flops=int(problem.flops), transcendentals=0,
+                           bytes_accessed=_nbytes(xt, wp, bias) + int(np.prod(out_shape.shape)) * out_shape.dtype.itemsize)
+    bk = tl.blocks
+    if tl.depthwise:
+        bc = bk.block_co
+        nc = tl.cout_block_total // bc
+        kern = functools.partial(kernels.depthwise_fwd_kernel, taps=tl.taps, rows=rows, out_w=ow)
+        y = pl.pallas_call(
+            kern,
+            out_shape=out_shape,
+            grid=(n, r, nc),
+            in_specs=[
+                pl.BlockSpec((None, None, npx, rin, iw, bc), lambda i, t, c: (i, t, 0, 0, 0, c)),
+                pl.BlockSpec((len(tl.taps), bc), lambda i, t, c: (0, c)),
+                pl.BlockSpec((1, bc), lambda i, t, c: (0, c)),
+            ],
+            out_specs=pl.BlockSpec((None, rows, ow, bc), lambda i, t, c: (i, t, 0, c)),
+            cost_estimate=cost,
+            name="jconv_depthwise_fwd",
+            **_call_kwargs(target, interpret, ("parallel", "parallel", "parallel")),
+        )(xt, wp, bias)
+    else:
+        nk, nj = tl.k_blocks, tl.j_blocks
+        bci, bco = bk.block_ci, bk.block_co
+        scratch = _uses_scratch(target)
+        if not scratch and nk != 1:
+            raise NotImplementedError("conv2d: impl='pallas' on Triton needs block_ci == all input channels")
+        kern = functools.partial(kernels.conv_fwd_kernel, taps=tl.taps, rows=rows, out_w=ow, chunk=bk.chunk_ci,
+                                 k_axis=4, nk=nk, precision=precision)
+        y = pl.pallas_call(
+            kern,
+            out_shape=out_shape,
+            grid=(n, r, tl.bundles, nj, nk),
+            in_specs=[
+                pl.BlockSpec((None, None, npx, rin, iw, bci), lambda i, t, g, j, k: (i, t, 0, 0, 0, g * nk + k)),
+                pl.BlockSpec((None, len(tl.taps), bci, bco), lambda i, t, g, j, k: (g, 0, k, j)),
+                pl.BlockSpec((1, bco), lambda i, t, g, j, k: (0, g * nj + j)),
+            ],
+            out_specs=pl.BlockSpec((None, rows, ow, bco), lambda i, t, g, j, k: (i, t, 0, g * nj + j)),
+            scratch_shapes=[pltpu.VMEM((rows * ow, bco), _F32)] if scratch else [],
+            cost_estimate=cost,
+            name="jconv_conv_fwd",
+            **_call_kwargs(target, interpret, ("parallel",) * 4 + ("arbitrary",)),
+        )(xt, wp, bias)
+    return unpack_out_channels(y[:, :ho, :wo], tl).astype(out_dtype)
+
+
+def dataclasses_replace_dtype(problem: Problem, dtype) -> Problem:
+    import dataclasses
+
+    return dataclasses.replace(problem, dtype=jnp.dtype(dtype).name)
+
+
+# ------------------------------------------------------------------------------------------
+# weight gradient of a VALID convolution
+# ------------------------------------------------------------------------------------------
+
+
+def weight_grad_valid(xp, g, w_shape, problem: Problem, *, target: str, precision=None,
+                      blocks: BlockSizes | None = None, interpret: Any = None):
+    """dL/dw (HWIO, float32) of a VALID conv given padded input ``xp`` and cotangent ``g``."""
+    cdt = compute_dtype(jnp.promote_types(xp.dtype, g.dtype), target)
+    tl = make_tiling(dataclasses_replace_dtype(problem, cdt), blocks, target)
+    xt = phase_tiles(pack_channels(xp.astype(cdt), tl), tl)
+    gp = pack_out_channels(_pad_out_grid(g.astype(cdt), tl), tl)
+    n = problem.batch
+    r, rows, ow, rin, iw = tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
+    npx, nt = len(tl.phases), len(tl.taps)
+    bk = tl.blocks
+    scratch = _uses_scratch(target)
+    cost_bytes = _nbytes(xt, gp)
+    if tl.depthwise:
+        bc = bk.block_co
+        nc = tl.cout_block_total // bc
+        out_shape = jax.ShapeDtypeStruct((nt, tl.cout_block_total), _F32)
+        cost = pl.CostEstimate(flops=int(problem.flops), transcendentals=0,
+                               bytes_accessed=cost_bytes + nt * tl.cout_block_total * 4)
+        if scratch:
+            kern = functools.partial(kernels.depthwise_dw_kernel, taps=tl.taps, rows=rows, out_w=ow, red_axes=(1, 2))
+            dwb = pl.pallas_call(
+                kern, out_shape=out_shape, grid=(nc, n, r),
+                in_specs=[
+                    pl.BlockSpec((None, None, npx, rin, iw, bc), lambda c, i, t: (i, t, 0, 0, 0, c)),
+                    pl.BlockSpec((None, rows, ow, bc), lambda c, i, t: (i, t, 0, c)),
+                ],
+                out_specs=pl.BlockSpec((nt, bc), lambda c, i, t: (0, c)),
+                scratch_shapes=[pltpu.VMEM((nt, bc), _F32)],
+                cost_estimate=cost, name="jconv_depthwise_dw",
+                **_call_kwargs(target, interpret, ("parallel", "arbitrary", "arbitrary")),
+            )(xt, gp)
+        else:
+            kern = functools.partial(kernels.depthwise_dw_kernel_loop, taps=tl.taps, rows=rows, out_w=ow,
+                                     batch=n, row_tiles=r)
+            dwb = pl.pallas_call(
+                kern, out_shape=out_shape, grid=(nc,),
+                in_specs=[
+                    pl.BlockSpec((n, r, npx, rin, iw, bc), lambda c: (0, 0, 0, 0, 0, c)),
+                    pl.BlockSpec((n, tl.out_rows, ow, bc), lambda c: (0, 0, 0, c)),
+                ],
+                out_specs=pl.BlockSpec((nt, bc), lambda c: (0, c)),
+                cost_estimate=cost, name="jconv_depthwise_dw",
+                **_call_kwargs(target, interpret, ("parallel",)),
+            )(xt, gp)
+        return unpack_weight_grad(dwb, tl, w_shape)
+    nk, nj, nb = tl.k_blocks, tl.j_blocks, tl.bundles
+    bci, bco = bk.block_ci, bk.block_co
+    out_shape = jax.ShapeDtypeStruct((nb, nt, tl.cin_block_total, tl.cout_block_total), _F32)
+    cost = pl.CostEstimate(flops=int(problem.flops), transcendentals=0,
+                           bytes_accessed=cost_bytes + int(np.prod(out_shape.shape)) * 4)
+    if scratch:
+        kern = functools.partial(kernels.conv_dw_kernel, taps=tl.taps, rows=rows, out_w=ow, precision=precision,
+                                 red_axes=(3, 4))
+        dwb = pl.pallas_call(
+            kern, out_shape=out_shape, grid=(nb, nj, nk, n, r),
+            in_specs=[
+                pl.BlockSpec((None, None, npx, rin, iw, bci), lambda g_, j, k, i, t: (i, t, 0, 0, 0, g_ * nk + k)),
+                pl.BlockSpec((None, rows, ow, bco), lambda g_, j, k, i, t: (i, t, 0, g_ * nj + j)),
+            ],
+            out_specs=pl.BlockSpec((None, nt, bci, bco), lambda g_, j, k, i, t: (g_, 0, k, j)),
+            scratch_shapes=[pltpu.VMEM((nt, bci, bco), _F32)],
+            cost_estimate=cost, name="jconv_conv_dw",
+            **_call_kwargs(target, interpret, ("parallel",) * 3 + ("arbitrary",) * 2),
+        )(xt, gp)
+    else:
+        kern = functools.partial(kernels.conv_dw_kernel_loop, taps=tl.taps, rows=rows, out_w=ow,
+                                 precision=precision, batch=n, row_tiles=r)
+        dwb = pl.pallas_call(
+            kern, out_shape=out_shape, grid=(nb, nj, nk),
+            in_specs=[
+                pl.BlockSpec((n, r, npx, rin, iw, bci), lambda g_, j, k: (0, 0, 0, 0, 0, g_ * nk + k)),
+                pl.BlockSpec((n, tl.out_rows, ow, bco), lambda g_, j, k: (0, 0, 0, g_ * nj + j)),
+            ],
+            out_specs=pl.BlockSpec((None, nt, bci, bco), lambda g_, j, k: (g_, 0, k, j)),
+            cost_estimate=cost, name="jconv_conv_dw",
+            **_call_kwargs(target, interpret, ("parallel",) * 3),
+        )(xt, gp)
+    return unpack_weight_grad(dwb, tl, w_shape)
+
+
+# ------------------------------------------------------------------------------------------
+# the execute-contract function: forward, dx, dw for a ConvSpec
+# ------------------------------------------------------------------------------------------
+
+
+def _vjp_lhs_padding(spec: ConvSpec):
+    """Padding of the stride-dilated cotangent for the input gradient (per side, may be < 0)."""
+    out = []
+    for size, k, s, (lo, _), ld, d, o in zip(spec.in_size, spec.kernel_size, spec.stride, spec.padding,
+                                             spec.lhs_dilation, spec.dilation, spec.out_size):
+        in_dil = (size - 1) * ld + 1
+        k_dil = (k - 1) * d + 1
+        out_dil = (o - 1) * s + 1
+        before = k_dil - lo - 1
+        after = in_dil + k_dil - 1 - out_dil - before
+        out.append((before, after))
+    return tuple(out)
+
+
+def _transpose_kernel(w, groups: int):
+    """HWIO (KH, KW, Cg, Co) -> flipped (KH, KW, Cog, G*Cg): the input gradient's kernel."""
+    kh, kw, cg, co = w.shape
+    cog = co // groups
+    w = w[::-1, ::-1].reshape(kh, kw, cg, groups, cog)
+    return w.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, groups * cg)
+
+
+def spec_forward(x, w, b, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
+    from jconv.impls.common import pad_input
+
+    xp = pad_input(x, spec)
+    return forward_valid(xp, w, b, Problem.from_spec(spec), target=target, out_dtype=spec.out_dtype,
+                         precision=spec.precision, blocks=blocks, interpret=interpret)
+
+
+def spec_input_grad(g, w, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
+    """dL/dx (N, H, W, C_in) in ``spec.dtype``: a forward conv of the dilated, padded cotangent."""
+    (pbh, pah), (pbw, paw) = _vjp_lhs_padding(spec)
+    sh, sw = spec.stride
+    zero = jnp.zeros((), g.dtype)
+    gp = lax.pad(g, zero, ((0, 0, 0), (pbh, pah, sh - 1), (pbw, paw, sw - 1), (0, 0, 0)))
+    wt = _transpose_kernel(w, spec.groups)
+    problem = Problem(spec.batch, gp.shape[1:3], spec.out_channels, spec.in_channels, spec.kernel_size,
+                      spec.lhs_dilation, spec.dilation, spec.groups, str(g.dtype))
+    if problem.out_size != tuple(spec.in_size):
+        raise AssertionError(f"pallas input gradient: size {problem.out_size} != input {spec.in_size}")
+    ct = jnp.promote_types(g.dtype, w.dtype)
+    return forward_valid(gp.astype(ct), wt.astype(ct), None, problem, target=target, out_dtype=spec.dtype,
+                         precision=spec.precision, blocks=blocks, interpret=interpret)
+
+
+def spec_weight_grad(x, g, w_shape, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
+    """dL/dw (HWIO) in ``spec.dtype``."""
+    from jconv.impls.common import pad_input
+
+    xp = pad_input(x, spec)
+    dw = weight_grad_valid(xp, g, tuple(w_shape), Problem.from_spec(spec), target=target,
+                           precision=spec.precision, blocks=blocks, interpret=interpret)
+    return dw.astype(spec.dtype)
+
+
+def _on_target(fn, *args):
+    """``fn(*args, target=<platform>)`` with the platform chosen when lowering."""
+    return lax.platform_dependent(
+        *args,
+        cpu=functools.partial(fn, target="cpu"),
+        tpu=functools.partial(fn, target="tpu"),
+        cuda=functools.partial(fn, target="cuda"),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv(x, w, b, spec):
+    return _on_target(lambda x_, w_, b_, target: spec_forward(x_, w_, b_, spec, target=target), x, w, b)
+
+
+def _conv_fwd(x, w, b, spec):
+    return _conv(x, w, b, spec), (x, w, b)
+
+
+def _conv_bwd(spec, res, g):
+    x, w, b = res
+    dx = _on_target(lambda g_, w_, target: spec_input_grad(g_, w_, spec, target=target), g, w)
+    dw = _on_target(lambda x_, g_, target: spec_weight_grad(x_, g_, w.shape, spec, target=target), x, g)
+    db = None if b is None else jnp.sum(g.astype(_F32), axis=(0, 1, 2)).astype(b.dtype)
+    return dx, dw.astype(w.dtype), db
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def check_supported(spec: ConvSpec) -> None:
+    if "float64" in (spec.dtype, spec.out_dtype):
+        raise NotImplementedError(
+            "conv2d: impl='pallas' does not support float64 (no f64 matmul in TPU/GPU kernels); "
+            "use impl='lax' or impl='xla'"
+        )
+    ho, wo = spec.out_size
+    if ho < 1 or wo < 1:
+        raise NotImplementedError(f"conv2d: impl='pallas' needs a non-empty output (got {ho}x{wo})")
+
+
+def conv_pallas(x, w, b, spec: ConvSpec):
+    """The execute-contract entry point (see :mod:`jconv.impls`)."""
+    check_supported(spec)
+    return _conv(x, w, b, spec)
