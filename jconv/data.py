@@ -16,6 +16,7 @@ Every loader returns ``{"train": (images, labels), "test": (images, labels)}`` w
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import math
@@ -207,7 +208,14 @@ def load_mnist(data_dir=None, *, cache_dir=None, download: bool = True, mirrors=
 
 def load_digits(*, size: int = 28, test_fraction: float = 0.25, seed: int = 0) -> dict:
     """scikit-learn's 1,797 8x8 digits, resized (bilinear) to ``size`` x ``size``, split
-    ``test_fraction`` stratified by class with a fixed ``seed`` (1,347 train / 450 test)."""
+    ``test_fraction`` stratified by class with a fixed ``seed`` (1,347 train / 450 test).
+
+    Computed once per process (the arrays are read-only)."""
+    return _digits(size, test_fraction, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _digits(size: int, test_fraction: float, seed: int) -> dict:
     import jax
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -220,6 +228,8 @@ def load_digits(*, size: int = 28, test_fraction: float = 0.25, seed: int = 0) -
     xtr, xte, ytr, yte = train_test_split(
         images, labels, test_size=test_fraction, random_state=seed, stratify=labels
     )
+    for a in (xtr, xte, ytr, yte):
+        a.flags.writeable = False
     return {"train": (xtr, ytr), "test": (xte, yte)}
 
 

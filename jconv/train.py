@@ -1,0 +1,449 @@
+"""Train the seed's MNIST CNN: ``train_and_evaluate(config, workdir)``.
+
+* optax optimiser; jit-compiled train and eval steps;
+* data parallel over the local devices with ``jax.sharding``: a 1-D mesh ``("data",)``, each
+  batch sharded along it, parameters and optimiser state replicated. Multi-host: set
+  ``config.distributed`` (calls ``jax.distributed.initialize()``); every process reads the same
+  data and feeds its own slice of each global batch;
+* an orbax checkpoint after every epoch; a run that is killed and started again with the same
+  workdir resumes from the last checkpoint and continues exactly as an uninterrupted run would
+  (data order and dropout keys are functions of (seed, epoch, step));
+* ``metrics.jsonl``: one ``{"kind": "epoch", ...}`` record per epoch (train loss,
+  ``test_accuracy``, times) and a ``{"kind": "speed", ...}`` record comparing the same train
+  step with ``flax.linen.Conv`` (interleaved, medians); ``summary.json``; a tqdm progress bar;
+  ``filters.png`` (the 32 first-layer 3x3 filters) and ``feature_maps.png`` (one test digit
+  through both conv layers).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jconv
+from jconv import data as data_lib
+from jconv.models import MnistCNN
+
+__all__ = ["train_and_evaluate", "make_mesh", "create_state", "make_train_step", "make_eval_step",
+           "compare_step_speed", "plot_filters", "plot_feature_maps"]
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D ``("data",)`` mesh over all devices (``num_devices`` > 0: the first that many local
+    devices, single-process only)."""
+    devices = jax.devices()
+    if num_devices:
+        local = jax.local_devices()
+        if jax.process_count() > 1 or not 1 <= num_devices <= len(local):
+            raise ValueError(
+                f"train_and_evaluate: num_devices (={num_devices}) must be 0 (all) or 1..{len(local)} "
+                "(local devices, single process)"
+            )
+        devices = local[:num_devices]
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def _optimizer_key(config) -> tuple:
+    name = config.get("optimizer", "adam")
+    if name not in ("adam", "sgd"):
+        raise ValueError(f"train_and_evaluate: optimizer (={name!r}) must be 'adam' or 'sgd'")
+    return (name, float(config.learning_rate), float(config.get("momentum", 0.9)))
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer_from_key(key: tuple) -> optax.GradientTransformation:
+    name, lr, momentum = key
+    return optax.adam(lr) if name == "adam" else optax.sgd(lr, momentum=momentum)
+
+
+def _optimizer(config) -> optax.GradientTransformation:
+    return _optimizer_from_key(_optimizer_key(config))
+
+
+def create_state(model, tx, seed: int, replicated: NamedSharding) -> dict:
+    """``{"params", "opt_state", "step"}``, replicated over the mesh."""
+    params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)), deterministic=True)["params"]
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    return jax.device_put(state, replicated)
+
+
+def _loss(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _mesh_key(mesh: Mesh) -> tuple:
+    return tuple(d.id for d in mesh.devices.flat), mesh.axis_names
+
+
+def _mesh_from_key(key: tuple) -> Mesh:
+    ids, names = key
+    by_id = {d.id: d for d in jax.devices()}
+    return Mesh(np.asarray([by_id[i] for i in ids]), names)
+
+
+def make_train_step(model, tx, seed: int, mesh: Mesh, *, donate: bool = True):
+    """``step(state, x, y) -> (state, loss)`` jitted: batch sharded, state replicated.
+
+    Cached on (model, tx, seed, the mesh's devices, donate): runs in one process share it."""
+    return _train_step(model, tx, seed, _mesh_key(mesh), donate)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step(model, tx, seed: int, mesh_key: tuple, donate: bool):
+    mesh = _mesh_from_key(mesh_key)
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
+
+    def step(state, x, y):
+        key = jax.random.fold_in(dropout_key, state["step"])
+
+        def loss_fn(params):
+            logits = model.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
+            return jnp.mean(_loss(logits, y))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+    return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
+                   donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model, mesh: Mesh):
+    """``eval(params, x, y, mask) -> (correct, loss_sum)`` over the real (mask=1) examples."""
+    return _eval_step(model, _mesh_key(mesh))
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_step(model, mesh_key: tuple):
+    mesh = _mesh_from_key(mesh_key)
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def step(params, x, y, mask):
+        logits = model.apply({"params": params}, x, deterministic=True)
+        correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == y, False))
+        return correct, jnp.sum(jnp.where(mask, _loss(logits, y), 0.0))
+
+    return jax.jit(step, in_shardings=(replicated, batch, batch, batch), out_shardings=replicated)
+
+
+def _global_batch(sharding: NamedSharding, *arrays):
+    """Each process contributes its slice of the global batch (all of it on one host)."""
+    n, k = jax.process_count(), jax.process_index()
+    out = []
+    for a in arrays:
+        per = a.shape[0] // n
+        out.append(jax.make_array_from_process_local_data(sharding, a[k * per:(k + 1) * per], a.shape))
+    return out
+
+
+def evaluate(eval_step, params, images, labels, batch_size: int, sharding) -> tuple[float, float]:
+    """(accuracy, mean loss) over every example (the last batch padded and masked)."""
+    n = len(images)
+    correct = loss = 0.0
+    for i in range(0, n, batch_size):
+        x, y = images[i:i + batch_size], labels[i:i + batch_size]
+        m = np.ones(len(x), bool)
+        pad = batch_size - len(x)
+        if pad:
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            y, m = np.concatenate([y, np.zeros(pad, y.dtype)]), np.concatenate([m, np.zeros(pad, bool)])
+        c, l = eval_step(params, *_global_batch(sharding, x, y, m))
+        correct += float(c)
+        loss += float(l)
+    return correct / n, loss / n
+
+
+# --------------------------------------------------------------------------------------------
+# Speed comparison with flax.linen.Conv
+# --------------------------------------------------------------------------------------------
+
+
+def compare_step_speed(config, state, x, y, mesh: Mesh, rounds: int) -> dict:
+    """Median time of one train step with jconv.linen.Conv2D vs flax.linen.Conv.
+
+    Same parameters, optimiser state and batch; both compiled first, then timed interleaved
+    (jconv, flax, jconv, flax, ...) so machine noise hits both alike.
+    """
+    tx = _optimizer(config)
+    steps = {  # the jconv one is the step training just used (cached, compiled)
+        name: make_train_step(MnistCNN(impl=config.impl, conv=name, dropout_rate=config.dropout_rate),
+                              tx, config.seed, mesh)
+        for name in ("jconv", "flax")
+    }
+
+    def fresh():  # the steps donate their state: hand each call its own copy, made untimed
+        return jax.block_until_ready(jax.tree.map(jnp.copy, state))
+
+    for fn in steps.values():  # compile + warm up
+        for _ in range(2):
+            jax.block_until_ready(fn(fresh(), x, y))
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            s = fresh()
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(s, x, y))
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "kind": "speed",
+        "what": "one train step (fwd+bwd+adam), same params and batch",
+        "batch_size": int(x.shape[0]),
+        "rounds": rounds,
+        "impl": config.impl,
+        "jconv_step_ms": 1e3 * med["jconv"],
+        "flax_step_ms": 1e3 * med["flax"],
+        "ratio_jconv_over_flax": med["jconv"] / med["flax"],
+        "device": jax.devices()[0].device_kind,
+        "num_devices": mesh.size,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+
+
+def plot_filters(params, path) -> None:
+    """The 32 first-layer 3x3 filters, each on its own symmetric colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = np.asarray(params["conv1"]["kernel"])[:, :, 0, :]  # (3, 3, 32)
+    n = k.shape[-1]
+    cols = 8
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(cols * 1.1, math.ceil(n / cols) * 1.25))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            f = k[:, :, i]
+            lim = float(np.abs(f).max()) or 1.0
+            ax.imshow(f, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(str(i), fontsize=7)
+    fig.suptitle("conv1: the 32 learned 3x3 filters (red +, blue -)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_feature_maps(model, params, image, label, path) -> None:
+    """One digit, the 32 conv1 maps (26x26) and the 64 conv2 maps (11x11), after ReLU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, inter = model.apply({"params": params}, image[None], deterministic=True,
+                           capture_intermediates=True, mutable=["intermediates"])
+    maps = {name: np.maximum(np.asarray(inter["intermediates"][name]["__call__"][0][0]), 0)
+            for name in ("conv1", "conv2")}
+    fig = plt.figure(figsize=(15, 5.2))
+    sub = fig.subfigures(1, 3, width_ratios=[1, 2.2, 2.2])
+    ax = sub[0].subplots()
+    ax.imshow(image[..., 0], cmap="gray")
+    ax.set_title(f"input 28x28 (label {label})", fontsize=9)
+    ax.axis("off")
+    for sf, name, cols in ((sub[1], "conv1", 8), (sub[2], "conv2", 8)):
+        m = maps[name]
+        c = m.shape[-1]
+        axes = sf.subplots(math.ceil(c / cols), cols)
+        for i, a in enumerate(axes.flat):
+            a.axis("off")
+            if i < c:
+                a.imshow(m[:, :, i], cmap="viridis", interpolation="nearest")
+        sf.suptitle(f"{name} + ReLU: {c} maps {m.shape[0]}x{m.shape[1]}", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _checkpoint_manager(workdir: Path):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True),
+    )
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def _plan_note(config) -> str:
+    """Which jconv implementation runs the two convolutions (for the record)."""
+    notes = []
+    for name, (h, cin, cout) in (("conv1", (28, 1, 32)), ("conv2", (13, 32, 64))):
+        spec = jconv.parse_conv2d((config.batch_size, h, h, cin), "float32", (3, 3, cin, cout), "float32")
+        plan = jconv.plan_for(spec, config.impl)
+        notes.append(f"{name}: {plan.impl}:{plan.algorithm}")
+    return ", ".join(notes)
+
+
+def train_and_evaluate(config, workdir) -> dict[str, Any]:
+    """Train ``MnistCNN`` as ``config`` says; write everything into ``workdir``.
+
+    Returns ``{"records": [...epoch records of this whole run...], "losses": [per-step train
+    losses run in this call], "params": final params, "speed": speed record or None}``.
+    """
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+def _train_and_evaluate(config, workdir) -> dict[str, Any]:
+    import orbax.checkpoint as ocp
+    from tqdm.auto import tqdm
+
+    if config.get("distributed", False):
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    ds = data_lib.load_dataset(config.dataset, data_dir=config.get("data_dir") or None,
+                               cache_dir=config.get("cache_dir") or None)
+    (xtr, ytr), (xte, yte) = ds["train"], ds["test"]
+    if config.get("train_subset", 0):
+        xtr, ytr = xtr[:config.train_subset], ytr[:config.train_subset]
+    if config.get("test_subset", 0):
+        xte, yte = xte[:config.test_subset], yte[:config.test_subset]
+
+    mesh = make_mesh(config.get("num_devices", 0))
+    ndev = mesh.size
+    bs = config.batch_size
+    if bs % ndev or bs % jax.process_count():
+        raise ValueError(f"train_and_evaluate: batch_size (={bs}) must be divisible by the number of devices (={ndev})")
+    if len(xtr) < bs:
+        raise ValueError(f"train_and_evaluate: batch_size (={bs}) exceeds the training set (={len(xtr)})")
+    eval_bs = -(-config.get("eval_batch_size", 256) // ndev) * ndev
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    model = MnistCNN(impl=config.impl, conv=config.get("conv", "jconv"), dropout_rate=config.dropout_rate)
+    tx = _optimizer(config)
+    state = create_state(model, tx, config.seed, replicated)
+
+    # ---- resume ----
+    mngr = _checkpoint_manager(workdir) if config.get("checkpoint", True) else None
+    start_epoch = 0
+    if mngr is not None and mngr.latest_step() is not None:
+        start_epoch = int(mngr.latest_step())
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = mngr.restore(start_epoch, args=ocp.args.StandardRestore(abstract))
+    metrics_path = workdir / "metrics.jsonl"
+    # records past the checkpoint belong to an epoch that is about to run again
+    records = [r for r in _read_metrics(metrics_path) if r.get("kind") == "epoch" and r["epoch"] <= start_epoch]
+    if main:
+        _write_metrics(metrics_path, records)
+        if start_epoch:
+            print(f"train_mnist: resumed from the checkpoint of epoch {start_epoch} in {workdir}")
+
+    train_step = make_train_step(model, tx, config.seed, mesh)
+    eval_step = make_eval_step(model, mesh)
+    steps_per_epoch = len(xtr) // bs
+    losses: list[float] = []
+    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+        perm = np.random.default_rng([config.seed, epoch]).permutation(len(xtr))
+        t0 = time.perf_counter()
+        epoch_losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
+                   disable=not (main and config.get("progress", True)), leave=False)
+        for i in bar:
+            idx = np.sort(perm[i * bs:(i + 1) * bs])
+            state, loss = train_step(state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]))
+            epoch_losses.append(loss)
+        epoch_losses = [float(v) for v in jax.device_get(epoch_losses)]
+        train_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        acc, test_loss = evaluate(eval_step, state["params"], xte, yte, eval_bs, batch_sharding)
+        record = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": int(state["step"]),
+            "train_loss": float(np.mean(epoch_losses)),
+            "test_loss": test_loss,
+            "test_accuracy": acc,
+            "epoch_time_s": train_time,
+            "eval_time_s": time.perf_counter() - t1,
+            "examples_per_s": steps_per_epoch * bs / train_time,
+            "num_devices": ndev,
+        }
+        losses += epoch_losses
+        records.append(record)
+        if main:
+            _write_metrics(metrics_path, records)  # metrics first: a kill before the checkpoint re-runs the epoch
+            bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, test accuracy {acc:.4f}, "
+                      f"{train_time:.1f}s")
+        if mngr is not None:
+            mngr.save(epoch, args=ocp.args.StandardSave(state))
+            mngr.wait_until_finished()
+    if mngr is not None:
+        mngr.close()
+
+    params = state["params"]
+    speed = None
+    if main and config.get("plots", True):
+        plot_filters(params, workdir / "filters.png")
+        plot_feature_maps(model, params, xte[0], int(yte[0]), workdir / "feature_maps.png")
+    if config.get("speed_rounds", 0):
+        idx = np.arange(bs)
+        speed = compare_step_speed(config, state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]), mesh,
+                                   config.speed_rounds)
+        if main:
+            _write_metrics(metrics_path, records + [speed])
+    if main:
+        summary = {
+            "dataset": config.dataset,
+            "train_examples": len(xtr),
+            "test_examples": len(xte),
+            "epochs": config.num_epochs,
+            "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
+            "train_time_s": sum(r["epoch_time_s"] for r in records),
+            "impl": config.impl,
+            "plan": _plan_note(config) if config.get("conv", "jconv") == "jconv" else "flax.linen.Conv",
+            "speed": speed,
+            "devices": f"{ndev} x {jax.devices()[0].device_kind}",
+            "jax": jax.__version__,
+            "cpu_count": os.cpu_count(),
+        }
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {"records": records, "losses": losses, "params": params, "speed": speed}
