@@ -1,0 +1,47 @@
+"""The main job: jconv vs ``lax.conv_general_dilated`` on this machine's device.
+
+    python -m experiments --config=configs/default.py --workdir=runs/default
+    make run                                   # the same
+
+Measures the ``default`` suite (17 real layers: the seed's MNIST convs, ResNet-50 stem/3x3/1x1,
+VGG-16, MobileNetV2 depthwise s1/s2, ConvNeXt depthwise 7x7, ResNeXt 32 groups, DeepLab
+dilated, U-Net 3x3 at 256x256 and its transposed conv, NCHW variants) in float32, forward and
+forward+backward, for impls xla (baseline), lax, auto, pallas (interpreted on CPU: accuracy on
+the small layers only, time not a speed figure), the PyTorch peer when torch is installed, and
+a same-size GEMM (gemm_peak) for dense layers. Batch 8, lowered per layer so one forward is at
+most 1 GFLOP. Accuracy vs float64.
+
+Took about 5 minutes (TIME_PLACEHOLDER) on the 2-core CPU this project was developed on (Intel
+Xeon, shared with other work), torch installed. Every other config starts from this one.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.experiment = "compare"
+    # what to run
+    c.suite = "default"           # suite name (smoke/default/full), "all", or "case1,case2"
+    c.batch = 8
+    c.max_fwd_gflop = 1.0         # lower the batch per layer so one forward is <= this (0: off)
+    c.dtypes = ("float32",)
+    c.passes = ("fwd", "fwd+bwd")
+    c.impls = ("xla", "lax", "auto", "pallas", "torch", "gemm_peak")
+    c.pallas_cases = "mnist_conv1,mnist_conv2,tiny_dense,tiny_depthwise,tiny_grouped_s2_nchw"
+    c.precision = "default"       # default | high | highest (for every impl alike)
+    # timing
+    c.warmup = 1
+    c.iters = 10
+    c.min_iters = 2
+    c.max_time_s = 3.0            # per layer x dtype x pass: stop the rounds after this
+    c.interpreted_iters = 1       # Pallas on CPU (interpreted): calls timed
+    c.torch_threads = 0           # 0: all cores, as XLA uses
+    # accuracy
+    c.x64_reference_max_gflop = 20.0  # float64 reference up to this; above: HIGHEST float32
+    c.grad_tol_factor = 4.0           # fwd+bwd tolerance = tolerance(dtype) x this
+    c.seed = 0
+    # bookkeeping
+    c.retry_errors = False        # True: re-measure rows that recorded an error
+    c.report = True               # rebuild report.md + plots at the end
+    return c
