@@ -20,6 +20,7 @@ interpreted on CPU, Mosaic on TPU, Triton on CUDA. Nothing falls back to XLA's c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -264,8 +265,6 @@ def forward_valid(xp, w, b, problem: Problem, *, target: str, out_dtype, precisi
 
 
 def dataclasses_replace_dtype(problem: Problem, dtype) -> Problem:
-    import dataclasses
-
     return dataclasses.replace(problem, dtype=jnp.dtype(dtype).name)
 
 
@@ -457,7 +456,34 @@ def check_supported(spec: ConvSpec) -> None:
         raise NotImplementedError(f"conv2d: impl='pallas' needs a non-empty output (got {ho}x{wo})")
 
 
+def _batch_axes(x):
+    """Mesh axes the batch dim of ``x`` is sharded over (explicit sharding), or None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not len(sharding.spec) or sharding.spec[0] is None:
+        return None
+    return sharding.spec[0]
+
+
 def conv_pallas(x, w, b, spec: ConvSpec):
-    """The execute-contract entry point (see :mod:`jconv.impls`)."""
+    """The execute-contract entry point (see :mod:`jconv.impls`).
+
+    A batch-sharded input (explicit sharding on a mesh) runs under ``shard_map``: each device
+    convolves its own examples, so the batch sharding is kept (a custom call would otherwise
+    make XLA gather the whole batch on every device).
+    """
     check_supported(spec)
-    return _conv(x, w, b, spec)
+    axes = _batch_axes(x)
+    if axes is None:
+        return _conv(x, w, b, spec)
+    mesh = jax.typeof(x).sharding.mesh
+    names = axes if isinstance(axes, tuple) else (axes,)
+    shards = int(np.prod([mesh.shape[a] for a in names]))
+    local = dataclasses.replace(spec, batch=spec.batch // shards)
+    P = jax.sharding.PartitionSpec
+    if b is None:
+        fn, args, in_specs = (lambda x_, w_: _conv(x_, w_, None, local)), (x, w), (P(axes), P())
+    else:
+        fn, args, in_specs = (lambda x_, w_, b_: _conv(x_, w_, b_, local)), (x, w, b), (P(axes), P(), P())
+    # check_vma=False: pallas_call outputs carry no varying-axes annotation
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(axes), check_vma=False)(*args)

@@ -1,0 +1,267 @@
+"""impl="pallas": forward and VJP vs XLA, TPU interpret mode with race / out-of-bounds checks,
+cross-lowering (jax.export for TPU and CUDA), tile rules, batch sharding.
+
+The real TPU compiler (libtpu, compile-only) is exercised in test_pallas_tpu.py.
+Interpret mode is slow on CPU: shapes are tiny and the grid is a subset of the core's.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+from jax.experimental.pallas import tpu as pltpu
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import jconv
+from jconv.suite import CASES, SUITES
+from jconv.conv import _exec_spec
+from jconv.geometry import parse_conv2d
+from jconv.impls.pallas import ops
+from jconv.impls.pallas.tiling import BlockSizes, Problem, get_default, make_tiling
+from jconv.impls.xla import conv_xla
+from jconv.testing import assert_close
+from test_conv import GRID, _ids, kwargs_of, make_inputs
+
+
+def _vjp_check(c, impl="pallas", dtype=np.float32, hw=(7, 6)):
+    x, k, b = make_inputs(c, seed=7, hw=hw)
+    args = [jnp.asarray(a, dtype) for a in (x, k) + (() if b is None else (b,))]
+
+    def f(impl_, *a):
+        return jconv.conv2d(*a, impl=impl_, precision="highest", **kwargs_of(c))
+
+    ref_args = [a.astype(jnp.float32) for a in args]
+    y_ref, vjp_ref = jax.vjp(functools.partial(f, "xla"), *ref_args)
+    y, vjp = jax.vjp(functools.partial(f, impl), *args)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert_close(y, y_ref, dtype, what="pallas forward")
+    ct = jnp.asarray(np.random.default_rng(8).normal(size=y_ref.shape), jnp.float32)
+    for name, g, g_ref, a in zip(("dx", "dw", "db"), vjp(ct.astype(dtype)), vjp_ref(ct), args):
+        assert g.shape == g_ref.shape and g.dtype == a.dtype, name
+        assert_close(g, g_ref, dtype, factor=2, what=f"pallas {name}")
+
+
+# every value of every factor of the core's grid appears (greedy cover: 0, 8, 14, 17, 31),
+# plus unbatched / depthwise-multiplier / NCHW-grouped combinations
+PALLAS_GRID = [GRID[i] for i in (0, 8, 14, 17, 31, 3, 22, 26, 37)]
+
+
+@pytest.mark.parametrize("c", PALLAS_GRID, ids=_ids)
+def test_forward_and_vjp_match_xla(c):
+    """Layouts, padding forms and modes, stride, dilation, groups/depthwise, bias, flip, unbatched."""
+    _vjp_check(c)
+
+
+@pytest.mark.parametrize("dtype,ci", [(jnp.bfloat16, 5), (jnp.bfloat16, 11), (jnp.float16, 17)],
+                         ids=["bf16-grouped", "bf16-depthwise", "f16-depthwise-x2"])
+def test_half_precision(dtype, ci):
+    _vjp_check(GRID[ci], dtype=dtype)
+
+
+def test_preferred_element_type_and_odd_sizes():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(3, 11, 13, 5)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(2, 3, 5, 7)), jnp.bfloat16)
+    kw = dict(stride=(2, 3), padding=((2, 1), (0, 3)), preferred_element_type=jnp.float32)
+    y = jconv.conv2d(x, w, impl="pallas", **kw)
+    ref = jconv.conv2d(x.astype(jnp.float32), w.astype(jnp.float32), impl="xla", precision="highest",
+                       stride=(2, 3), padding=((2, 1), (0, 3)))
+    assert y.dtype == jnp.float32
+    assert_close(y, ref, jnp.bfloat16)
+
+
+def test_transposed_conv_and_negative_padding():
+    """conv_general_dilated: input dilation (transposed conv) and negative (cropping) padding."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    for pads, lhs in ((((1, 2), (1, 2)), (2, 2)), (((-1, 2), (2, -1)), (1, 1))):
+        def f(impl, x_, w_):
+            return jconv.conv_general_dilated(x_, w_, (1, 1), pads, lhs_dilation=lhs,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                              precision="highest", impl=impl)
+        y_ref, vjp_ref = jax.vjp(functools.partial(f, "xla"), x, w)
+        y, vjp = jax.vjp(functools.partial(f, "pallas"), x, w)
+        assert_close(y, y_ref, np.float32)
+        ct = jnp.ones_like(y_ref)
+        for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
+            assert_close(g, g_ref, np.float32, factor=2)
+
+
+def _pallas_calls(jaxpr) -> int:
+    return str(jaxpr).count("pallas_call")
+
+
+def test_really_pallas_no_xla_conv():
+    """Forward, dx and dw are pallas_calls; no XLA convolution anywhere (no silent fallback)."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.float32)
+    for w_shape, groups in (((3, 3, 4, 8), 1), ((3, 3, 1, 4), 4), ((3, 3, 2, 6), 2)):
+        w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+        f = functools.partial(jconv.conv2d, padding="SAME", stride=2, groups=groups, impl="pallas")
+        fwd = jax.make_jaxpr(f)(x, w)
+        grad = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(f(a, b) ** 2), argnums=(0, 1)))(x, w)
+        for jaxpr in (fwd, grad):
+            assert "conv_general_dilated" not in str(jaxpr)
+        # each pallas_call appears once per platform branch (cpu, tpu, cuda)
+        assert _pallas_calls(fwd) == 3
+        assert _pallas_calls(grad) == 9
+
+
+def test_float64_is_refused():
+    with jax.enable_x64(True):
+        x = jnp.ones((1, 4, 4, 2), jnp.float64)
+        w = jnp.ones((3, 3, 2, 2), jnp.float64)
+        with pytest.raises(NotImplementedError, match="impl='pallas' does not support float64"):
+            jconv.conv2d(x, w, impl="pallas")
+
+
+# ------------------------------------------------------------------------------------------
+# TPU semantics in interpret mode: race detection, out-of-bounds reads raise, NaN-filled
+# uninitialised memory (a read of an unwritten accumulator would poison the result)
+# ------------------------------------------------------------------------------------------
+
+INTERPRET_CASES = [
+    # (x shape, w shape, conv kwargs, forward BlockSizes or None)
+    ((1, 7, 6, 3), (3, 2, 3, 8), dict(stride=2, padding="SAME"), None),
+    ((1, 6, 6, 4), (3, 3, 1, 8), dict(groups=4, padding=1, stride=(1, 2)), None),
+    # two input-channel blocks (the "arbitrary" reduction axis) and two output-channel blocks
+    ((1, 5, 5, 256), (1, 1, 256, 130), dict(), BlockSizes(2, 128, 128, 128, 128, 8, "tpu")),
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw,blocks", INTERPRET_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_tpu_interpret_races_and_bounds(xs, ws, kw, blocks):
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
+
+    params = pltpu.InterpretParams(detect_races=True, out_of_bounds_reads="raise", num_cores_or_threads=2)
+    spec = _exec_spec(parse_conv2d(xs, "float32", ws, "float32", (ws[-1],), "float32", precision="highest", **kw))
+    rng = np.random.default_rng(0)
+    x, w, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ws, (ws[-1],)))
+    y_ref, vjp = jax.vjp(lambda a, c: conv_xla(a, c, b, spec), x, w)
+    g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    dx_ref, dw_ref = vjp(g)
+    kw = dict(spec=spec, target="tpu", interpret=params)
+    y = jax.jit(functools.partial(ops.spec_forward, blocks=blocks, **kw))(x, w, b)
+    dx = jax.jit(functools.partial(ops.spec_input_grad, **kw))(g, w)
+    dw = jax.jit(functools.partial(ops.spec_weight_grad, w_shape=w.shape, **kw))(x, g)
+    assert tpu_interpret.races is not None and not tpu_interpret.races.races_found
+    assert_close(y, y_ref, np.float32, what="forward")
+    assert_close(dx, dx_ref, np.float32, factor=2, what="dx")
+    assert_close(dw, dw_ref, np.float32, factor=2, what="dw")
+
+
+# ------------------------------------------------------------------------------------------
+# cross-lowering: the exported module holds the Pallas kernels for the target platform
+# ------------------------------------------------------------------------------------------
+
+_TRITON = "__gpu$xla.gpu.triton"
+EXPORT_CASES = ["mnist_conv1", "tiny_depthwise", "tiny_grouped_s2_nchw", "resnet50_s3_3x3s2"]
+
+
+def _export(fn, platform, *args):
+    checks = [export.DisabledSafetyCheck.custom_call(_TRITON)] if platform == "cuda" else []
+    return export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args).mlir_module()
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("name", EXPORT_CASES)
+def test_export_contains_pallas_kernels(name, platform):
+    case = CASES[name]
+    xs = jax.ShapeDtypeStruct(case.x_shape(2), jnp.float32)
+    ws = jax.ShapeDtypeStruct(case.w_shape(), jnp.float32)
+
+    def f(x, w):
+        return case.apply(x, w, impl="pallas")
+
+    def loss(x, w):
+        return jnp.sum(f(x, w) ** 2)  # needs the forward, dx and dw
+
+    marker = "tpu_custom_call" if platform == "tpu" else _TRITON
+    fwd = _export(f, platform, xs, ws)
+    grad = _export(jax.grad(loss, argnums=(0, 1)), platform, xs, ws)
+    assert fwd.count(marker) == 1
+    assert grad.count(marker) == 3  # forward, input gradient, weight gradient
+    for text in (fwd, grad):
+        assert "stablehlo.convolution" not in text
+
+
+# ------------------------------------------------------------------------------------------
+# tile sizes: validation, per-target rules, full coverage (a grid never truncates)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_h=0), "block_h"),
+    (dict(block_ci=100, chunk_ci=100), "multiple of 128"),
+    (dict(block_ci=256, chunk_ci=96), "chunk_ci"),
+    (dict(w_multiple=4), "multiple of 8"),
+    (dict(target="rocm"), "target"),
+])
+def test_block_sizes_validation(kwargs, match):
+    base = dict(block_h=4, block_ci=256, chunk_ci=256, block_co=128, lane=128, w_multiple=8, target="tpu")
+    with pytest.raises(ValueError, match=match):
+        BlockSizes(**{**base, **kwargs})
+
+
+def test_block_sizes_triton_powers_of_two():
+    with pytest.raises(ValueError, match="power of 2"):
+        BlockSizes(4, 48, 16, 32, 16, 8, "cuda")
+    with pytest.raises(ValueError, match=">= 16"):
+        BlockSizes(4, 8, 8, 32, 16, 8, "cuda")
+
+
+@pytest.mark.parametrize("name", list(SUITES["default"]) + ["mnist_conv2", "tiny_grouped_s2_nchw"])
+def test_default_tiles_cover_every_layer(name):
+    case = CASES[name]
+    spec = _exec_spec(case.spec(2))
+    problem = Problem.from_spec(spec)
+    ho, wo = problem.out_size
+    for target in ("tpu", "cuda", "cpu"):
+        tl = make_tiling(problem, get_default(problem, target), target)
+        b = tl.blocks
+        assert tl.out_rows >= ho and tl.out_rows - tl.rows < ho  # covers, no empty tile
+        assert tl.out_w >= wo and tl.out_w % b.w_multiple == 0
+        assert tl.cin_block_total % b.block_ci == 0 and tl.cout_block_total % b.block_co == 0
+        g = problem.groups
+        assert tl.bundles * tl.group_bundle >= g or tl.depthwise
+        assert len(tl.taps) == problem.taps
+        if target == "tpu":
+            assert b.block_ci % 128 == 0 and b.block_co % 128 == 0 and tl.out_w % 8 == 0
+        if target == "cuda":
+            for v in (b.block_ci, b.chunk_ci, b.block_co, tl.rows, tl.out_w, tl.cin_block_total):
+                assert v & (v - 1) == 0, (name, v)
+            assert tl.rows * tl.out_w >= 16 and b.chunk_ci >= 16
+
+
+# ------------------------------------------------------------------------------------------
+# sharding: a batch-sharded input keeps its sharding (shard_map over the batch axis)
+# ------------------------------------------------------------------------------------------
+
+
+def test_batch_sharding_is_kept():
+    devices = jax.devices()
+    assert len(devices) >= 4, "tests/conftest.py forces 4 host devices"
+    mesh = jax.make_mesh((4,), ("batch",), devices=devices[:4])
+    sharding = NamedSharding(mesh, P("batch"))
+    rng = np.random.default_rng(13)
+    x_np = rng.normal(size=(8, 10, 10, 4)).astype(np.float32)
+    k_np = rng.normal(size=(3, 3, 1, 8)).astype(np.float32)
+    with jax.set_mesh(mesh):
+        x = jax.device_put(jnp.asarray(x_np), sharding)
+        k = jnp.asarray(k_np)
+        f = jax.jit(functools.partial(jconv.conv2d, groups=4, padding="SAME", impl="pallas"))
+        y = f(x, k)
+        assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
+        hlo = f.lower(x, k).compile().as_text()
+        assert "all-gather" not in hlo and "all-to-all" not in hlo
+        gx, gk = jax.jit(jax.grad(lambda a, c: jnp.sum(f(a, c) ** 2), argnums=(0, 1)))(x, k)
+        assert gx.sharding.is_equivalent_to(sharding, gx.ndim)
+    ref = functools.partial(jconv.conv2d, groups=4, padding="SAME", impl="xla", precision="highest")
+    assert_close(y, ref(x_np, k_np), np.float32)
+    gx_ref, gk_ref = jax.grad(lambda a, c: jnp.sum(ref(a, c) ** 2), argnums=(0, 1))(x_np, k_np)
+    assert_close(gx, gx_ref, np.float32, factor=2)
+    assert_close(gk, gk_ref, np.float32, factor=2)
