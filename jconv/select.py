@@ -1,7 +1,31 @@
 """Plan: which implementation and algorithm run a :class:`ConvSpec`, and why.
 
-An explicit ``impl`` is always honoured (never silently swapped); ``"auto"`` applies the rules
-below. The rules are documented in docs/performance.md with the measurements behind them.
+An explicit ``impl`` is always honoured (never silently swapped): ``"xla"`` runs
+``lax.conv_general_dilated``, ``"pallas"`` the Pallas kernel, ``"lax:<name>"`` that lax
+algorithm (or a ValueError if it cannot run the spec), ``"lax"`` the best lax algorithm by the
+rules below -- never XLA's conv. ``"auto"`` may pick any of them.
+
+The rules are derived from measurements on the CPU (docs/performance.md has the table and the
+command that regenerates it); a tuner may later override them per spec.
+
+``auto`` on the CPU (in order):
+
+1. depthwise (``groups == C_in``, any multiplier)  -> ``lax:depthwise``: per-tap
+   multiply-accumulate on the vector unit. XLA's CPU conv runs depthwise as a grouped conv
+   and is 10-30x slower forward, 2-5x slower forward+backward.
+2. input dilation (transposed conv, ``lhs_dilation > 1``) -> ``lax:taps``: phase decomposition,
+   no multiply by an inserted zero; forward on par with XLA, backward 10x+ faster (XLA's
+   backward of an input-dilated conv convolves with dilated kernels).
+3. grouped with few channels per group (1 < groups, ``C_in/groups <= MAC_GROUP_CHANNELS``)
+   -> ``lax:mac``: XLA's grouped conv forward is 2-6x slower and its backward 50-100x.
+4. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
+   any lax formulation forward and backward on the dense layers we measured.
+
+``auto`` on GPU / TPU: ``xla``. cuDNN (GPU) and the TPU convolution emitter are the
+vendor-tuned paths; the lax algorithms are CPU formulations (the ``mac`` unrolling in
+particular is built for a CPU's vector unit) and jconv has no measurements showing them ahead
+there. The Pallas kernel (``impl="pallas"``) is selectable explicitly; ``auto`` will pick it
+only once measurements on the accelerator show it ahead (then this docstring changes).
 """
 
 from __future__ import annotations
@@ -11,30 +35,53 @@ from collections.abc import Callable
 
 from jconv.geometry import ConvSpec
 
+#: ``auto`` uses ``mac`` for grouped convs with at most this many input channels per group.
+MAC_GROUP_CHANNELS = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     impl: str          # "xla" | "lax" | "pallas"
-    algorithm: str     # e.g. "im2col", "taps", "depthwise", "xla", "pallas"
+    algorithm: str     # e.g. "im2col", "taps", "depthwise", "mac", "xla", "pallas"
     fn: Callable
     reason: str
 
 
 def _lax_rule(spec: ConvSpec) -> tuple[str, str]:
+    """The lax algorithm for ``spec`` (used by ``impl="lax"`` and by ``auto`` on the CPU)."""
     if spec.is_depthwise:
         return "depthwise", "groups == C_in: per-tap multiply-accumulate, no matmul"
-    taps = spec.kernel_size[0] * spec.kernel_size[1]
-    if taps == 1:
-        return "taps", "1x1 kernel: a single GEMM"
-    return "im2col", "dense/grouped kernel: patches + one grouped GEMM"
+    if spec.groups > 1 and spec.group_in_channels <= MAC_GROUP_CHANNELS:
+        from jconv.impls.lax_conv import supports
+
+        if supports("mac", spec):
+            return "mac", (f"grouped, {spec.group_in_channels} input channels per group: "
+                           "multiply-accumulate on the vector unit")
+    if spec.lhs_dilation != (1, 1):
+        return "taps", "input dilation: per-phase tap GEMMs, inserted zeros skipped"
+    return "taps", "dense: one GEMM per kernel tap, accumulated"
 
 
-def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d") -> Plan:
-    """Choose the implementation for ``spec``. ``impl`` was checked by geometry.check_impl."""
+def _auto_rule(spec: ConvSpec, platform: str) -> tuple[str, str]:
+    """``(algorithm, reason)`` where algorithm ``"xla"`` means XLA's conv."""
+    if platform != "cpu":
+        return "xla", (f"{platform}: XLA's convolution (cuDNN / TPU emitter) is the tuned path; "
+                       "the lax algorithms are CPU formulations")
+    name, why = _lax_rule(spec)
+    if spec.is_depthwise or spec.lhs_dilation != (1, 1) or name == "mac":
+        return name, why
+    return "xla", "dense: XLA's CPU convolution is as fast as the lax formulations"
+
+
+def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None) -> Plan:
+    """Choose the implementation for ``spec``. ``impl`` was checked by geometry.check_impl.
+
+    ``platform`` ("cpu", "gpu", "tpu") is the target; by default JAX's default backend.
+    """
     base, _, algo = impl.partition(":")
-    if base == "xla":
-        from jconv.impls.xla import conv_xla
+    from jconv.impls.xla import conv_xla
 
+    if base == "xla":
         return Plan("xla", "xla", conv_xla, "requested")
     if base == "pallas":
         from jconv.impls.pallas import conv_pallas
@@ -46,8 +93,18 @@ def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d") -> Plan:
         if not lax_conv.supports(algo, spec):
             raise ValueError(
                 f"{fn}: impl (={impl!r}) cannot run this convolution (groups={spec.groups}, "
-                f"C_in={spec.in_channels}); use impl='lax' to let jconv choose"
+                f"C_in={spec.in_channels}, kernel={spec.kernel_size}); use impl='lax' to let "
+                "jconv choose"
             )
         return Plan("lax", algo, lax_conv.ALGORITHMS[algo], "requested")
-    name, why = _lax_rule(spec)
-    return Plan("lax", name, lax_conv.ALGORITHMS[name], why if base == "lax" else f"auto: {why}")
+    if base == "lax":
+        name, why = _lax_rule(spec)
+        return Plan("lax", name, lax_conv.ALGORITHMS[name], why)
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    name, why = _auto_rule(spec, platform)
+    if name == "xla":
+        return Plan("xla", "xla", conv_xla, f"auto: {why}")
+    return Plan("lax", name, lax_conv.ALGORITHMS[name], f"auto: {why}")

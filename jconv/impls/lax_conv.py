@@ -1,110 +1,364 @@
-"""Conv2D built from lax primitives only (no ``lax.conv*``).
+"""Conv2D built from lax primitives only (no ``lax.conv*``), each with its own backward.
 
-Each algorithm follows the execute contract of :mod:`jconv.impls` and is differentiable by
-JAX's autodiff of the primitives it uses (slices, pads, reshapes, ``dot_general``,
-elementwise ops). Which one runs for ``impl="lax"`` is decided in :mod:`jconv.select`;
-``impl="lax:<name>"`` forces one.
+Every algorithm here runs on one engine: the convolution is enumerated as *taps* (kernel
+positions) grouped into *phases* (output sub-lattices), and each phase's taps are combined by
+one of three *contractions*:
 
-* ``im2col``: gather the KH*KW taps into patches and do one (grouped) GEMM. Few, large
-  matmuls; memory ``KH*KW`` times the input.
-* ``taps``: one GEMM per kernel tap, accumulated. Memory of one output; many smaller matmuls.
-* ``depthwise``: ``groups == C_in``: multiply-accumulate over taps on the vector unit, no
-  matmul at all (a matmul with one input channel per group wastes it).
+* ``gemm`` (algorithm ``taps``): one GEMM per tap, accumulated. Memory of one output.
+* ``im2col``: a phase's tap windows concatenated on the channel axis, then one GEMM; the patch
+  matrix is built in chunks of output rows so it never exceeds ``IM2COL_MAX_BLOWUP`` times the
+  input (``KH*KW`` times the output when unchunked).
+* ``mac`` (algorithms ``depthwise`` and ``mac``): multiply-accumulate on the vector unit, no
+  matmul at all: for each tap and each input channel of a group, a broadcast multiply-add into
+  the output. The right thing when groups have few channels (depthwise, ResNeXt-style groups),
+  where a GEMM with K = C_in/groups wastes the machine.
+
+Phases make input dilation (transposed convolution) cost no more than an ordinary conv:
+with ``lhs_dilation`` l and stride s, an output position o only meets the non-zero (real)
+inputs through taps i with ``(o*s + i*d - pad_lo) % l == 0``, which depends only on
+``o mod l/gcd(l, s)``. Each phase is then an ordinary strided conv of the *undilated* input with
+a sub-kernel, and the phase outputs are interleaved. No zero is ever multiplied.
+
+Backward (``jax.custom_vjp``): the input gradient of a conv with (stride s, input dilation l)
+is the conv of ``dy`` with the flipped, in/out-swapped kernel with (stride l, input dilation s)
+-- the same engine again, so the transposed problem also skips every zero -- and the weight
+gradient is one reduction per tap of ``x``'s window against ``dy``'s phase (a GEMM contracting
+N*Ho*Wo, or a multiply-reduce for ``mac``). Both are written with differentiable lax ops and
+the bwd calls the custom_vjp function itself, so every order of reverse-mode derivative works.
+Forward-mode (``jax.jvp``) is not available through a custom_vjp; ``impl="xla"`` has it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jconv.geometry import ConvSpec
-from jconv.impls.common import acc_dtype, add_bias, pad_input, tap_slice
+from jconv.impls.common import acc_dtype, add_bias
+
+Pair = tuple[int, int]
+
+#: im2col builds its patch matrix in row chunks no larger than this multiple of the input.
+IM2COL_MAX_BLOWUP = 4
+#: ``mac`` unrolls C_in/groups * KH * KW multiply-adds per output; beyond this it is refused.
+MAC_MAX_TERMS = 1024
 
 
-def _grouped_weights(w, spec: ConvSpec):
-    """HWIO (KH, KW, Cg, Co) -> (G, KH*KW*Cg, Co/G), rows ordered (tap, channel)."""
+# --------------------------------------------------------------------------------------------
+# Configuration of one engine call (static, hashable)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    stride: Pair
+    pad_lo: Pair          # may be negative (crop); the high side follows from out_size
+    dilation: Pair
+    lhs_dilation: Pair
+    groups: int
+    kernel: Pair
+    out_size: Pair
+    mode: str             # "gemm" | "im2col" | "mac"
+    precision: object
+    acc: str              # accumulator dtype name
+    out_dtype: str
+
+    def transposed(self, in_size: Pair, in_dtype: str) -> "_Cfg":
+        """The conv that computes this conv's input gradient from ``dy`` (see module doc)."""
+        lo = tuple((k - 1) * d - p for k, d, p in zip(self.kernel, self.dilation, self.pad_lo))
+        return dataclasses.replace(
+            self, stride=self.lhs_dilation, lhs_dilation=self.stride, pad_lo=lo,
+            out_size=in_size, out_dtype=in_dtype,
+        )
+
+
+def _cfg_of(spec: ConvSpec, mode: str) -> _Cfg:
+    return _Cfg(
+        stride=spec.stride, pad_lo=(spec.padding[0][0], spec.padding[1][0]), dilation=spec.dilation,
+        lhs_dilation=spec.lhs_dilation, groups=spec.groups, kernel=spec.kernel_size,
+        out_size=spec.out_size, mode=mode, precision=spec.precision,
+        acc=jnp.dtype(acc_dtype(spec)).name, out_dtype=spec.out_dtype,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tap / phase enumeration (pure Python on static sizes)
+# --------------------------------------------------------------------------------------------
+
+
+def _axis_phases(out: int, k: int, s: int, d: int, l: int, lo: int):
+    """One spatial axis: ``(L, xs, [(phase, count, [(tap, start), ...]), ...])``.
+
+    Output ``o = L*a + phase`` (``a < count``) reads undilated input ``start + xs*a`` through
+    kernel tap ``tap``; taps landing on inserted zeros are absent.
+    """
+    g = math.gcd(s, l)
+    big_l, xs = l // g, s // g
+    phases = []
+    for p in range(min(big_l, out)):
+        count = (out - p + big_l - 1) // big_l
+        taps = [(i, (p * s + i * d - lo) // l) for i in range(k) if (p * s + i * d - lo) % l == 0]
+        phases.append((p, count, taps))
+    return big_l, xs, phases
+
+
+def _plan_taps(cfg: _Cfg, in_size: Pair):
+    """Both axes' phases plus the zero padding of ``x`` that keeps every window in range."""
+    axes = [_axis_phases(cfg.out_size[a], cfg.kernel[a], cfg.stride[a], cfg.dilation[a],
+                         cfg.lhs_dilation[a], cfg.pad_lo[a]) for a in range(2)]
+    pads = []
+    for a, (_, xs, phases) in enumerate(axes):
+        starts = [st for _, _, taps in phases for _, st in taps]
+        ends = [st + xs * (cnt - 1) for _, cnt, taps in phases for _, st in taps]
+        lo = max([0] + [-v for v in starts])
+        hi = max([0] + [v - (in_size[a] - 1) for v in ends])
+        pads.append((lo, hi))
+    return axes, pads
+
+
+def _window(xp, start: Pair, count: Pair, xs: Pair):
+    n, _, _, c = xp.shape
+    lim = (n, start[0] + xs[0] * (count[0] - 1) + 1, start[1] + xs[1] * (count[1] - 1) + 1, c)
+    return lax.slice(xp, (0, start[0], start[1], 0), lim, (1, xs[0], xs[1], 1))
+
+
+def _interleave(blocks, big_l: Pair, out: Pair):
+    """``blocks[p][q]`` (N, n_p, n_q, C) -> (N, Ho, Wo, C) with ``y[L*a + p] = blocks[p][a]``."""
+    if big_l == (1, 1):
+        return blocks[0][0]
+    mh, mw = -(-out[0] // big_l[0]), -(-out[1] // big_l[1])
+    rows = []
+    for row in blocks:
+        row = [lax.pad(b, jnp.zeros((), b.dtype), ((0, 0, 0), (0, mh - b.shape[1], 0), (0, mw - b.shape[2], 0), (0, 0, 0)))
+               for b in row]
+        rows.append(jnp.stack(row, axis=3))  # (N, mh, mw, Lw', C)
+    y = jnp.stack(rows, axis=2)  # (N, mh, Lh', mw, Lw', C)
+    n, c = y.shape[0], y.shape[-1]
+    y = y.reshape(n, mh * y.shape[2], mw * y.shape[4], c)
+    return y[:, : out[0], : out[1]]
+
+
+# --------------------------------------------------------------------------------------------
+# Contractions
+# --------------------------------------------------------------------------------------------
+
+
+def _dot(a, b, dims, cfg: _Cfg):
+    return lax.dot_general(a, b, dims, precision=cfg.precision, preferred_element_type=jnp.dtype(cfg.acc))
+
+
+def _gemm_phase(xp, wt, taps, count, xs, cfg: _Cfg):
+    """Sum over taps of window @ w[tap]; wt is (KH, KW, Cg, G, Cog)."""
+    g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
+    n = xp.shape[0]
+    acc = None
+    for (i, j), st in taps:
+        win = _window(xp, st, count, xs)
+        if g == 1:
+            t = _dot(win, wt[i, j, :, 0], (((3,), (0,)), ((), ())), cfg)  # (N, a, b, Co)
+        else:
+            win = win.reshape(n, count[0], count[1], g, cg)
+            t = _dot(win, wt[i, j], (((4,), (0,)), ((3,), (1,))), cfg)  # (G, N, a, b, Cog)
+        acc = t if acc is None else acc + t
+    if g > 1:
+        acc = jnp.transpose(acc, (1, 2, 3, 0, 4)).reshape(n, count[0], count[1], g * cog)
+    return acc
+
+
+def _im2col_phase(xp, wt, taps, count, xs, cfg: _Cfg):
+    """Concatenate the taps' windows on channels and do one (grouped) GEMM, in row chunks."""
+    g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
+    n, t = xp.shape[0], len(taps)
+    wg = jnp.stack([wt[i, j] for (i, j), _ in taps], axis=0)  # (T, Cg, G, Cog)
+    wg = jnp.transpose(wg, (2, 0, 1, 3)).reshape(g, t * cg, cog)
+    in_bytes = max(1, xp.size)
+    rows_per_chunk = max(1, (IM2COL_MAX_BLOWUP * in_bytes) // max(1, n * count[1] * t * cg * g))
+    outs = []
+    for r0 in range(0, count[0], rows_per_chunk):
+        rc = min(rows_per_chunk, count[0] - r0)
+        wins = [_window(xp, (st[0] + xs[0] * r0, st[1]), (rc, count[1]), xs) for _, st in taps]
+        p = jnp.stack(wins, axis=3).reshape(n, rc, count[1], t, g, cg)  # (N, a, b, T, G, Cg)
+        if g == 1:
+            y = _dot(p.reshape(n, rc, count[1], t * cg), wg[0], (((3,), (0,)), ((), ())), cfg)
+        else:
+            p = jnp.transpose(p, (4, 0, 1, 2, 3, 5)).reshape(g, n, rc, count[1], t * cg)
+            y = _dot(p, wg, (((4,), (1,)), ((0,), (0,))), cfg)  # (G, N, a, b, Cog)
+            y = jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(n, rc, count[1], g * cog)
+        outs.append(y)
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def _mac_phase(xp, wt, taps, count, xs, cfg: _Cfg):
+    """Elementwise: out[..., g, o] += x[..., g, c] * w[tap, c, g, o] for every tap and c."""
+    g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
+    n = xp.shape[0]
+    acc_t = jnp.dtype(cfg.acc)
+    acc = None
+    for (i, j), st in taps:
+        win = _window(xp, st, count, xs).astype(acc_t).reshape(n, count[0], count[1], g, cg)
+        wij = wt[i, j].astype(acc_t)  # (Cg, G, Cog)
+        for c in range(cg):
+            t = win[..., c : c + 1] * wij[c][None, None, None]  # (N, a, b, G, Cog)
+            acc = t if acc is None else acc + t
+    return acc.reshape(n, count[0], count[1], g * cog)
+
+
+_PHASE_FNS = {"gemm": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase}
+
+
+def _forward(x, w, cfg: _Cfg):
+    """The conv of NHWC ``x`` (undilated, unpadded) with HWIO ``w``, as ``cfg`` says."""
+    n, h, wd, _ = x.shape
     kh, kw, cg, co = w.shape
-    g = spec.groups
-    w = w.reshape(kh * kw, cg, g, co // g)
-    return jnp.transpose(w, (2, 0, 1, 3)).reshape(g, kh * kw * cg, co // g)
+    g = cfg.groups
+    wt = w.reshape(kh, kw, cg, g, co // g)
+    axes, pads = _plan_taps(cfg, (h, wd))
+    (lh, xsh, ph), (lw, xsw, pw) = axes
+    xp = x
+    if any(v for pr in pads for v in pr):
+        xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
+    fn = _PHASE_FNS[cfg.mode]
+    blocks = []
+    for p, cnt_h, taps_h in ph:
+        row = []
+        for q, cnt_w, taps_w in pw:
+            taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
+            if taps:
+                yb = fn(xp, wt, taps, (cnt_h, cnt_w), (xsh, xsw), cfg)
+            else:  # every tap of this phase lands on an inserted zero
+                yb = jnp.zeros((n, cnt_h, cnt_w, co), jnp.dtype(cfg.acc))
+            row.append(yb)
+        blocks.append(row)
+    y = _interleave(blocks, (lh, lw), cfg.out_size)
+    return y.astype(cfg.out_dtype)
 
 
-def _finish(y, b, spec: ConvSpec):
+def _weight_grad(x, dy, cfg: _Cfg, w_shape):
+    """dL/dw: for each tap, x's window contracted with dy's phase over (N, rows, cols)."""
+    n, h, wd, _ = x.shape
+    kh, kw, cg, co = w_shape
+    g, cog = cfg.groups, co // cfg.groups
+    axes, pads = _plan_taps(cfg, (h, wd))
+    (lh, xsh, ph), (lw, xsw, pw) = axes
+    xp = x
+    if any(v for pr in pads for v in pr):
+        xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
+    acc_t = jnp.dtype(cfg.acc)
+    dy = dy.astype(x.dtype) if cfg.mode != "mac" else dy
+    grads: dict = {}
+    for p, cnt_h, taps_h in ph:
+        for q, cnt_w, taps_w in pw:
+            if not (taps_h and taps_w):
+                continue
+            dyp = dy if (lh, lw) == (1, 1) else dy[:, p::lh, q::lw]
+            if cfg.mode == "mac":
+                dyg = dyp.astype(acc_t).reshape(n, cnt_h, cnt_w, g, 1, cog)
+            else:
+                dyg = dyp.reshape(n, cnt_h, cnt_w, g, cog)
+            for i, sh in taps_h:
+                for j, sw in taps_w:
+                    win = _window(xp, (sh + pads[0][0], sw + pads[1][0]), (cnt_h, cnt_w), (xsh, xsw))
+                    win = win.reshape(n, cnt_h, cnt_w, g, cg)
+                    if cfg.mode == "mac":
+                        t = jnp.sum(win.astype(acc_t)[..., None] * dyg, axis=(0, 1, 2))  # (G, Cg, Cog)
+                    else:
+                        t = _dot(win, dyg, (((0, 1, 2), (0, 1, 2)), ((3,), (3,))), cfg)  # (G, Cg, Cog)
+                    grads[(i, j)] = t if (i, j) not in grads else grads[(i, j)] + t
+    zero = jnp.zeros((g, cg, cog), acc_t)
+    dw = jnp.stack([grads.get((i, j), zero) for i in range(kh) for j in range(kw)])  # (T, G, Cg, Cog)
+    return jnp.transpose(dw, (0, 2, 1, 3)).reshape(kh, kw, cg, co)
+
+
+def _transpose_kernel(w, groups: int):
+    """HWIO (KH, KW, Cg, G*Cog) -> flipped (KH, KW, Cog, G*Cg): the input-gradient kernel."""
+    kh, kw, cg, co = w.shape
+    cog = co // groups
+    wt = w.reshape(kh, kw, cg, groups, cog)[::-1, ::-1]
+    return jnp.transpose(wt, (0, 1, 4, 3, 2)).reshape(kh, kw, cog, groups * cg)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x, w, cfg: _Cfg):
+    return _forward(x, w, cfg)
+
+
+def _conv_fwd(x, w, cfg: _Cfg):
+    return _forward(x, w, cfg), (x, w)
+
+
+def _conv_bwd(cfg: _Cfg, res, dy):
+    x, w = res
+    tcfg = cfg.transposed((x.shape[1], x.shape[2]), jnp.dtype(x.dtype).name)
+    dx = _conv(dy.astype(w.dtype), _transpose_kernel(w, cfg.groups), tcfg)
+    dw = _weight_grad(x, dy, cfg, w.shape)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# The algorithms (execute contract)
+# --------------------------------------------------------------------------------------------
+
+
+def _run(x, w, b, spec: ConvSpec, mode: str):
+    y = _conv(x, w, _cfg_of(spec, mode))
     return add_bias(y, b).astype(spec.out_dtype)
 
 
-def conv_im2col(x, w, b, spec: ConvSpec):
-    xp = pad_input(x, spec)
-    kh, kw = spec.kernel_size
-    n = xp.shape[0]
-    ho, wo = spec.out_size
-    g, cg = spec.groups, spec.group_in_channels
-    taps = [tap_slice(xp, spec, i, j) for i in range(kh) for j in range(kw)]
-    p = jnp.stack(taps, axis=3)  # (N, Ho, Wo, T, C)
-    p = p.reshape(n * ho * wo, kh * kw, g, cg)
-    p = jnp.transpose(p, (2, 0, 1, 3)).reshape(g, n * ho * wo, kh * kw * cg)
-    wg = _grouped_weights(w, spec)  # (G, T*Cg, Cog)
-    y = lax.dot_general(
-        p, wg, (((2,), (1,)), ((0,), (0,))),
-        precision=spec.precision, preferred_element_type=acc_dtype(spec),
-    )  # (G, M, Cog)
-    y = jnp.transpose(y, (1, 0, 2)).reshape(n, ho, wo, spec.out_channels)
-    return _finish(y, b, spec)
-
-
 def conv_taps(x, w, b, spec: ConvSpec):
-    xp = pad_input(x, spec)
-    kh, kw = spec.kernel_size
-    n = xp.shape[0]
-    ho, wo = spec.out_size
-    g, cg, cog = spec.groups, spec.group_in_channels, spec.group_out_channels
-    wt = w.reshape(kh, kw, cg, g, cog)
-    acc = None
-    for i in range(kh):
-        for j in range(kw):
-            xs = tap_slice(xp, spec, i, j).reshape(n, ho, wo, g, cg)
-            t = lax.dot_general(
-                xs, wt[i, j], (((4,), (0,)), ((3,), (1,))),
-                precision=spec.precision, preferred_element_type=acc_dtype(spec),
-            )  # (G, N, Ho, Wo, Cog)
-            acc = t if acc is None else acc + t
-    y = jnp.transpose(acc, (1, 2, 3, 0, 4)).reshape(n, ho, wo, spec.out_channels)
-    return _finish(y, b, spec)
+    """One GEMM per kernel tap (per phase), accumulated."""
+    return _run(x, w, b, spec, "gemm")
+
+
+def conv_im2col(x, w, b, spec: ConvSpec):
+    """Patches (chunked) + one grouped GEMM per phase."""
+    return _run(x, w, b, spec, "im2col")
+
+
+def conv_mac(x, w, b, spec: ConvSpec):
+    """Per-tap, per-channel multiply-accumulate on the vector unit (no matmul)."""
+    if not supports("mac", spec):
+        raise NotImplementedError(
+            f"conv2d: the 'mac' lax algorithm unrolls C_in/groups*KH*KW (={_mac_terms(spec)}) "
+            f"multiply-adds per output, more than {MAC_MAX_TERMS}; use 'taps' or 'im2col'"
+        )
+    return _run(x, w, b, spec, "mac")
 
 
 def conv_depthwise(x, w, b, spec: ConvSpec):
+    """``mac`` for groups == C_in (depthwise, any depth multiplier)."""
     if not spec.is_depthwise:
         raise NotImplementedError(
             f"conv2d: the 'depthwise' lax algorithm needs groups == C_in (got groups={spec.groups}, "
             f"C_in={spec.in_channels})"
         )
-    acc_t = acc_dtype(spec)
-    xp = pad_input(x, spec).astype(acc_t)
-    kh, kw = spec.kernel_size
-    c, m = spec.in_channels, spec.depth_multiplier
-    wd = w.reshape(kh, kw, c, m).astype(acc_t)
-    acc = None
-    for i in range(kh):
-        for j in range(kw):
-            xs = tap_slice(xp, spec, i, j)
-            t = xs[..., None] * wd[i, j][None, None, None] if m > 1 else xs * wd[i, j, :, 0][None, None, None]
-            acc = t if acc is None else acc + t
-    n, ho, wo = acc.shape[:3]
-    y = acc.reshape(n, ho, wo, c * m)
-    return _finish(y, b, spec)
+    return _run(x, w, b, spec, "mac")
 
 
 ALGORITHMS: dict[str, Callable] = {
     "im2col": conv_im2col,
     "taps": conv_taps,
     "depthwise": conv_depthwise,
+    "mac": conv_mac,
 }
+
+
+def _mac_terms(spec: ConvSpec) -> int:
+    return spec.group_in_channels * spec.kernel_size[0] * spec.kernel_size[1]
 
 
 def supports(name: str, spec: ConvSpec) -> bool:
     """Whether lax algorithm ``name`` can run ``spec``."""
     if name == "depthwise":
         return spec.is_depthwise
+    if name == "mac":
+        return _mac_terms(spec) <= MAC_MAX_TERMS
     return name in ALGORITHMS

@@ -1,0 +1,227 @@
+"""Every lax algorithm against XLA (HIGHEST) and the float64 oracle: forward, VJP, 2nd order.
+
+The grid covers what the engine in ``jconv.impls.lax_conv`` enumerates differently: dense,
+grouped, depthwise (multiplier 1 and 2), stride, kernel dilation, input dilation (transposed
+conv, incl. stride and input dilation together, and phases that no tap reaches), negative and
+asymmetric padding, 1x1 kernels. Plus: ``select`` rules, im2col chunking, dtypes.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+import jconv
+from jconv import select
+from jconv.geometry import parse_conv2d
+from jconv.impls import lax_conv
+from jconv.impls.lax_conv import ALGORITHMS, supports
+from jconv.suite import CASES
+from jconv.testing import assert_close
+from oracle import conv2d_ref
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (name, (C_in, C_out, groups), kernel, stride, dilation, lhs_dilation, padding ((t, b), (l, r)))
+GEOMS = [
+    ("dense_same", (3, 5, 1), (3, 3), (1, 1), (1, 1), (1, 1), ((1, 1), (1, 1))),
+    ("dense_s21_d12_asym", (3, 4, 1), (3, 2), (2, 1), (1, 2), (1, 1), ((1, 0), (2, 1))),
+    ("grouped_s2_d2", (4, 6, 2), (3, 3), (2, 2), (2, 2), (1, 1), ((2, 2), (1, 0))),
+    ("depthwise_s2", (4, 4, 4), (3, 3), (2, 2), (1, 1), (1, 1), ((1, 1), (1, 1))),
+    ("depthwise_m2_d2", (3, 6, 3), (3, 2), (1, 1), (2, 1), (1, 1), ((2, 1), (0, 3))),
+    ("pointwise_s2", (4, 3, 1), (1, 1), (2, 2), (1, 1), (1, 1), ((0, 0), (0, 0))),
+    ("transposed_l2", (3, 4, 1), (3, 3), (1, 1), (1, 1), (2, 2), ((1, 2), (1, 2))),
+    ("transposed_l32_grouped_d12", (4, 6, 2), (2, 3), (1, 1), (1, 2), (3, 2), ((1, 1), (2, 0))),
+    ("transposed_depthwise", (3, 6, 3), (3, 3), (1, 1), (1, 1), (2, 2), ((1, 2), (2, 1))),
+    ("lhs2_stride2", (2, 3, 1), (3, 3), (2, 2), (1, 1), (2, 2), ((1, 1), (2, 2))),
+    ("lhs2_stride3_negpad", (2, 3, 1), (3, 2), (3, 1), (1, 1), (2, 3), ((-1, 2), (1, -2))),
+    ("lhs3_k1_empty_phases", (2, 2, 1), (1, 1), (1, 1), (1, 1), (3, 3), ((0, 1), (1, 0))),
+]
+
+
+def _ids(g):
+    return g[0]
+
+
+def _inputs(geom, dtype=np.float32, seed=0, hw=(7, 6), batch=2):
+    _, (ci, co, g), (kh, kw), *_ = geom
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch,) + hw + (ci,)).astype(dtype)
+    w = rng.normal(size=(kh, kw, ci // g, co)).astype(dtype)
+    return x, w
+
+
+def _run(geom, impl, x, w, precision="highest"):
+    _, (_, _, g), _, s, d, l, pad = geom
+    return jconv.conv_general_dilated(x, w, s, pad, l, d, DN, g, precision=precision, impl=impl)
+
+
+def _xla(geom, x, w):
+    _, (_, _, g), _, s, d, l, pad = geom
+    return lax.conv_general_dilated(x, w, s, pad, l, d, DN, g, precision="highest")
+
+
+def _oracle(geom, x, w):
+    _, (_, _, g), _, s, d, l, pad = geom
+    return conv2d_ref(x, w, stride=s, padding=pad, dilation=d, groups=g, lhs_dilation=l)
+
+
+def _spec(geom, x, w):
+    _, (_, _, g), _, s, d, l, pad = geom
+    return parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, stride=s, padding=pad, dilation=d,
+                        lhs_dilation=l, groups=g, allow_negative_padding=True, fn="test")
+
+
+def _algos(geom, x, w):
+    spec = _spec(geom, x, w)
+    return [a for a in ALGORITHMS if supports(a, spec)]
+
+
+@pytest.mark.parametrize("geom", GEOMS, ids=_ids)
+def test_forward_and_vjp_match_xla_and_oracle(geom):
+    x, w = _inputs(geom)
+    ref = _oracle(geom, x, w)
+    y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
+    assert_close(y_ref, ref, np.float32, what="XLA vs oracle")
+    ct = jnp.asarray(np.random.default_rng(1).normal(size=y_ref.shape), jnp.float32)
+    dx_ref, dw_ref = vjp_ref(ct)
+    algos = _algos(geom, x, w)
+    assert {"taps", "im2col"} <= set(algos)
+    for algo in algos:
+        impl = f"lax:{algo}"
+        y, vjp = jax.vjp(functools.partial(_run, geom, impl), jnp.asarray(x), jnp.asarray(w))
+        assert y.shape == ref.shape, impl
+        assert_close(y, ref, np.float32, what=f"{impl} vs oracle")
+        assert_close(y, y_ref, np.float32, what=f"{impl} vs XLA")
+        dx, dw = vjp(ct)
+        assert dx.shape == x.shape and dw.shape == w.shape
+        assert_close(dx, dx_ref, np.float32, factor=2, what=f"{impl} dx")
+        assert_close(dw, dw_ref, np.float32, factor=2, what=f"{impl} dw")
+
+
+@pytest.mark.parametrize("geom", [GEOMS[i] for i in (1, 4, 7, 10)], ids=_ids)
+def test_second_order_grads(geom):
+    with jax.enable_x64(True):
+        x, w = _inputs(geom, dtype=np.float64, seed=3, hw=(5, 4), batch=1)
+        for algo in _algos(geom, x, w):
+            f = functools.partial(_run, geom, f"lax:{algo}", precision=None)
+            check_grads(f, (jnp.asarray(x), jnp.asarray(w)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_dtypes_forward_and_grad_dtypes(dtype):
+    geom = GEOMS[7]  # transposed, grouped, dilated: every code path of the engine
+    with jax.enable_x64(dtype == "float64"):
+        x, w = _inputs(geom, seed=4)
+        x, w = x.astype(dtype), w.astype(dtype)
+        ref = _oracle(geom, x, w)
+        for algo in _algos(geom, x, w):
+            impl = f"lax:{algo}"
+            y, vjp = jax.vjp(functools.partial(_run, geom, impl, precision=None), jnp.asarray(x), jnp.asarray(w))
+            assert y.dtype == jnp.dtype(dtype), impl
+            assert_close(y, ref, dtype, what=f"{impl} {dtype}")
+            dx, dw = vjp(jnp.ones_like(y))
+            assert dx.dtype == dw.dtype == jnp.dtype(dtype), impl
+
+
+def test_bias_and_layouts_through_conv2d():
+    """The algorithms behind conv2d's own arguments (NCHW, bias, padding modes) and their db."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 6, 7, 7)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(6, 2, 3, 3)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(6,)), jnp.float32)
+    kw = dict(stride=2, padding=1, groups=3, layout="NCHW", padding_mode="reflect")
+
+    def f(impl, *a):
+        return jnp.sum(jconv.conv2d(*a, impl=impl, precision="highest", **kw) ** 2)
+
+    ref = jax.grad(functools.partial(f, "xla"), argnums=(0, 1, 2))(x, w, b)
+    for algo in ALGORITHMS:
+        if algo == "depthwise":
+            continue
+        got = jax.grad(functools.partial(f, f"lax:{algo}"), argnums=(0, 1, 2))(x, w, b)
+        for name, g, r in zip(("dx", "dw", "db"), got, ref):
+            assert_close(g, r, np.float32, factor=2, what=f"{algo} {name}")
+
+
+def test_im2col_is_chunked(monkeypatch):
+    """With a small blow-up budget the patch matrix is built in row chunks, same result."""
+    geom = GEOMS[0]
+    x, w = _inputs(geom, hw=(12, 9))
+    ref = _xla(geom, jnp.asarray(x), jnp.asarray(w))
+    calls = []
+    orig = lax_conv._im2col_phase
+
+    def spy(xp, wt, taps, count, xs, cfg):
+        out = orig(xp, wt, taps, count, xs, cfg)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(lax_conv, "IM2COL_MAX_BLOWUP", 1)
+    monkeypatch.setitem(lax_conv._PHASE_FNS, "im2col", spy)
+    y = lax_conv._forward(jnp.asarray(x), jnp.asarray(w), lax_conv._cfg_of(_spec(geom, x, w), "im2col"))
+    assert calls
+    assert_close(y, ref, np.float32)
+    # the jaxpr concatenates several chunks: more than one dot_general
+    jaxpr = jax.make_jaxpr(lambda a, b: lax_conv._forward(a, b, lax_conv._cfg_of(_spec(geom, x, w), "im2col")))(x, w)
+    assert str(jaxpr).count("dot_general") > 1
+
+
+def test_transposed_conv_multiplies_no_inserted_zero():
+    """Phases: the input-dilated conv does the FLOPs of the undilated input only."""
+    geom = GEOMS[6]
+    x, w = _inputs(geom, hw=(8, 8), batch=1)
+    cfg = lax_conv._cfg_of(_spec(geom, x, w), "gemm")
+    flops = jax.jit(lambda a, b: lax_conv._forward(a, b, cfg)).lower(x, w).compile().cost_analysis()
+    flops = flops[0] if isinstance(flops, list) else flops
+    ho, wo = _spec(geom, x, w).out_size
+    dense_flops = 2 * ho * wo * 3 * 3 * 3 * 4  # what a conv over the dilated input would do
+    # every real input pixel meets each of the 9 taps at most once
+    assert flops["flops"] <= 2 * 8 * 8 * 9 * 3 * 4 * 1.1
+    assert flops["flops"] < 0.4 * dense_flops
+
+
+def test_mac_refuses_huge_unrolls():
+    spec = parse_conv2d((1, 8, 8, 512), "float32", (3, 3, 512, 8), "float32")
+    assert not supports("mac", spec)
+    with pytest.raises(ValueError, match="impl"):
+        jconv.conv2d(jnp.ones((1, 8, 8, 512)), jnp.ones((3, 3, 512, 8)), impl="lax:mac")
+
+
+# ---- the selection rules (docs/performance.md) ----
+
+def _plan(name, batch=4, platform="cpu"):
+    spec = jconv.conv._exec_spec(CASES[name].spec(batch))
+    return select.plan(spec, "auto", platform=platform)
+
+
+@pytest.mark.parametrize("name, algorithm", [
+    ("mobilenetv2_dw3x3_s1", "depthwise"),
+    ("convnext_dw7x7", "depthwise"),
+    ("resnext_g32_3x3", "mac"),
+    ("unet_up_transposed", "taps"),
+    ("resnet50_s2_3x3", "xla"),
+    ("resnet50_s2_1x1_expand", "xla"),
+])
+def test_auto_rules_on_cpu(name, algorithm):
+    p = _plan(name)
+    assert p.algorithm == algorithm, p
+    assert p.reason.startswith("auto")
+
+
+def test_auto_on_accelerators_is_xla_with_a_reason():
+    for platform in ("gpu", "tpu"):
+        p = _plan("mobilenetv2_dw3x3_s1", platform=platform)
+        assert p.impl == "xla" and platform in p.reason
+
+
+def test_explicit_impls_are_honoured_everywhere():
+    spec = jconv.conv._exec_spec(CASES["resnet50_s2_3x3"].spec(2))
+    for algo in ("im2col", "taps", "mac"):
+        assert select.plan(spec, f"lax:{algo}").algorithm == algo
+    assert select.plan(spec, "xla").impl == "xla"
+    assert select.plan(spec, "lax").impl == "lax"  # "lax" never runs XLA's conv
