@@ -141,13 +141,17 @@ def test_tabulate():
     assert "Conv2D" in table and "26,26,32" in table and "320" in table
 
 
-def test_pallas_matches_or_is_not_implemented():
+@pytest.mark.parametrize("kwargs,shape", [
+    (dict(), (1, 5, 5, 2)),
+    (dict(padding="CIRCULAR", strides=2, feature_group_count=2), (2, 6, 6, 4)),
+], ids=["defaults", "circular-s2-g2"])
+def test_pallas_matches_or_is_not_implemented(kwargs, shape):
     """impl='pallas' must run the Pallas kernel (matching flax) or say it cannot: never differ."""
-    x = _x((1, 5, 5, 2))
-    ref_mod = nn.Conv(3, (3, 3))
+    x = _x(shape)
+    ref_mod = nn.Conv(4, (3, 3), **kwargs)
     params = ref_mod.init(jax.random.key(0), x)
     try:
-        y = jl.Conv2D(3, 3, impl="pallas").apply(params, x)
+        y = jl.Conv2D(4, 3, impl="pallas", **kwargs).apply(params, x)
     except NotImplementedError as e:
         assert "pallas" in str(e)
     else:
