@@ -18,7 +18,9 @@ command that regenerates it); a tuner may later override them per spec.
    backward of an input-dilated conv convolves with dilated kernels).
 3. grouped with few channels per group (1 < groups, ``C_in/groups <= MAC_GROUP_CHANNELS``)
    -> ``lax:mac``: XLA's grouped conv forward is 2-6x slower and its backward 50-100x.
-4. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
+4. dense 1x1 -> ``lax:xla_fwd``: XLA's forward, the lax engine's backward (the weight
+   gradient as one GEMM; XLA runs it as a conv with an Ho x Wo kernel, 2-3x slower).
+5. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
    any lax formulation forward and backward on the dense layers we measured.
 
 ``auto`` on GPU / TPU: ``xla``. cuDNN (GPU) and the TPU convolution emitter are the
@@ -70,6 +72,9 @@ def _auto_rule(spec: ConvSpec, platform: str) -> tuple[str, str]:
     name, why = _lax_rule(spec)
     if spec.is_depthwise or spec.lhs_dilation != (1, 1) or name == "mac":
         return name, why
+    if spec.is_pointwise:
+        return "xla_fwd", ("1x1: XLA's conv forward, the weight gradient as one GEMM "
+                           "(XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")
     return "xla", "dense: XLA's CPU convolution is as fast as the lax formulations"
 
 

@@ -205,7 +205,8 @@ def _plan(name, batch=4, platform="cpu"):
     ("resnext_g32_3x3", "mac"),
     ("unet_up_transposed", "taps"),
     ("resnet50_s2_3x3", "xla"),
-    ("resnet50_s2_1x1_expand", "xla"),
+    ("resnet50_s2_1x1_expand", "xla_fwd"),
+    ("vgg16_conv4_2", "xla"),
 ])
 def test_auto_rules_on_cpu(name, algorithm):
     p = _plan(name)

@@ -1,4 +1,4 @@
-"""Conv2D built from lax primitives only (no ``lax.conv*``), each with its own backward.
+"""Conv2D built from lax primitives (no ``lax.conv*`` but in ``xla_fwd``), each with its own backward.
 
 Every algorithm here runs on one engine: the convolution is enumerated as *taps* (kernel
 positions) grouped into *phases* (output sub-lattices), and each phase's taps are combined by
@@ -8,6 +8,10 @@ one of three *contractions*:
 * ``im2col``: a phase's tap windows concatenated on the channel axis, then one GEMM; the patch
   matrix is built in chunks of output rows so it never exceeds ``IM2COL_MAX_BLOWUP`` times the
   input (``KH*KW`` times the output when unchunked).
+* ``xla`` (algorithm ``xla_fwd``): XLA's conv where it is strong (the forward and the stride-1
+  input gradient of a conv without input dilation), this engine for the rest of the backward
+  (the weight gradient, which XLA computes as a conv with a huge "kernel" and runs slowly on
+  the CPU, and input gradients of strided convs).
 * ``mac`` (algorithms ``depthwise`` and ``mac``): multiply-accumulate on the vector unit, no
   matmul at all: for each tap and each input channel of a group, a broadcast multiply-add into
   the output. The right thing when groups have few channels (depthwise, ResNeXt-style groups),
@@ -212,8 +216,27 @@ def _mac_phase(xp, wt, taps, count, xs, cfg: _Cfg):
 _PHASE_FNS = {"gemm": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase}
 
 
+def _xla_forward(x, w, cfg: _Cfg):
+    """``xla_fwd``: XLA's own conv for a conv without input dilation."""
+    pads = []
+    for a in range(2):
+        keff = (cfg.kernel[a] - 1) * cfg.dilation[a] + 1
+        hi = (cfg.out_size[a] - 1) * cfg.stride[a] + keff - x.shape[1 + a] - cfg.pad_lo[a]
+        pads.append((cfg.pad_lo[a], hi))
+    pet = None if jnp.dtype(cfg.out_dtype) == x.dtype else jnp.dtype(cfg.out_dtype)
+    y = lax.conv_general_dilated(
+        x, w, cfg.stride, pads, rhs_dilation=cfg.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=cfg.groups, precision=cfg.precision, preferred_element_type=pet,
+    )
+    return y.astype(cfg.out_dtype)
+
+
 def _forward(x, w, cfg: _Cfg):
     """The conv of NHWC ``x`` (undilated, unpadded) with HWIO ``w``, as ``cfg`` says."""
+    if cfg.mode == "xla":
+        if cfg.lhs_dilation == (1, 1):
+            return _xla_forward(x, w, cfg)
+        cfg = dataclasses.replace(cfg, mode="gemm")  # XLA is slow with input dilation
     n, h, wd, _ = x.shape
     kh, kw, cg, co = w.shape
     g = cfg.groups
@@ -261,6 +284,11 @@ def _weight_grad(x, dy, cfg: _Cfg, w_shape):
                 dyg = dyp.astype(acc_t).reshape(n, cnt_h, cnt_w, g, 1, cog)
             else:
                 dyg = dyp.reshape(n, cnt_h, cnt_w, g, cog)
+            if cfg.mode in ("im2col", "xla") and g == 1:
+                taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
+                for ij, t in _im2col_weight_grad(xp, dyg[..., 0, :], taps, (cnt_h, cnt_w), (xsh, xsw), cfg).items():
+                    grads[ij] = t[None] if ij not in grads else grads[ij] + t[None]
+                continue
             for i, sh in taps_h:
                 for j, sw in taps_w:
                     win = _window(xp, (sh + pads[0][0], sw + pads[1][0]), (cnt_h, cnt_w), (xsh, xsw))
@@ -273,6 +301,21 @@ def _weight_grad(x, dy, cfg: _Cfg, w_shape):
     zero = jnp.zeros((g, cg, cog), acc_t)
     dw = jnp.stack([grads.get((i, j), zero) for i in range(kh) for j in range(kw)])  # (T, G, Cg, Cog)
     return jnp.transpose(dw, (0, 2, 1, 3)).reshape(kh, kw, cg, co)
+
+
+def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
+    """Dense dw of one phase as one GEMM patches^T @ dy (K = N*rows*cols), in row chunks."""
+    n, t, cg = xp.shape[0], len(taps), xp.shape[3]
+    rows_per_chunk = max(1, (IM2COL_MAX_BLOWUP * max(1, xp.size)) // max(1, n * count[1] * t * cg))
+    acc = None
+    for r0 in range(0, count[0], rows_per_chunk):
+        rc = min(rows_per_chunk, count[0] - r0)
+        wins = [_window(xp, (st[0] + xs[0] * r0, st[1]), (rc, count[1]), xs) for _, st in taps]
+        p = jnp.concatenate(wins, axis=3)  # (N, rc, b, T*Cg)
+        part = _dot(p, dy[:, r0:r0 + rc], (((0, 1, 2), (0, 1, 2)), ((), ())), cfg)  # (T*Cg, Co)
+        acc = part if acc is None else acc + part
+    acc = acc.reshape(t, cg, -1)
+    return {ij: acc[k] for k, (ij, _) in enumerate(taps)}
 
 
 def _transpose_kernel(w, groups: int):
@@ -323,6 +366,13 @@ def conv_im2col(x, w, b, spec: ConvSpec):
     return _run(x, w, b, spec, "im2col")
 
 
+def conv_xla_fwd(x, w, b, spec: ConvSpec):
+    """XLA's conv forward (and for the stride-1 input gradient); the lax engine's weight
+    gradient and strided / input-dilated parts. The one algorithm here that calls
+    ``lax.conv_general_dilated``; ``impl="lax"`` never picks it."""
+    return _run(x, w, b, spec, "xla")
+
+
 def conv_mac(x, w, b, spec: ConvSpec):
     """Per-tap, per-channel multiply-accumulate on the vector unit (no matmul)."""
     if not supports("mac", spec):
@@ -348,6 +398,7 @@ ALGORITHMS: dict[str, Callable] = {
     "taps": conv_taps,
     "depthwise": conv_depthwise,
     "mac": conv_mac,
+    "xla_fwd": conv_xla_fwd,
 }
 
 
