@@ -3,8 +3,9 @@
     python -m experiments --config=configs/smoke.py --workdir=runs/smoke
 
 The ``smoke`` suite (tiny dense, depthwise, grouped NCHW stride 2, the seed's first MNIST
-conv) at batch 2, float32, fwd and fwd+bwd, impls xla/lax/auto/pallas (interpreted on CPU)/
-torch (if installed)/gemm_peak, 3 timing rounds. About 15 s on the 2-core development CPU
+conv) at batch 2, float32, fwd and fwd+bwd, impls xla/lax/auto/pallas (interpreted on CPU,
+on the two smallest layers only)/torch (if installed)/gemm_peak, 3 timing rounds (38 rows with torch).
+About 20 s on the 2-core development CPU when quiet, up to ~45 s when shared with other work
 (most of it compiling). Used by tests/test_experiments.py and the notebook on CPU.
 """
 
@@ -16,7 +17,7 @@ def get_config():
     c.suite = "smoke"
     c.batch = 2
     c.max_fwd_gflop = 0.0
-    c.pallas_cases = "smoke"
+    c.pallas_cases = "tiny_dense,tiny_depthwise"  # interpreted Pallas compiles slowly on CPU
     c.warmup = 1
     c.iters = 3
     c.min_iters = 1
