@@ -20,6 +20,7 @@ from jconv.suite import CASES, SUITES
 from jconv.conv import _exec_spec
 from jconv.geometry import parse_conv2d
 from jconv.impls.pallas import ops
+from jconv.impls.pallas import tiling as tiling_mod
 from jconv.impls.pallas.tiling import BlockSizes, Problem, get_default, make_tiling
 from jconv.impls.xla import conv_xla
 from jconv.testing import assert_close
@@ -111,6 +112,35 @@ def test_really_pallas_no_xla_conv():
         assert _pallas_calls(grad) == 9
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "windows"])
+def test_folded_taps_match_xla(fold):
+    """Few input channels: taps folded into the contraction (XLA im2col + 1x1 kernel) or not."""
+    problem = Problem(2, (9, 8), 3, 5, (3, 2), stride=(2, 1), dilation=(1, 2))
+    rng = np.random.default_rng(6)
+    xp = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 2, 3, 5)), jnp.float32)
+
+    def ref(a, c):
+        return jax.lax.conv_general_dilated(a, c, (2, 1), "VALID", rhs_dilation=(1, 2),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+
+    y_ref, vjp = jax.vjp(ref, xp, w)
+    g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    y = ops.forward_valid(xp, w, None, problem, target="cpu", out_dtype=jnp.float32, fold=fold)
+    dw = ops.weight_grad_valid(xp, g, w.shape, problem, target="cpu", fold=fold)
+    assert_close(y, y_ref, np.float32)
+    assert_close(dw, vjp(g)[1], np.float32, factor=2)
+
+
+def test_fold_rule():
+    stem = Problem(1, (230, 230), 3, 64, (7, 7), stride=(2, 2))
+    wide = Problem(1, (16, 16), 256, 256, (3, 3))
+    assert tiling_mod.fold_taps(stem, "tpu") and tiling_mod.fold_taps(stem, "cuda")
+    assert not tiling_mod.fold_taps(stem, "cpu")
+    assert not tiling_mod.fold_taps(wide, "tpu")
+    assert tiling_mod.folded(stem).in_channels == 147 and tiling_mod.folded(stem).out_size == stem.out_size
+
+
 def test_float64_is_refused():
     with jax.enable_x64(True):
         x = jnp.ones((1, 4, 4, 2), jnp.float64)
@@ -128,8 +158,9 @@ INTERPRET_CASES = [
     # (x shape, w shape, conv kwargs, forward BlockSizes or None)
     ((1, 7, 6, 3), (3, 2, 3, 8), dict(stride=2, padding="SAME"), None),
     ((1, 6, 6, 4), (3, 3, 1, 8), dict(groups=4, padding=1, stride=(1, 2)), None),
-    # two input-channel blocks (the "arbitrary" reduction axis) and two output-channel blocks
-    ((1, 5, 5, 256), (1, 1, 256, 130), dict(), BlockSizes(2, 128, 128, 128, 128, 8, "tpu")),
+    # two input-channel blocks (the "arbitrary" reduction axis) and two output-channel blocks,
+    # taps as shifted windows of the stride's phases (256 channels: no folding)
+    ((1, 6, 5, 256), (2, 3, 256, 130), dict(stride=(2, 1), padding=1), BlockSizes(2, 128, 128, 128, 128, 8, "tpu")),
 ]
 
 

@@ -34,7 +34,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from jconv.geometry import ConvSpec
 from jconv.impls.pallas import kernels
-from jconv.impls.pallas.tiling import BlockSizes, Problem, Tiling, make_tiling
+from jconv.impls.pallas.tiling import BlockSizes, Problem, Tiling, fold_taps, folded, make_tiling
 
 _F32 = jnp.float32
 
@@ -202,9 +202,30 @@ def _pad_out_grid(g, tl: Tiling):
 # ------------------------------------------------------------------------------------------
 
 
+def im2col(xp, problem: Problem):
+    """(N, Ho, Wo, T*C) patches of padded ``xp``, tap-major (matches HWIO reshaped)."""
+    kh, kw = problem.kernel_size
+    sh, sw = problem.stride
+    dh, dw = problem.dilation
+    ho, wo = problem.out_size
+    n, _, _, c = xp.shape
+    taps = [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                      (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps, axis=3).reshape(n, ho, wo, kh * kw * c)
+
+
 def forward_valid(xp, w, b, problem: Problem, *, target: str, out_dtype, precision=None,
-                  blocks: BlockSizes | None = None, interpret: Any = None):
-    """Pallas forward of a VALID conv: ``xp`` NHWC already padded, ``w`` HWIO, ``b`` or None."""
+                  blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None):
+    """Pallas forward of a VALID conv: ``xp`` NHWC already padded, ``w`` HWIO, ``b`` or None.
+
+    ``fold`` (default: :func:`~jconv.impls.pallas.tiling.fold_taps`) folds the taps into the
+    contraction first; the kernel then runs a 1x1 convolution of the patches.
+    """
+    if fold if fold is not None else (blocks is None and fold_taps(problem, target)):
+        kh, kw, cg, co = w.shape
+        return forward_valid(im2col(xp, problem), w.reshape(1, 1, kh * kw * cg, co), b, folded(problem),
+                             target=target, out_dtype=out_dtype, precision=precision, blocks=blocks,
+                             interpret=interpret, fold=False)
     cdt = compute_dtype(xp.dtype, target)
     tl = make_tiling(dataclasses_replace_dtype(problem, cdt), blocks, target)
     xt = phase_tiles(pack_channels(xp.astype(cdt), tl), tl)
@@ -274,8 +295,13 @@ def dataclasses_replace_dtype(problem: Problem, dtype) -> Problem:
 
 
 def weight_grad_valid(xp, g, w_shape, problem: Problem, *, target: str, precision=None,
-                      blocks: BlockSizes | None = None, interpret: Any = None):
+                      blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None):
     """dL/dw (HWIO, float32) of a VALID conv given padded input ``xp`` and cotangent ``g``."""
+    if fold if fold is not None else (blocks is None and fold_taps(problem, target)):
+        kh, kw, cg, co = w_shape
+        dw = weight_grad_valid(im2col(xp, problem), g, (1, 1, kh * kw * cg, co), folded(problem), target=target,
+                               precision=precision, blocks=blocks, interpret=interpret, fold=False)
+        return dw.reshape(w_shape)
     cdt = compute_dtype(jnp.promote_types(xp.dtype, g.dtype), target)
     tl = make_tiling(dataclasses_replace_dtype(problem, cdt), blocks, target)
     xt = phase_tiles(pack_channels(xp.astype(cdt), tl), tl)

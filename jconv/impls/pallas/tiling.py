@@ -224,6 +224,28 @@ def get_default(problem: Problem, target: str) -> BlockSizes:
     return BlockSizes(max(1, min(ho, 4)), 1 << 30, 1 << 30, 1 << 30, 1, 1, "cpu")
 
 
+def fold_taps(problem: Problem, target: str) -> bool:
+    """Whether to fold the kernel taps into the contraction (an XLA im2col, then a 1x1 kernel).
+
+    Worth it when few input channels would leave most of each per-tap matmul as lane padding:
+    a 3-channel stem pads 3 -> 128 per tap (x43 the work), while its 7x7x3 = 147 folded
+    channels pad to 256 (x1.7). Dense (ungrouped) convolutions only; never on CPU (no lanes).
+    """
+    if problem.groups != 1 or problem.taps == 1 or target == "cpu":
+        return False
+    if target == "tpu":
+        pad = lambda c: round_up(c, 128)  # noqa: E731
+    else:
+        pad = lambda c: max(16, next_pow2(c))  # noqa: E731
+    return pad(problem.taps * problem.in_channels) < problem.taps * pad(problem.in_channels)
+
+
+def folded(problem: Problem) -> Problem:
+    """The 1x1 problem that :func:`fold_taps` turns ``problem`` into."""
+    return Problem(problem.batch, problem.out_size, problem.taps * problem.in_channels, problem.out_channels,
+                   (1, 1), (1, 1), (1, 1), 1, problem.dtype)
+
+
 def make_tiling(problem: Problem, blocks: BlockSizes | None = None, target: str = "tpu") -> Tiling:
     """The :class:`Tiling` of ``problem`` with ``blocks`` (default: :func:`get_default`)."""
     if blocks is None:
@@ -282,3 +304,120 @@ def vmem_bytes(tiling: Tiling) -> int:
 
 
 __all__ = ["BlockSizes", "Problem", "Tiling", "get_default", "make_tiling", "vmem_bytes"]
+
+
+# ------------------------------------------------------------------------------------------
+# cost model: what one forward pallas_call moves and computes (used for pl.CostEstimate and
+# the roofline table in docs/pallas.md)
+# ------------------------------------------------------------------------------------------
+
+
+def _itemsize(dtype: str) -> int:
+    return {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}[dtype]
+
+
+def forward_cost(tiling: Tiling, out_itemsize: int | None = None) -> dict:
+    """Flops (useful, and as executed on padded channels) and HBM bytes of the forward kernel.
+
+    Bytes follow the grid order (n, r, bundle, j, k): an input block is fetched again for each
+    output-channel block only when the reduction axis has several blocks; weights once, or per
+    row tile when there are several weight blocks; the output is written once.
+    """
+    p, b = tiling.problem, tiling.blocks
+    item = _itemsize(p.dtype)
+    out_item = item if out_itemsize is None else out_itemsize
+    n, r, t = p.batch, tiling.row_tiles, len(tiling.taps)
+    x_block = len(tiling.phases) * tiling.rows_in * tiling.in_w * tiling.cin_block_total * tiling.bundles
+    out_px = tiling.out_rows * tiling.out_w
+    if tiling.depthwise:
+        flops_padded = 2 * n * out_px * tiling.cout_block_total * t
+        x_bytes = n * r * x_block * item
+        w_bytes = n * r * t * tiling.cout_block_total * item
+    else:
+        flops_padded = 2 * n * out_px * tiling.bundles * tiling.cin_block_total * tiling.cout_block_total * t
+        x_bytes = n * r * x_block * item * (tiling.j_blocks if tiling.k_blocks > 1 else 1)
+        w_all = tiling.bundles * t * tiling.cin_block_total * tiling.cout_block_total * item
+        # a block whose index does not change between consecutive steps is not fetched again
+        w_bytes = w_all * (n * r if tiling.bundles * tiling.j_blocks * tiling.k_blocks > 1 else 1)
+    o_bytes = n * out_px * tiling.bundles * tiling.cout_block_total * out_item
+    return dict(flops=p.flops, flops_padded=flops_padded, bytes=x_bytes + w_bytes + o_bytes,
+                x_bytes=x_bytes, w_bytes=w_bytes, out_bytes=o_bytes)
+
+
+def ideal_bytes(problem: Problem) -> int:
+    """Each operand read or written exactly once, unpadded."""
+    ho, wo = problem.out_size
+    h, w = problem.in_size
+    item = _itemsize(problem.dtype)
+    cg = problem.in_channels // problem.groups
+    return item * (problem.batch * (h * w * problem.in_channels + ho * wo * problem.out_channels)
+                   + problem.taps * cg * problem.out_channels)
+
+
+# Peak dense bf16 matmul rate (FLOP/s) and HBM bandwidth (B/s), from the vendors' data sheets.
+HARDWARE = {
+    "TPU v5e": dict(target="tpu", flops=197e12, bw=819e9),
+    "A100 SXM 80GB": dict(target="cuda", flops=312e12, bw=2039e9),
+    "H100 SXM": dict(target="cuda", flops=989e12, bw=3350e9),
+}
+
+
+def roofline_rows(cases, batch: int = 32, dtype: str = "bfloat16"):
+    """One dict per (case, hardware): flops, bytes (ideal and as tiled), intensity, bound, time."""
+    rows = []
+    for case in cases:
+        spec = case.spec(batch, dtype)
+        problem = Problem.from_spec(spec)
+        for hw, peak in HARDWARE.items():
+            run = folded(problem) if fold_taps(problem, peak["target"]) else problem
+            tl = make_tiling(run, get_default(run, peak["target"]), peak["target"])
+            cost = forward_cost(tl)
+            if run is not problem:  # the XLA im2col writes and the kernel reads the patches
+                cost["bytes"] += ideal_bytes(problem)  # the input read once by the im2col
+            t_flop = cost["flops_padded"] / peak["flops"]
+            t_mem = cost["bytes"] / peak["bw"]
+            rows.append(dict(
+                case=case.name, hardware=hw, gflop=problem.flops / 1e9,
+                gflop_padded=cost["flops_padded"] / 1e9, mb_ideal=ideal_bytes(problem) / 1e6,
+                mb_tiled=cost["bytes"] / 1e6, intensity=problem.flops / ideal_bytes(problem),
+                ridge=peak["flops"] / peak["bw"], bound="compute" if t_flop > t_mem else "memory",
+                us=1e6 * max(t_flop, t_mem),
+                us_ideal=1e6 * max(problem.flops / peak["flops"], ideal_bytes(problem) / peak["bw"]),
+            ))
+    return rows
+
+
+def roofline_markdown(suite: str = "default", batch: int = 32, dtype: str = "bfloat16") -> str:
+    """The roofline table of docs/pallas.md (``python -m jconv.impls.pallas.tiling``)."""
+    from jconv.geometry import ConvSpec  # noqa: F401 - keeps the import graph explicit
+    from jconv.suite import get_suite
+
+    cases = get_suite(suite)
+    lines = [
+        f"Forward, batch {batch}, {dtype}. GFLOP: useful / as executed on padded channels. "
+        "MB: ideal (each operand once) / as tiled (halo rows, padding, re-fetches). "
+        "Intensity: useful FLOP per ideal byte. Time: max(executed FLOP / peak, tiled bytes / "
+        "bandwidth), ideal in brackets.",
+        "",
+        "| layer | GFLOP | MB ideal / tiled (TPU) | FLOP/B | TPU v5e | A100 | H100 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = roofline_rows(cases, batch, dtype)
+    by = {(r["case"], r["hardware"]): r for r in rows}
+    for case in cases:
+        tpu = by[(case.name, "TPU v5e")]
+        cells = []
+        for hw in HARDWARE:
+            r = by[(case.name, hw)]
+            cells.append(f"{r['us']:.0f} us {r['bound'][:3]} ({r['us_ideal']:.0f})")
+        lines.append(
+            f"| {case.name} | {tpu['gflop']:.2f} / {tpu['gflop_padded']:.2f} | "
+            f"{tpu['mb_ideal']:.1f} / {tpu['mb_tiled']:.1f} | {tpu['intensity']:.0f} | " + " | ".join(cells) + " |"
+        )
+    ridge = ", ".join(f"{hw} {v['flops'] / v['bw']:.0f}" for hw, v in HARDWARE.items())
+    lines += ["", f"Ridge points (FLOP/B): {ridge}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(roofline_markdown())
