@@ -373,12 +373,19 @@ def _args(case: Case, pass_: str, arrays: dict) -> tuple:
 
 
 def reference_outputs(case: Case, pass_: str, arrays: dict, *, use_x64: bool) -> tuple[list[np.ndarray], str]:
-    """The reference result(s) as float64 NumPy arrays, and which reference it was."""
+    """The reference result(s) as float64 NumPy arrays, and which reference it was.
+
+    ``use_x64``: XLA at HIGHEST in float64 on the host CPU (where the CPU backend is available);
+    else XLA at HIGHEST in float32 on the default device."""
     import jax  # noqa: PLC0415
 
     fn = pass_fn(case, "xla", pass_, precision="highest")
     if use_x64:
-        with jax.enable_x64(True):
+        try:  # float64 on the host: accelerators emulate it slowly or not at all (TPU)
+            host = jax.devices("cpu")[0]
+        except RuntimeError:
+            host = None
+        with jax.enable_x64(True), jax.default_device(host):
             args = tuple(None if a is None else np.asarray(a, np.float64) for a in _args(case, pass_, arrays))
             if pass_ != "fwd":  # the loss in float64 too
                 import jax.numpy as jnp  # noqa: PLC0415

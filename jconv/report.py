@@ -158,9 +158,11 @@ def markdown(rows: list[dict], env: dict | None = None, plots: tuple[str, ...] =
         names = sorted({f"{r['case']} {r['impl']} {r['pass']} {r['dtype']}" for r in s["out_of_tolerance"]})
         md.append(f"- Outside tolerance vs the reference: {len(names)} row(s): " + "; ".join(names[:8])
                   + (" ..." if len(names) > 8 else ""))
-    for (impl, pass_, dtype), g in sorted(s["geomean_speedup"].items(), key=lambda kv: (_impl_order([kv[0][0]]), kv[0])):
-        if g is not None:
-            md.append(f"- {impl}, {pass_}, {dtype}: geometric-mean speedup over XLA **{g:.2f}x**")
+    geo_impls = _impl_order({k[0] for k, g in s["geomean_speedup"].items() if g is not None})
+    for impl in geo_impls:
+        parts = [f"{p} {d} **{g:.2f}x**" for (i, p, d), g in s["geomean_speedup"].items()
+                 if i == impl and g is not None]
+        md.append(f"- {impl}: geometric-mean speedup over XLA: " + ", ".join(parts))
     if interpreted:
         md.append(f"- {', '.join(interpreted)} ran interpreted (no compiled kernel on this platform): "
                   "checked for accuracy, left out of every speed figure.")
