@@ -273,26 +273,44 @@ def test_default_tiles_cover_every_layer(name):
 # ------------------------------------------------------------------------------------------
 
 
-def test_batch_sharding_is_kept():
+@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
+def test_batch_sharding_is_kept(axis_type):
+    """Inside jax.set_mesh: explicit batch sharding, or auto sharding (split over the mesh)."""
     devices = jax.devices()
     assert len(devices) >= 4, "tests/conftest.py forces 4 host devices"
-    mesh = jax.make_mesh((4,), ("batch",), devices=devices[:4])
+    mesh = jax.make_mesh((4,), ("batch",), devices=devices[:4],
+                         axis_types=(getattr(jax.sharding.AxisType, axis_type),))
     sharding = NamedSharding(mesh, P("batch"))
     rng = np.random.default_rng(13)
     x_np = rng.normal(size=(8, 10, 10, 4)).astype(np.float32)
     k_np = rng.normal(size=(3, 3, 1, 8)).astype(np.float32)
+    f = jax.jit(functools.partial(jconv.conv2d, groups=4, padding="SAME", impl="pallas"))
     with jax.set_mesh(mesh):
         x = jax.device_put(jnp.asarray(x_np), sharding)
         k = jnp.asarray(k_np)
-        f = jax.jit(functools.partial(jconv.conv2d, groups=4, padding="SAME", impl="pallas"))
         y = f(x, k)
         assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
         hlo = f.lower(x, k).compile().as_text()
         assert "all-gather" not in hlo and "all-to-all" not in hlo
         gx, gk = jax.jit(jax.grad(lambda a, c: jnp.sum(f(a, c) ** 2), argnums=(0, 1)))(x, k)
         assert gx.sharding.is_equivalent_to(sharding, gx.ndim)
+        gk_closure = jax.jit(jax.grad(lambda c: jnp.sum(f(x, c) ** 2)))(k)  # x closed over
     ref = functools.partial(jconv.conv2d, groups=4, padding="SAME", impl="xla", precision="highest")
     assert_close(y, ref(x_np, k_np), np.float32)
     gx_ref, gk_ref = jax.grad(lambda a, c: jnp.sum(ref(a, c) ** 2), argnums=(0, 1))(x_np, k_np)
     assert_close(gx, gx_ref, np.float32, factor=2)
     assert_close(gk, gk_ref, np.float32, factor=2)
+    assert_close(gk_closure, gk_ref, np.float32, factor=2)
+
+
+def test_auto_sharding_without_mesh_context_runs_unsplit():
+    """No mesh in context: correct results (XLA gathers the batch), closed-over inputs too."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("batch",))
+    rng = np.random.default_rng(14)
+    x_np = rng.normal(size=(4, 6, 6, 2)).astype(np.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
+    x = jax.device_put(jnp.asarray(x_np), NamedSharding(mesh, P("batch")))
+    f = functools.partial(jconv.conv2d, padding=1, impl="pallas")
+    g = jax.jit(jax.grad(lambda c: jnp.sum(f(x, c) ** 2)))(k)
+    ref = functools.partial(jconv.conv2d, padding=1, impl="xla", precision="highest")
+    assert_close(g, jax.grad(lambda c: jnp.sum(ref(x_np, c) ** 2))(k), np.float32, factor=2)

@@ -482,27 +482,43 @@ def check_supported(spec: ConvSpec) -> None:
         raise NotImplementedError(f"conv2d: impl='pallas' needs a non-empty output (got {ho}x{wo})")
 
 
-def _batch_axes(x):
-    """Mesh axes the batch dim of ``x`` is sharded over (explicit sharding), or None."""
+def _batch_split(x, batch: int):
+    """(mesh, axes) to split the batch over with ``shard_map``, or None (run unsplit).
+
+    Explicit sharding: the axes the batch dim of ``x`` is sharded over. Auto sharding, where
+    the partition spec is only known to XLA: inside ``jax.set_mesh(mesh)``, all axes of that
+    mesh when the batch divides evenly (data parallelism over the input's mesh); without a mesh
+    in context the call runs unsplit (``shard_map`` over an abstract mesh miscompiles inputs
+    closed over as constants in this JAX), so XLA gathers the batch.
+    """
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None or mesh.empty or not len(sharding.spec) or sharding.spec[0] is None:
+    if mesh is None or mesh.empty or mesh.size == 1:
         return None
-    return sharding.spec[0]
+    types = set(getattr(mesh, "axis_types", ()))
+    if types and types <= {jax.sharding.AxisType.Auto}:
+        context = jax.sharding.get_abstract_mesh()
+        if context.empty or dict(context.shape) != dict(mesh.shape) or batch % mesh.size:
+            return None
+        names = tuple(mesh.axis_names)
+        return mesh, (names[0] if len(names) == 1 else names)
+    if not len(sharding.spec) or sharding.spec[0] is None:
+        return None
+    return mesh, sharding.spec[0]
 
 
 def conv_pallas(x, w, b, spec: ConvSpec):
     """The execute-contract entry point (see :mod:`jconv.impls`).
 
-    A batch-sharded input (explicit sharding on a mesh) runs under ``shard_map``: each device
-    convolves its own examples, so the batch sharding is kept (a custom call would otherwise
-    make XLA gather the whole batch on every device).
+    An input on a multi-device mesh runs under ``shard_map`` over the batch (see
+    :func:`_batch_split`): each device convolves its own examples, so the batch sharding is kept
+    (XLA cannot split a Pallas custom call and would gather the whole batch on every device).
     """
     check_supported(spec)
-    axes = _batch_axes(x)
-    if axes is None:
+    split = _batch_split(x, spec.batch)
+    if split is None:
         return _conv(x, w, b, spec)
-    mesh = jax.typeof(x).sharding.mesh
+    mesh, axes = split
     names = axes if isinstance(axes, tuple) else (axes,)
     shards = int(np.prod([mesh.shape[a] for a in names]))
     local = dataclasses.replace(spec, batch=spec.batch // shards)
