@@ -258,16 +258,16 @@ def plot_feature_maps(model, params, image, label, path) -> None:
                            capture_intermediates=True, mutable=["intermediates"])
     maps = {name: np.maximum(np.asarray(inter["intermediates"][name]["__call__"][0][0]), 0)
             for name in ("conv1", "conv2")}
-    fig = plt.figure(figsize=(15, 5.2))
-    sub = fig.subfigures(1, 3, width_ratios=[1, 2.2, 2.2])
+    fig = plt.figure(figsize=(17, 3.4))
+    sub = fig.subfigures(1, 3, width_ratios=[1, 2, 4])
     ax = sub[0].subplots()
     ax.imshow(image[..., 0], cmap="gray")
     ax.set_title(f"input 28x28 (label {label})", fontsize=9)
     ax.axis("off")
-    for sf, name, cols in ((sub[1], "conv1", 8), (sub[2], "conv2", 8)):
+    for sf, name, cols in ((sub[1], "conv1", 8), (sub[2], "conv2", 16)):
         m = maps[name]
         c = m.shape[-1]
-        axes = sf.subplots(math.ceil(c / cols), cols)
+        axes = sf.subplots(math.ceil(c / cols), cols, gridspec_kw={"wspace": 0.06, "hspace": 0.06})
         for i, a in enumerate(axes.flat):
             a.axis("off")
             if i < c:

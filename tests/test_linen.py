@@ -51,9 +51,10 @@ def test_same_params_and_outputs_as_flax(kwargs, shape, features):
         assert_close(y, ref_y, jnp.float32, what=f"impl={impl}")
 
 
-def test_gradients_match_flax():
+@pytest.mark.parametrize("impl", ["xla", "lax"])
+def test_gradients_match_flax(impl):
     x = _x((2, 8, 8, 3))
-    ref_mod, mod = nn.Conv(4, (3, 3), strides=2, padding="SAME"), jl.Conv2D(4, 3, strides=2, padding="SAME")
+    ref_mod, mod = nn.Conv(4, (3, 3), strides=2, padding="SAME"), jl.Conv2D(4, 3, strides=2, padding="SAME", impl=impl)
     params = ref_mod.init(jax.random.key(0), x)
 
     def loss(m):

@@ -33,6 +33,7 @@ def tiny(**overrides):
     c.progress = False
     c.plots = False
     c.speed_rounds = 0
+    c.impl = "lax"  # jconv's own algorithms ("auto" may pick XLA on CPU)
     c.update(overrides)
     return c
 
@@ -102,7 +103,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     args = [sys.executable, "-m", "experiments", "--config=configs/digits.py", f"--workdir={wd}",
             "--config.train_subset=64", "--config.test_subset=32", "--config.batch_size=32",
             "--config.eval_batch_size=64", "--config.num_epochs=400", "--config.progress=False",
-            "--config.plots=False", "--config.speed_rounds=0"]
+            "--config.plots=False", "--config.speed_rounds=0", "--config.impl=lax"]
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
