@@ -30,7 +30,10 @@ def main(argv):
     if command == ["report"]:
         from jconv import report
 
-        print(f"report: {report.build_report(_WORKDIR.value)}")
+        try:
+            print(f"report: {report.build_report(_WORKDIR.value)}")
+        except FileNotFoundError as e:
+            raise app.UsageError(str(e)) from None
         return
     config = _CONFIG.value
     if config is None:

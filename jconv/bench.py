@@ -650,6 +650,10 @@ def measure_group(
                                  no_warmup=slow)
         for impl, ts in times.items():
             rows[impl].update(_time_fields(ts, rows[impl]["flops"]))
+        if "xla" in times:  # same rounds: the ratio the report uses
+            for impl in times:
+                if impl not in ("xla", "gemm_peak"):
+                    rows[impl]["speedup_vs_xla"] = rows["xla"]["time_median_s"] / rows[impl]["time_median_s"]
     if interpreted_runners:
         times = time_interleaved(interpreted_runners, warmup=0, iters=settings.interpreted_iters,
                                  min_iters=1, max_time_s=0.0)

@@ -111,6 +111,7 @@ def test_measure_group_rows_and_a_failing_impl_is_recorded_not_swapped():
         assert MEASURED_FIELDS <= set(r)
     p = plan_for(case.spec(2), "auto")
     assert by["auto"]["plan"] == f"{p.impl}:{p.algorithm}"
+    assert by["auto"]["speedup_vs_xla"] == pytest.approx(by["xla"]["time_median_s"] / by["auto"]["time_median_s"])
     assert by["gemm_peak"]["gemm_mkn"] == [2 * 8 * 8, 3 * 3 * 4, 8]
     assert by["gemm_peak"].get("scaled_err") is None
 
@@ -176,6 +177,8 @@ def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
     r = _cli("--config=configs/smoke.py", "--config.experiment=nope", f"--workdir={tmp_path}")
     assert r.returncode != 0 and "names no module experiments/nope.py" in r.stderr
     assert not os.path.exists(tmp_path / "results.jsonl")
+    r = _cli("report", f"--workdir={tmp_path}")
+    assert r.returncode != 0 and "has no results.jsonl" in r.stderr
 
 
 # --------------------------------------------------------------------------------------------
