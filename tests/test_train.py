@@ -151,3 +151,19 @@ def test_configs_are_runner_ready():
         for field in ("num_epochs", "batch_size", "learning_rate", "dataset", "impl"):
             assert field in c
     assert mnist.get_config().dataset == "mnist"
+
+
+def test_trains_on_mnist_idx_files(tmp_path):
+    """configs/mnist.py's path end to end, on small IDX files written here."""
+    from configs import mnist
+    from test_data import make_mnist_dir
+
+    make_mnist_dir(tmp_path / "idx", n_train=64, n_test=40)
+    c = mnist.get_config()
+    c.update(dict(data_dir=str(tmp_path / "idx"), cache_dir=str(tmp_path / "cache"), num_epochs=1,
+                  batch_size=32, eval_batch_size=64, impl="lax", progress=False, plots=False, speed_rounds=0))
+    out = train_and_evaluate(c, tmp_path / "run")
+    (rec,) = out["records"]
+    assert rec["step"] == 2 and 0.0 <= rec["test_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_examples"] == 40
+    assert not (tmp_path / "cache").exists()  # read from data_dir, nothing downloaded
