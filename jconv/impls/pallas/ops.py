@@ -211,7 +211,8 @@ def im2col(xp, problem: Problem):
     n, _, _, c = xp.shape
     taps = [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
                       (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
-    return jnp.stack(taps, axis=3).reshape(n, ho, wo, kh * kw * c)
+    # concatenate on the channel axis (stack + reshape compiles ~20x slower for TPU)
+    return jnp.concatenate(taps, axis=-1)
 
 
 def forward_valid(xp, w, b, problem: Problem, *, target: str, out_dtype, precision=None,

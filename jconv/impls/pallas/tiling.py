@@ -201,8 +201,9 @@ def get_default(problem: Problem, target: str) -> BlockSizes:
         block_ci = _largest_block(cin_b, 128, 512)
         block_co = _largest_block(cout_b, 128, 256 if cin_b >= 256 else 128)
         out_w = round_up(wo, w_mult)
-        # about 512 output pixels per step, bounded by the input block's VMEM footprint (~4 MiB)
-        bh = max(1, min(ho, 512 // out_w if out_w <= 512 else 1))
+        # about 1024 output pixels per step (few halo rows re-read, few grid steps), bounded by
+        # the input block's VMEM footprint (~4 MiB; double-buffered)
+        bh = max(1, min(ho, 1024 // out_w if out_w <= 1024 else 1))
         in_w = out_w + ((problem.kernel_size[1] - 1) * problem.dilation[1]) // problem.stride[1]
         phases = problem.stride[0] * problem.stride[1]
         while bh > 1 and phases * (bh + problem.kernel_size[0]) * in_w * block_ci * itemsize > 4 << 20:
