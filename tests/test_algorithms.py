@@ -226,3 +226,21 @@ def test_explicit_impls_are_honoured_everywhere():
         assert select.plan(spec, f"lax:{algo}").algorithm == algo
     assert select.plan(spec, "xla").impl == "xla"
     assert select.plan(spec, "lax").impl == "lax"  # "lax" never runs XLA's conv
+
+
+@pytest.mark.parametrize("geom", [GEOMS[i] for i in (3, 4, 8, 2)], ids=_ids)
+def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
+    """With a tiny chunk budget mac's dw runs as a scan over single rows: same gradients."""
+    monkeypatch.setattr(lax_conv, "MAC_DW_CHUNK_BYTES", 1)
+    x, w = _inputs(geom, hw=(9, 7))
+    y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
+    ct = jnp.asarray(np.random.default_rng(2).normal(size=y_ref.shape), jnp.float32)
+    y, vjp = jax.vjp(functools.partial(_run, geom, "lax:mac"), jnp.asarray(x), jnp.asarray(w))
+    jaxpr = str(jax.make_jaxpr(lambda c: vjp(c))(ct))
+    assert "scan" in jaxpr
+    for g, r, name in zip(vjp(ct), vjp_ref(ct), ("dx", "dw")):
+        assert_close(g, r, np.float32, factor=2, what=name)
+    with jax.enable_x64(True):
+        x64, w64 = _inputs(geom, dtype=np.float64, seed=6, hw=(6, 5), batch=1)
+        f = functools.partial(_run, geom, "lax:mac", precision=None)
+        check_grads(f, (jnp.asarray(x64), jnp.asarray(w64)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)

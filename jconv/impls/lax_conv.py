@@ -284,6 +284,11 @@ def _weight_grad(x, dy, cfg: _Cfg, w_shape):
                 dyg = dyp.astype(acc_t).reshape(n, cnt_h, cnt_w, g, 1, cog)
             else:
                 dyg = dyp.reshape(n, cnt_h, cnt_w, g, cog)
+            if cfg.mode == "mac":
+                taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
+                for ij, t in _mac_weight_grad(xp, dyp, taps, (cnt_h, cnt_w), (xsh, xsw), g, acc_t).items():
+                    grads[ij] = t if ij not in grads else grads[ij] + t
+                continue
             if cfg.mode in ("im2col", "xla") and g == 1:
                 taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
                 for ij, t in _im2col_weight_grad(xp, dyg[..., 0, :], taps, (cnt_h, cnt_w), (xsh, xsw), cfg).items():
@@ -301,6 +306,55 @@ def _weight_grad(x, dy, cfg: _Cfg, w_shape):
     zero = jnp.zeros((g, cg, cog), acc_t)
     dw = jnp.stack([grads.get((i, j), zero) for i in range(kh) for j in range(kw)])  # (T, G, Cg, Cog)
     return jnp.transpose(dw, (0, 2, 1, 3)).reshape(kh, kw, cg, co)
+
+
+#: ``mac``'s weight gradient walks output rows in chunks of about this many bytes of input.
+MAC_DW_CHUNK_BYTES = 1 << 19
+
+
+def _mac_weight_grad(xp, dy, taps, count, xs, g: int, acc_t):
+    """``mac`` dw of one phase: per-tap multiply-reduce, in a ``lax.scan`` over row chunks.
+
+    Each tap's window is materialised before XLA's CPU reduction reads it; walking the output
+    rows in small chunks keeps those windows in cache and the temporaries to a few chunks
+    (a single pass would hold every tap's full window: KH*KW times the input).
+    """
+    n, c = xp.shape[0], xp.shape[3]
+    cg, co = c // g, dy.shape[3]
+    cog = co // g
+    rows, cols = count
+    row_bytes = n * cols * c * jnp.dtype(acc_t).itemsize
+    r = int(max(1, min(rows, MAC_DW_CHUNK_BYTES // max(1, row_bytes))))
+    chunks = -(-rows // r)
+    base = min(st[0] for _, st in taps)
+    span = max(st[0] for _, st in taps) - base + xs[0] * (r - 1) + 1
+    need = base + xs[0] * r * (chunks - 1) + span
+    if chunks * r > rows:  # zero rows of dy contribute nothing
+        dy = lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (0, chunks * r - rows, 0), (0, 0, 0), (0, 0, 0)))
+    if need > xp.shape[1]:
+        xp = lax.pad(xp, jnp.zeros((), xp.dtype), ((0, 0, 0), (0, need - xp.shape[1], 0), (0, 0, 0), (0, 0, 0)))
+
+    def chunk(xr, dr):
+        dr = dr.astype(acc_t).reshape(n, r, cols, g, 1, cog)
+        out = []
+        for _, st in taps:
+            win = lax.slice(xr, (0, st[0] - base, st[1], 0),
+                            (n, st[0] - base + xs[0] * (r - 1) + 1, st[1] + xs[1] * (cols - 1) + 1, c),
+                            (1, xs[0], xs[1], 1))
+            win = win.astype(acc_t).reshape(n, r, cols, g, cg, 1)
+            out.append(jnp.sum(win * dr, axis=(0, 1, 2)))  # (G, Cg, Cog)
+        return jnp.stack(out)
+
+    if chunks == 1:
+        total = chunk(lax.slice_in_dim(xp, base, base + span, axis=1), dy)
+    else:
+        def body(carry, k):
+            xr = lax.dynamic_slice_in_dim(xp, base + k * (r * xs[0]), span, axis=1)
+            dr = lax.dynamic_slice_in_dim(dy, k * r, r, axis=1)
+            return carry + chunk(xr, dr), None
+
+        total, _ = lax.scan(body, jnp.zeros((len(taps), g, cg, cog), acc_t), jnp.arange(chunks))
+    return {ij: total[k] for k, (ij, _) in enumerate(taps)}
 
 
 def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
