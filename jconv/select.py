@@ -8,16 +8,20 @@ rules below -- never XLA's conv. ``"auto"`` may pick any of them.
 The rules are derived from measurements on the CPU (docs/performance.md has the table and the
 command that regenerates it); a tuner may later override them per spec.
 
+``lax`` (no XLA conv): depthwise -> ``depthwise``; grouped with few channels per group ->
+``mac``; fewer than 16 input channels (per group) -> ``im2col`` (a per-tap GEMM with K < 16
+wastes the machine: the ResNet stem runs 6x slower with ``taps``); otherwise ``taps``.
+
 ``auto`` on the CPU (in order):
 
 1. depthwise (``groups == C_in``, any multiplier)  -> ``lax:depthwise``: per-tap
    multiply-accumulate on the vector unit. XLA's CPU conv runs depthwise as a grouped conv
    and is 10-30x slower forward, 2-5x slower forward+backward.
-2. input dilation (transposed conv, ``lhs_dilation > 1``) -> ``lax:taps``: phase decomposition,
-   no multiply by an inserted zero; forward on par with XLA, backward 10x+ faster (XLA's
-   backward of an input-dilated conv convolves with dilated kernels).
-3. grouped with few channels per group (1 < groups, ``C_in/groups <= MAC_GROUP_CHANNELS``)
-   -> ``lax:mac``: XLA's grouped conv forward is 2-6x slower and its backward 50-100x.
+2. grouped with few channels per group (1 < groups, ``C_in/groups <= MAC_GROUP_CHANNELS``)
+   -> ``lax:mac``: XLA's grouped conv forward is 1-4x slower and its backward 50-100x.
+3. input dilation (transposed conv, ``lhs_dilation > 1``) -> ``lax:xla_fwd``: XLA's forward is
+   fast (faster than the phase-decomposed ``taps``), its backward is not (the weight gradient
+   is a conv with a dilated Ho x Wo kernel: 5-30x slower than the per-phase GEMMs here).
 4. dense 1x1 -> ``lax:xla_fwd``: XLA's forward, the lax engine's backward (the weight
    gradient as one GEMM; XLA runs it as a conv with an Ho x Wo kernel, 2-3x slower).
 5. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
@@ -59,6 +63,8 @@ def _lax_rule(spec: ConvSpec) -> tuple[str, str]:
         if supports("mac", spec):
             return "mac", (f"grouped, {spec.group_in_channels} input channels per group: "
                            "multiply-accumulate on the vector unit")
+    if spec.group_in_channels < 16 and not spec.is_pointwise:
+        return "im2col", "few input channels: one GEMM over the (chunked) patches, K = KH*KW*C_in"
     if spec.lhs_dilation != (1, 1):
         return "taps", "input dilation: per-phase tap GEMMs, inserted zeros skipped"
     return "taps", "dense: one GEMM per kernel tap, accumulated"
@@ -70,8 +76,11 @@ def _auto_rule(spec: ConvSpec, platform: str) -> tuple[str, str]:
         return "xla", (f"{platform}: XLA's convolution (cuDNN / TPU emitter) is the tuned path; "
                        "the lax algorithms are CPU formulations")
     name, why = _lax_rule(spec)
-    if spec.is_depthwise or spec.lhs_dilation != (1, 1) or name == "mac":
+    if spec.is_depthwise or name == "mac":
         return name, why
+    if spec.lhs_dilation != (1, 1):
+        return "xla_fwd", ("input dilation: XLA's conv forward and input gradient, the weight "
+                           "gradient per phase as GEMMs (XLA's is 5-30x slower)")
     if spec.is_pointwise:
         return "xla_fwd", ("1x1: XLA's conv forward, the weight gradient as one GEMM "
                            "(XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")

@@ -203,7 +203,7 @@ def _plan(name, batch=4, platform="cpu"):
     ("mobilenetv2_dw3x3_s1", "depthwise"),
     ("convnext_dw7x7", "depthwise"),
     ("resnext_g32_3x3", "mac"),
-    ("unet_up_transposed", "taps"),
+    ("unet_up_transposed", "xla_fwd"),
     ("resnet50_s2_3x3", "xla"),
     ("resnet50_s2_1x1_expand", "xla_fwd"),
     ("vgg16_conv4_2", "xla"),

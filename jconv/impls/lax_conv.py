@@ -8,10 +8,9 @@ one of three *contractions*:
 * ``im2col``: a phase's tap windows concatenated on the channel axis, then one GEMM; the patch
   matrix is built in chunks of output rows so it never exceeds ``IM2COL_MAX_BLOWUP`` times the
   input (``KH*KW`` times the output when unchunked).
-* ``xla`` (algorithm ``xla_fwd``): XLA's conv where it is strong (the forward and the stride-1
-  input gradient of a conv without input dilation), this engine for the rest of the backward
-  (the weight gradient, which XLA computes as a conv with a huge "kernel" and runs slowly on
-  the CPU, and input gradients of strided convs).
+* ``xla`` (algorithm ``xla_fwd``): XLA's conv where it is strong (the forward, and the input
+  gradient, itself a conv), this engine's weight gradient (XLA computes it as a conv with an
+  Ho x Wo "kernel", slowly on the CPU, and with input dilation very slowly).
 * ``mac`` (algorithms ``depthwise`` and ``mac``): multiply-accumulate on the vector unit, no
   matmul at all: for each tap and each input channel of a group, a broadcast multiply-add into
   the output. The right thing when groups have few channels (depthwise, ResNeXt-style groups),
@@ -217,15 +216,16 @@ _PHASE_FNS = {"gemm": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase}
 
 
 def _xla_forward(x, w, cfg: _Cfg):
-    """``xla_fwd``: XLA's own conv for a conv without input dilation."""
+    """``xla_fwd``: XLA's own conv (input dilation included)."""
     pads = []
     for a in range(2):
         keff = (cfg.kernel[a] - 1) * cfg.dilation[a] + 1
-        hi = (cfg.out_size[a] - 1) * cfg.stride[a] + keff - x.shape[1 + a] - cfg.pad_lo[a]
+        dil_in = (x.shape[1 + a] - 1) * cfg.lhs_dilation[a] + 1
+        hi = (cfg.out_size[a] - 1) * cfg.stride[a] + keff - dil_in - cfg.pad_lo[a]
         pads.append((cfg.pad_lo[a], hi))
     pet = None if jnp.dtype(cfg.out_dtype) == x.dtype else jnp.dtype(cfg.out_dtype)
     y = lax.conv_general_dilated(
-        x, w, cfg.stride, pads, rhs_dilation=cfg.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        x, w, cfg.stride, pads, lhs_dilation=cfg.lhs_dilation, rhs_dilation=cfg.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=cfg.groups, precision=cfg.precision, preferred_element_type=pet,
     )
     return y.astype(cfg.out_dtype)
@@ -234,9 +234,11 @@ def _xla_forward(x, w, cfg: _Cfg):
 def _forward(x, w, cfg: _Cfg):
     """The conv of NHWC ``x`` (undilated, unpadded) with HWIO ``w``, as ``cfg`` says."""
     if cfg.mode == "xla":
-        if cfg.lhs_dilation == (1, 1):
-            return _xla_forward(x, w, cfg)
-        cfg = dataclasses.replace(cfg, mode="gemm")  # XLA is slow with input dilation
+        return _xla_forward(x, w, cfg)
+    if cfg.mode == "mac":
+        # keep a layout change (NCHW input) or a padding mode from being fused into, and
+        # recomputed by, each of the C_in/groups * KH * KW unrolled multiply-adds
+        x = lax.optimization_barrier(x)
     n, h, wd, _ = x.shape
     kh, kw, cg, co = w.shape
     g = cfg.groups
@@ -421,8 +423,8 @@ def conv_im2col(x, w, b, spec: ConvSpec):
 
 
 def conv_xla_fwd(x, w, b, spec: ConvSpec):
-    """XLA's conv forward (and for the stride-1 input gradient); the lax engine's weight
-    gradient and strided / input-dilated parts. The one algorithm here that calls
+    """XLA's conv for the forward and the input gradient; the lax engine's weight gradient
+    (one chunked GEMM per phase). The one algorithm here that calls
     ``lax.conv_general_dilated``; ``impl="lax"`` never picks it."""
     return _run(x, w, b, spec, "xla")
 
