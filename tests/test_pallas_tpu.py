@@ -63,12 +63,28 @@ def compile_all(names, batch: int = 1, dtype: str = "float32"):
             yield dict(name=name, kind=kind, ok=ok, msg=msg, seconds=round(time.time() - t0, 2))
 
 
-def test_tpu_compile_default_suite_and_mnist():
+def require_libtpu():
+    """Skip without libtpu, or fail when JCONV_REQUIRE_LIBTPU=1 (CI must not skip)."""
     if importlib.util.find_spec("libtpu") is None:
         msg = "libtpu is not installed (pip install -e '.[tpu]'): cannot compile for TPU"
         if os.environ.get("JCONV_REQUIRE_LIBTPU") == "1":
             pytest.fail(msg + " and JCONV_REQUIRE_LIBTPU=1")
         pytest.skip(msg)
+
+
+def test_missing_libtpu_fails_when_required(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
+    monkeypatch.setenv("JCONV_REQUIRE_LIBTPU", "1")
+    with pytest.raises(pytest.fail.Exception, match="JCONV_REQUIRE_LIBTPU=1"):
+        require_libtpu()
+    monkeypatch.delenv("JCONV_REQUIRE_LIBTPU")
+    with pytest.raises(pytest.skip.Exception, match="libtpu is not installed"):
+        require_libtpu()
+
+
+def test_tpu_compile_default_suite_and_mnist():
+    require_libtpu()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True,
