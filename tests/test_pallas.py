@@ -169,6 +169,7 @@ def test_tpu_interpret_races_and_bounds(xs, ws, kw, blocks):
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
 
     params = pltpu.InterpretParams(detect_races=True, out_of_bounds_reads="raise", num_cores_or_threads=2)
+    pltpu.reset_tpu_interpret_mode_state()
     spec = _exec_spec(parse_conv2d(xs, "float32", ws, "float32", (ws[-1],), "float32", precision="highest", **kw))
     rng = np.random.default_rng(0)
     x, w, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ws, (ws[-1],)))
@@ -183,6 +184,22 @@ def test_tpu_interpret_races_and_bounds(xs, ws, kw, blocks):
     assert_close(y, y_ref, np.float32, what="forward")
     assert_close(dx, dx_ref, np.float32, factor=2, what="dx")
     assert_close(dw, dw_ref, np.float32, factor=2, what="dw")
+
+
+def test_race_detector_catches_a_parallel_reduction(monkeypatch):
+    """Negative control: marking the weight gradient's reduction axes "parallel" (two simulated
+    cores write the same output block) is reported as a race, so the test above can fail."""
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
+
+    real = ops._call_kwargs
+    monkeypatch.setattr(ops, "_call_kwargs", lambda t, i, sem: real(t, i, ("parallel",) * len(sem)))
+    params = pltpu.InterpretParams(detect_races=True, out_of_bounds_reads="raise", num_cores_or_threads=2)
+    pltpu.reset_tpu_interpret_mode_state()
+    spec = _exec_spec(parse_conv2d((2, 6, 5, 3), "float32", (3, 3, 3, 8), "float32", padding=1))
+    fn = functools.partial(ops.spec_weight_grad, w_shape=(3, 3, 3, 8), spec=spec, target="tpu", interpret=params)
+    jax.block_until_ready(jax.jit(fn)(jnp.ones((2, 6, 5, 3)), jnp.ones((2, 6, 5, 8))))
+    assert tpu_interpret.races.races_found
+    pltpu.reset_tpu_interpret_mode_state()
 
 
 # ------------------------------------------------------------------------------------------
