@@ -112,6 +112,29 @@ def test_really_pallas_no_xla_conv():
         assert _pallas_calls(grad) == 9
 
 
+@pytest.mark.parametrize("kw,w_shape", [
+    (dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)), (3, 2, 2, 4)),
+    (dict(groups=2, padding="SAME"), (3, 3, 1, 4)),                  # depthwise x2
+    (dict(groups=2, stride=(1, 2), padding=1), (2, 3, 1, 2)),        # depthwise x1, strided
+], ids=["dense-s2-d", "depthwise-x2", "depthwise-s12"])
+def test_second_order_matches_xla(kw, w_shape):
+    """Every derivative of the Pallas ops is again a Pallas op: grad-of-grad matches XLA's."""
+    rng = np.random.default_rng(12)
+    x = jnp.asarray(rng.normal(size=(2, 6, 7, 2)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+
+    def second(impl):
+        f = functools.partial(jconv.conv2d, impl=impl, precision="highest", **kw)
+        gx = lambda a, c: jax.grad(lambda a_: jnp.sum(f(a_, c) ** 2))(a)  # noqa: E731
+        gw = lambda a, c: jax.grad(lambda c_: jnp.sum(jnp.sin(f(a, c_))))(c)  # noqa: E731
+        return (jax.grad(lambda c: jnp.sum(gx(x, c) ** 2))(w), jax.grad(lambda a: jnp.sum(gw(a, w) ** 2))(x))
+
+    jaxpr = str(jax.make_jaxpr(lambda: second("pallas"))())
+    assert "conv_general_dilated" not in jaxpr and "pallas_call" in jaxpr
+    for got, want in zip(second("pallas"), second("xla")):
+        assert_close(got, want, np.float32, factor=4)
+
+
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "windows"])
 def test_folded_taps_match_xla(fold):
     """Few input channels: taps folded into the contraction (XLA im2col + 1x1 kernel) or not."""

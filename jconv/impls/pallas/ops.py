@@ -426,19 +426,28 @@ def spec_forward(x, w, b, spec: ConvSpec, *, target: str, blocks=None, interpret
                          precision=spec.precision, blocks=blocks, interpret=interpret)
 
 
-def spec_input_grad(g, w, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
-    """dL/dx (N, H, W, C_in) in ``spec.dtype``: a forward conv of the dilated, padded cotangent."""
+def _input_grad_operands(g, w, spec: ConvSpec):
+    """The input gradient as a VALID convolution: (dilated, padded cotangent, transposed kernel,
+    its spec). XLA ops only (differentiable); the padding may be negative (a crop)."""
     (pbh, pah), (pbw, paw) = _vjp_lhs_padding(spec)
     sh, sw = spec.stride
-    zero = jnp.zeros((), g.dtype)
-    gp = lax.pad(g, zero, ((0, 0, 0), (pbh, pah, sh - 1), (pbw, paw, sw - 1), (0, 0, 0)))
-    wt = _transpose_kernel(w, spec.groups)
-    problem = Problem(spec.batch, gp.shape[1:3], spec.out_channels, spec.in_channels, spec.kernel_size,
-                      spec.lhs_dilation, spec.dilation, spec.groups, str(g.dtype))
-    if problem.out_size != tuple(spec.in_size):
-        raise AssertionError(f"pallas input gradient: size {problem.out_size} != input {spec.in_size}")
     ct = jnp.promote_types(g.dtype, w.dtype)
-    return forward_valid(gp.astype(ct), wt.astype(ct), None, problem, target=target, out_dtype=spec.dtype,
+    gp = lax.pad(g.astype(ct), jnp.zeros((), ct), ((0, 0, 0), (pbh, pah, sh - 1), (pbw, paw, sw - 1), (0, 0, 0)))
+    wt = _transpose_kernel(w.astype(ct), spec.groups)
+    dx_spec = dataclasses.replace(
+        spec, in_size=tuple(gp.shape[1:3]), in_channels=spec.out_channels, out_channels=spec.in_channels,
+        stride=spec.lhs_dilation, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), has_bias=False,
+        dtype=jnp.dtype(ct).name, out_dtype=spec.dtype,
+    )
+    if dx_spec.out_size != tuple(spec.in_size):
+        raise AssertionError(f"pallas input gradient: size {dx_spec.out_size} != input {spec.in_size}")
+    return gp, wt, dx_spec
+
+
+def spec_input_grad(g, w, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
+    """dL/dx (N, H, W, C_in) in ``spec.dtype``: a forward conv of the dilated, padded cotangent."""
+    gp, wt, dx_spec = _input_grad_operands(g, w, spec)
+    return forward_valid(gp, wt, None, Problem.from_spec(dx_spec), target=target, out_dtype=spec.dtype,
                          precision=spec.precision, blocks=blocks, interpret=interpret)
 
 
@@ -462,6 +471,13 @@ def _on_target(fn, *args):
     )
 
 
+# The custom_vjp structure (every derivative is again one of these Pallas ops, so higher-order
+# derivatives are Pallas too and correct):
+#   _conv(x, w)          forward kernel
+#   d/dx of _conv        _input_grad(g, w) = _conv(dilated padded g, transposed w)
+#   d/dw of _conv        _weight_grad(x, g), whose own VJP is (_input_grad(g, ct), _conv(x, ct))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv(x, w, b, spec):
     return _on_target(lambda x_, w_, b_, target: spec_forward(x_, w_, b_, spec, target=target), x, w, b)
@@ -473,12 +489,33 @@ def _conv_fwd(x, w, b, spec):
 
 def _conv_bwd(spec, res, g):
     x, w, b = res
-    dx = _on_target(lambda g_, w_, target: spec_input_grad(g_, w_, spec, target=target), g, w)
-    dw = _on_target(lambda x_, g_, target: spec_weight_grad(x_, g_, w.shape, spec, target=target), x, g)
+    dx = _input_grad(g, w, spec)
+    dw = _weight_grad(x, g, tuple(w.shape), spec)
     db = None if b is None else jnp.sum(g.astype(_F32), axis=(0, 1, 2)).astype(b.dtype)
-    return dx, dw.astype(w.dtype), db
+    return dx.astype(x.dtype), dw.astype(w.dtype), db
 
 
+def _input_grad(g, w, spec):
+    gp, wt, dx_spec = _input_grad_operands(g, w, spec)
+    return _conv(gp, wt, None, dx_spec)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _weight_grad(x, g, w_shape, spec):
+    return _on_target(lambda x_, g_, target: spec_weight_grad(x_, g_, w_shape, spec, target=target), x, g)
+
+
+def _weight_grad_fwd(x, g, w_shape, spec):
+    return _weight_grad(x, g, w_shape, spec), (x, g)
+
+
+def _weight_grad_bwd(w_shape, spec, res, ct):
+    x, g = res  # dw is bilinear in (x, g): contract ct with one to get the other's gradient
+    ct = ct.astype(spec.dtype)
+    return _input_grad(g, ct, spec).astype(x.dtype), _conv(x, ct, None, spec).astype(g.dtype)
+
+
+_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
