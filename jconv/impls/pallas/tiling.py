@@ -390,7 +390,6 @@ def roofline_rows(cases, batch: int = 32, dtype: str = "bfloat16"):
 
 def roofline_markdown(suite: str = "default", batch: int = 32, dtype: str = "bfloat16") -> str:
     """The roofline table of docs/pallas.md (``python -m jconv.impls.pallas.tiling``)."""
-    from jconv.geometry import ConvSpec  # noqa: F401 - keeps the import graph explicit
     from jconv.suite import get_suite
 
     cases = get_suite(suite)
