@@ -95,13 +95,13 @@ def test_nchw_messages_use_nchw_shapes():
 
 
 def test_pallas_is_never_silently_replaced():
-    """Until (or unless) the Pallas kernel can run a spec, impl='pallas' raises, never runs XLA."""
-    try:
-        y = jconv.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), impl="pallas")
-    except NotImplementedError as e:
-        assert "pallas" in str(e)
-    else:
-        np.testing.assert_allclose(np.asarray(y), 9.0, rtol=1e-6)
+    """impl='pallas' runs Pallas kernels (never XLA's conv), and says so when it cannot."""
+    x, k = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1))
+    jaxpr = str(jax.make_jaxpr(lambda a, b: jconv.conv2d(a, b, impl="pallas"))(x, k))
+    assert "pallas_call" in jaxpr and "conv_general_dilated" not in jaxpr
+    np.testing.assert_allclose(np.asarray(jconv.conv2d(x, k, impl="pallas")), 9.0, rtol=1e-6)
+    with jax.enable_x64(True), pytest.raises(NotImplementedError, match="pallas.*float64"):
+        jconv.conv2d(x.astype(jnp.float64), k.astype(jnp.float64), impl="pallas")
 
 
 @pytest.mark.parametrize(
