@@ -235,10 +235,6 @@ def _forward(x, w, cfg: _Cfg):
     """The conv of NHWC ``x`` (undilated, unpadded) with HWIO ``w``, as ``cfg`` says."""
     if cfg.mode == "xla":
         return _xla_forward(x, w, cfg)
-    if cfg.mode == "mac":
-        # keep a layout change (NCHW input) or a padding mode from being fused into, and
-        # recomputed by, each of the C_in/groups * KH * KW unrolled multiply-adds
-        x = lax.optimization_barrier(x)
     n, h, wd, _ = x.shape
     kh, kw, cg, co = w.shape
     g = cfg.groups
