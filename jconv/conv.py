@@ -34,7 +34,7 @@ def _check_array(fn: str, name: str, a: Any):
 
 def plan_for(spec: ConvSpec, impl: str = "auto") -> select.Plan:
     """The plan ``conv2d`` would run for ``spec`` (for reports and tests)."""
-    return select.plan(_exec_spec(spec), impl)
+    return select.plan(_exec_spec(spec), impl, layout=spec.layout)
 
 
 def _exec_spec(spec: ConvSpec) -> ConvSpec:
@@ -71,7 +71,7 @@ def _execute(x, w, b, *, spec: ConvSpec, impl: str):
     if spec.batch == 0:  # nothing to compute: an empty result of the right shape
         y = jnp.zeros((0,) + espec.out_size + (spec.out_channels,), spec.out_dtype)
     else:
-        y = select.plan(espec, impl).fn(x, w, b, espec)
+        y = select.plan(espec, impl, layout=spec.layout).fn(x, w, b, espec)
     if spec.layout == "NCHW":
         y = jnp.transpose(y, (0, 3, 1, 2))
     return y if spec.batched else y[0]
@@ -124,7 +124,7 @@ def conv2d(
         padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
         preferred_element_type=preferred_element_type, fn=fn,
     )
-    select.plan(_exec_spec(spec), impl, fn=fn)  # surface plan errors before tracing
+    select.plan(_exec_spec(spec), impl, fn=fn, layout=spec.layout)  # surface plan errors before tracing
     return _execute(x, w, b, spec=spec, impl=impl)
 
 

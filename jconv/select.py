@@ -12,6 +12,10 @@ command that regenerates it); a tuner may later override them per spec.
 ``mac``; fewer than 16 input channels (per group) -> ``im2col`` (a per-tap GEMM with K < 16
 wastes the machine: the ResNet stem runs 6x slower with ``taps``); otherwise ``taps``.
 
+For NCHW callers (``layout="NCHW"``) ``depthwise`` / ``mac`` become ``mac_cf``: the same
+multiply-accumulate computed channels-first, so the caller's layout changes cancel instead of
+being fused into the unrolled loop (2-7x faster on the NCHW suite layers).
+
 ``auto`` on the CPU (in order):
 
 1. depthwise (``groups == C_in``, any multiplier)  -> ``lax:depthwise``: per-tap
@@ -87,10 +91,19 @@ def _auto_rule(spec: ConvSpec, platform: str) -> tuple[str, str]:
     return "xla", "dense: XLA's CPU convolution is as fast as the lax formulations"
 
 
-def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None) -> Plan:
+def _channels_first(name: str, why: str, layout: str) -> tuple[str, str]:
+    if layout == "NCHW" and name in ("mac", "depthwise"):
+        return "mac_cf", why + "; channels-first for the NCHW input (layout changes cancel)"
+    return name, why
+
+
+def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,
+         layout: str = "NHWC") -> Plan:
     """Choose the implementation for ``spec``. ``impl`` was checked by geometry.check_impl.
 
     ``platform`` ("cpu", "gpu", "tpu") is the target; by default JAX's default backend.
+    ``layout`` is the caller's layout (``spec`` itself is the NHWC execute spec): for NCHW
+    callers the ``mac`` family runs channels-first (``mac_cf``).
     """
     base, _, algo = impl.partition(":")
     from jconv.impls.xla import conv_xla
@@ -112,13 +125,13 @@ def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None 
             )
         return Plan("lax", algo, lax_conv.ALGORITHMS[algo], "requested")
     if base == "lax":
-        name, why = _lax_rule(spec)
+        name, why = _channels_first(*_lax_rule(spec), layout)
         return Plan("lax", name, lax_conv.ALGORITHMS[name], why)
     if platform is None:
         import jax
 
         platform = jax.default_backend()
-    name, why = _auto_rule(spec, platform)
+    name, why = _channels_first(*_auto_rule(spec, platform), layout)
     if name == "xla":
         return Plan("xla", "xla", conv_xla, f"auto: {why}")
     return Plan("lax", name, lax_conv.ALGORITHMS[name], f"auto: {why}")

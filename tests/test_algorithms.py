@@ -244,3 +244,24 @@ def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
         x64, w64 = _inputs(geom, dtype=np.float64, seed=6, hw=(6, 5), batch=1)
         f = functools.partial(_run, geom, "lax:mac", precision=None)
         check_grads(f, (jnp.asarray(x64), jnp.asarray(w64)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+def test_nchw_callers_get_channels_first_mac():
+    for name in ("mobilenetv2_dw3x3_s1_nchw", "resnext_g32_3x3_nchw"):
+        spec = CASES[name].spec(2)
+        assert jconv.conv.plan_for(spec, "auto").algorithm == "mac_cf"
+        assert jconv.conv.plan_for(spec, "lax").algorithm == "mac_cf"
+    assert jconv.conv.plan_for(CASES["resnext_g32_3x3"].spec(2), "auto").algorithm == "mac"
+    # and through the public API, values and gradients as XLA's
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 6, 9, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(6, 2, 3, 3)), jnp.float32)
+    kw = dict(stride=(2, 1), padding=1, groups=3, layout="NCHW")
+
+    def f(impl, x, w):
+        return jnp.sum(jnp.sin(jconv.conv2d(x, w, impl=impl, precision="highest", **kw)))
+
+    assert_close(f("auto", x, w), f("xla", x, w), np.float32)
+    for g, r in zip(jax.grad(functools.partial(f, "auto"), argnums=(0, 1))(x, w),
+                    jax.grad(functools.partial(f, "xla"), argnums=(0, 1))(x, w)):
+        assert_close(g, r, np.float32, factor=2)
