@@ -343,14 +343,69 @@ def test_batch_sharding_is_kept(axis_type):
     assert_close(gk_closure, gk_ref, np.float32, factor=2)
 
 
-def test_auto_sharding_without_mesh_context_runs_unsplit():
-    """No mesh in context: correct results (XLA gathers the batch), closed-over inputs too."""
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("batch",))
+def test_auto_sharding_without_mesh_context_is_split_by_xla():
+    """The common case: an auto-sharded input, no mesh in context (the mesh unknown when
+    tracing). XLA's partitioner splits the Pallas ops (custom_partitioning) along the batch:
+    output and dx keep the batch sharding, no all-gather; dw is all-reduced over the shards."""
+    mesh = jax.make_mesh((4,), ("batch",), devices=jax.devices()[:4], axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = NamedSharding(mesh, P("batch"))
     rng = np.random.default_rng(14)
     x_np = rng.normal(size=(4, 6, 6, 2)).astype(np.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
-    x = jax.device_put(jnp.asarray(x_np), NamedSharding(mesh, P("batch")))
+    b = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+    x = jax.device_put(jnp.asarray(x_np), sharding)
+    f = functools.partial(jconv.conv2d, padding=1, stride=(1, 2), impl="pallas")
+    ref = functools.partial(jconv.conv2d, padding=1, stride=(1, 2), impl="xla", precision="highest")
+    fwd = jax.jit(f)
+    grad = jax.jit(jax.grad(lambda a, c, d: jnp.sum(f(a, c, d) ** 2), argnums=(0, 1, 2)))
+    y = fwd(x, k, b)
+    gx, gk, gb = grad(x, k, b)
+    assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
+    assert gx.sharding.is_equivalent_to(sharding, gx.ndim), gx.sharding
+    fwd_hlo = fwd.lower(x, k, b).compile().as_text()
+    grad_hlo = grad.lower(x, k, b).compile().as_text()
+    for hlo in (fwd_hlo, grad_hlo):
+        assert "all-gather" not in hlo and "all-to-all" not in hlo
+    assert "all-reduce" in grad_hlo  # dw (and db): per-shard sums added up
+    assert_close(y, ref(x_np, k, b), np.float32)
+    refs = jax.grad(lambda a, c, d: jnp.sum(ref(a, c, d) ** 2), argnums=(0, 1, 2))(x_np, k, b)
+    for name, got, want in zip(("dx", "dw", "db"), (gx, gk, gb), refs):
+        assert_close(got, want, np.float32, factor=2, what=name)
+    # an input closed over (a jit constant), and a batch that does not divide over the mesh
+    # (runs unsplit: XLA's padded shards must not enter dw)
+    gk_closure = jax.jit(jax.grad(lambda c: jnp.sum(f(x, c) ** 2)))(k)
+    assert_close(gk_closure, jax.grad(lambda c: jnp.sum(ref(x_np, c) ** 2))(k), np.float32, factor=2)
+    x8_np = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
+    x8 = jax.device_put(jnp.asarray(x8_np), sharding)
+    gk6 = jax.jit(jax.grad(lambda a, c: jnp.sum(f(a[:6], c) ** 2), argnums=1))(x8, k)
+    assert_close(gk6, jax.grad(lambda c: jnp.sum(ref(x8_np[:6], c) ** 2))(k), np.float32, factor=2)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_export_batch_sharded_inside_set_mesh(platform):
+    """jax.export of a multi-device auto-sharded program: inside set_mesh (shard_map; without it
+    the custom_partitioning callback cannot be serialized), one kernel, batch kept sharded."""
+    mesh = jax.make_mesh((4,), ("batch",), devices=jax.devices()[:4], axis_types=(jax.sharding.AxisType.Auto,))
+    xs = jax.ShapeDtypeStruct((8, 6, 6, 2), jnp.float32, sharding=NamedSharding(mesh, P("batch")))
+    ws = jax.ShapeDtypeStruct((3, 3, 2, 4), jnp.float32, sharding=NamedSharding(mesh, P()))
     f = functools.partial(jconv.conv2d, padding=1, impl="pallas")
-    g = jax.jit(jax.grad(lambda c: jnp.sum(f(x, c) ** 2)))(k)
-    ref = functools.partial(jconv.conv2d, padding=1, impl="xla", precision="highest")
-    assert_close(g, jax.grad(lambda c: jnp.sum(ref(x_np, c) ** 2))(k), np.float32, factor=2)
+    with jax.set_mesh(mesh):
+        text = _export(f, platform, xs, ws)
+    assert text.count("tpu_custom_call" if platform == "tpu" else _TRITON) == 1
+    assert "all_gather" not in text and "CustomSPMDPartitioning" not in text
+
+
+def test_vmap():
+    """custom_partitioning has no batching rule: under vmap the ops run unpartitioned."""
+    rng = np.random.default_rng(15)
+    x = jnp.asarray(rng.normal(size=(3, 2, 5, 5)), jnp.float32)  # NCHW, vmapped per example
+    k = jnp.asarray(rng.normal(size=(4, 2, 3, 3)), jnp.float32)
+    f = functools.partial(jconv.conv2d, layout="NCHW", padding=1, impl="pallas")
+    ref = functools.partial(jconv.conv2d, layout="NCHW", padding=1, impl="xla", precision="highest")
+    assert_close(jax.vmap(lambda xi: f(xi, k))(x), ref(x, k), np.float32)
+
+    def grads(fn):
+        return jax.vmap(jax.grad(lambda xi, c: jnp.sum(fn(xi, c) ** 2), argnums=(0, 1)), in_axes=(0, None))(x, k)
+
+    for got, want in zip(grads(f), grads(ref)):
+        assert_close(got, want, np.float32, factor=2)

@@ -16,6 +16,10 @@ padded cotangent with the flipped, transposed kernel; the weight gradient has it
 
 Which lowering runs is decided by the *target* platform through ``lax.platform_dependent``:
 interpreted on CPU, Mosaic on TPU, Triton on CUDA. Nothing falls back to XLA's convolution.
+
+Sharding: a batch-sharded input stays split, under ``shard_map`` when the mesh is known while
+tracing, else (CPU, CUDA) by XLA's partitioner through ``custom_partitioning`` (see
+``conv_pallas`` and docs/pallas.md).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
@@ -453,12 +458,16 @@ def spec_input_grad(g, w, spec: ConvSpec, *, target: str, blocks=None, interpret
 
 def spec_weight_grad(x, g, w_shape, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
     """dL/dw (HWIO) in ``spec.dtype``."""
+    return _spec_weight_grad_f32(x, g, w_shape, spec, target=target, blocks=blocks,
+                                 interpret=interpret).astype(spec.dtype)
+
+
+def _spec_weight_grad_f32(x, g, w_shape, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
     from jconv.impls.common import pad_input
 
     xp = pad_input(x, spec)
-    dw = weight_grad_valid(xp, g, tuple(w_shape), Problem.from_spec(spec), target=target,
-                           precision=spec.precision, blocks=blocks, interpret=interpret)
-    return dw.astype(spec.dtype)
+    return weight_grad_valid(xp, g, tuple(w_shape), Problem.from_spec(spec), target=target,
+                             precision=spec.precision, blocks=blocks, interpret=interpret)
 
 
 def _on_target(fn, *args):
@@ -476,11 +485,165 @@ def _on_target(fn, *args):
 #   _conv(x, w)          forward kernel
 #   d/dx of _conv        _input_grad(g, w) = _conv(dilated padded g, transposed w)
 #   d/dw of _conv        _weight_grad(x, g), whose own VJP is (_input_grad(g, ct), _conv(x, ct))
+#
+# Inside each primal: ``lax.platform_dependent`` picks the target's lowering, and on CPU and
+# CUDA the op is a ``custom_partitioning`` function that XLA's SPMD partitioner splits along the
+# batch (below). custom_partitioning is not differentiable, hence inside the custom_vjp.
 
+
+# ------------------------------------------------------------------------------------------
+# XLA's SPMD partitioner splits the ops along the batch (custom_partitioning)
+# ------------------------------------------------------------------------------------------
+#
+# A pallas_call is a custom call XLA cannot split: on a batch-sharded input it would gather the
+# whole batch on every device. Each op is therefore a ``custom_partitioning`` function: when XLA
+# partitions the program (a jit over sharded arrays, the mesh known only from the arrays), it
+# asks ``partition`` for a per-device program: the batch dim stays sharded as the input is (over
+# the same mesh axes), everything else is replicated (XLA gathers any other sharding first),
+# and each device runs the Pallas kernel on its own examples. The weight gradient, a sum over
+# the batch, is summed over the batch axes (an all-reduce of the small dw, in float32). A batch
+# that does not divide evenly over those axes runs unsplit (XLA would pad the shards with rows
+# that must not enter dw). On one device, or inside shard_map, the function is inlined as is.
+#
+# Not on TPU: libtpu in this JAX has no hook for the Python partitioner (compiling fails with
+# "Custom emitter for CustomSPMDPartitioning not found", jax-ml/jax#38196), so the TPU branch
+# stays a plain pallas_call: split only under conv_pallas' shard_map (see _batch_split); in a
+# multi-device program outside shard_map, Mosaic refuses to lower it.
+
+PARTITIONED_TARGETS = ("cpu", "cuda")
+
+
+def _batch_axes(arg, mesh, batch: int):
+    """(mesh axes the batch dim of ``arg`` is sharded over, or None; number of shards)."""
+    sharding = arg.sharding
+    if not isinstance(sharding, jax.sharding.NamedSharding) or not len(sharding.spec):
+        return None, 1
+    axes = sharding.spec[0]
+    names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+    if not names:
+        return None, 1
+    shards = int(np.prod([mesh.shape[a] for a in names]))
+    if shards == 1 or batch % shards:
+        return None, 1
+    return (names[0] if len(names) == 1 else tuple(names)), shards
+
+
+def _partition_mesh(mesh, arg):
+    """The mesh to partition over: the operand's (a NamedSharding's), else the context's."""
+    sharding = arg.sharding
+    return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else mesh
+
+
+def _named(mesh, *spec):
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def _all_but_batch(rule: str) -> tuple[str, ...]:
+    """Factors of an einsum-like sharding ``rule`` other than the batch ``n``, in order of
+    appearance (the order Shardy requires): all must stay replicated."""
+    names = rule.replace(",", " ").replace("->", " ").split()
+    return tuple(dict.fromkeys(f for f in names if f != "n"))
+
+
+# forward (and input gradient: a forward of the cotangent)
+
+def _forward_body(x, w, b, spec, target):
+    return spec_forward(x, w, b, spec, target=target)
+
+
+def _forward_infer(spec, target, mesh, arg_shapes, result_shape):
+    mesh = _partition_mesh(mesh, arg_shapes[0])
+    return _named(mesh, _batch_axes(arg_shapes[0], mesh, spec.batch)[0])
+
+
+def _forward_partition(spec, target, mesh, arg_shapes, result_shape):
+    mesh = _partition_mesh(mesh, arg_shapes[0])
+    axes, shards = _batch_axes(arg_shapes[0], mesh, spec.batch)
+    local = dataclasses.replace(spec, batch=spec.batch // shards)
+    x_sh, rep = _named(mesh, axes), _named(mesh)
+    b_sh = None if arg_shapes[2] is None else rep
+    return mesh, functools.partial(_forward_body, spec=local, target=target), x_sh, (x_sh, rep, b_sh)
+
+
+def _forward_rule(spec, target, mesh, operand_types, result_types):
+    rule = "n x0 x1 x2, w0 w1 w2 w3" + (", b0" if len(operand_types) == 3 else "") + " -> n y0 y1 y2"
+    return rule, {"need_replication_factors": _all_but_batch(rule)}
+
+
+_forward_op = custom_partitioning(_forward_body, static_argnums=(3, 4))
+_forward_op.def_partition(_forward_partition, infer_sharding_from_operands=_forward_infer,
+                          sharding_rule=_forward_rule)
+
+
+def _forward(x, w, b, spec, partitioned: bool = True):
+    def per_target(x_, w_, b_, target):
+        op = _forward_op if partitioned and target in PARTITIONED_TARGETS else _forward_body
+        return op(x_, w_, b_, spec, target)
+    return _on_target(per_target, x, w, b)
+
+
+# weight gradient
+
+def _weight_grad_body(x, g, w_shape, spec, target):
+    return _weight_grad_summed(x, g, w_shape=w_shape, spec=spec, target=target, axes=None)
+
+
+def _weight_grad_summed(x, g, *, w_shape, spec, target, axes):
+    """dw of these examples, summed over the mesh ``axes`` the batch is split on (if any)."""
+    dw = _spec_weight_grad_f32(x, g, w_shape, spec, target=target)
+    if axes is not None:
+        dw = lax.psum(dw, axes)  # the per-shard sums added up, in float32
+    return dw.astype(spec.dtype)
+
+
+def _weight_grad_infer(w_shape, spec, target, mesh, arg_shapes, result_shape):
+    return _named(_partition_mesh(mesh, arg_shapes[0]))
+
+
+def _weight_grad_partition(w_shape, spec, target, mesh, arg_shapes, result_shape):
+    mesh = _partition_mesh(mesh, arg_shapes[0])
+    axes, shards = _batch_axes(arg_shapes[0], mesh, spec.batch)
+    local = dataclasses.replace(spec, batch=spec.batch // shards)
+    lower = functools.partial(_weight_grad_summed, w_shape=w_shape, spec=local, target=target, axes=axes)
+    return mesh, lower, _named(mesh), (_named(mesh, axes), _named(mesh, axes))
+
+
+_WEIGHT_GRAD_RULE = "n x0 x1 x2, n g0 g1 g2 -> d0 d1 d2 d3"
+_weight_grad_op = custom_partitioning(_weight_grad_body, static_argnums=(2, 3, 4))
+_weight_grad_op.def_partition(_weight_grad_partition, infer_sharding_from_operands=_weight_grad_infer,
+                              sharding_rule=_WEIGHT_GRAD_RULE,
+                              need_replication_factors=_all_but_batch(_WEIGHT_GRAD_RULE))
+
+
+def _weight_grad_any(x, g, w_shape, spec, partitioned: bool = True):
+    def per_target(x_, g_, target):
+        op = _weight_grad_op if partitioned and target in PARTITIONED_TARGETS else _weight_grad_body
+        return op(x_, g_, w_shape, spec, target)
+    return _on_target(per_target, x, g)
+
+
+def _vmappable(fn, *args):
+    """``fn(*args)`` (partitioned); under ``vmap`` (custom_partitioning has no batching rule),
+    the vmap of ``fn(*args, partitioned=False)``: plain pallas_calls, which batch themselves."""
+    @jax.custom_batching.custom_vmap
+    def call(*a):
+        return fn(*a)
+
+    @call.def_vmap
+    def _rule(axis_size, in_batched, *a):
+        plain = functools.partial(fn, partitioned=False)
+        return jax.vmap(plain, in_axes=tuple(0 if bt else None for bt in in_batched))(*a), True
+
+    return call(*args)
+
+
+# the differentiable ops
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv(x, w, b, spec):
-    return _on_target(lambda x_, w_, b_, target: spec_forward(x_, w_, b_, spec, target=target), x, w, b)
+    if b is None:
+        return _vmappable(lambda x_, w_, **kw: _forward(x_, w_, None, spec, **kw), x, w)
+    return _vmappable(lambda x_, w_, b_, **kw: _forward(x_, w_, b_, spec, **kw), x, w, b)
 
 
 def _conv_fwd(x, w, b, spec):
@@ -502,7 +665,7 @@ def _input_grad(g, w, spec):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _weight_grad(x, g, w_shape, spec):
-    return _on_target(lambda x_, g_, target: spec_weight_grad(x_, g_, w_shape, spec, target=target), x, g)
+    return _vmappable(lambda x_, g_, **kw: _weight_grad_any(x_, g_, w_shape, spec, **kw), x, g)
 
 
 def _weight_grad_fwd(x, g, w_shape, spec):
@@ -531,13 +694,15 @@ def check_supported(spec: ConvSpec) -> None:
 
 
 def _batch_split(x, batch: int):
-    """(mesh, axes) to split the batch over with ``shard_map``, or None (run unsplit).
+    """(mesh, axes) to split the batch over with ``shard_map``, or None: the ops are then split
+    by XLA's partitioner on CPU / CUDA (see PARTITIONED_TARGETS); on TPU, Mosaic refuses to
+    lower a kernel in a multi-device program outside shard_map (use ``jax.set_mesh``).
 
-    Explicit sharding: the axes the batch dim of ``x`` is sharded over. Auto sharding, where
-    the partition spec is only known to XLA: inside ``jax.set_mesh(mesh)``, all axes of that
-    mesh when the batch divides evenly (data parallelism over the input's mesh); without a mesh
-    in context the call runs unsplit (``shard_map`` over an abstract mesh miscompiles inputs
-    closed over as constants in this JAX), so XLA gathers the batch.
+    Explicit sharding: the axes the batch dim of ``x`` is sharded over. Auto sharding inside
+    ``jax.set_mesh(mesh)``: all axes of that mesh when the batch divides evenly (data
+    parallelism over the input's mesh; this also splits on TPU). Without a mesh in context the
+    mesh is unknown when tracing (``shard_map`` over an abstract mesh miscompiles inputs closed
+    over as jit constants in this JAX), so None.
     """
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
@@ -558,9 +723,11 @@ def _batch_split(x, batch: int):
 def conv_pallas(x, w, b, spec: ConvSpec):
     """The execute-contract entry point (see :mod:`jconv.impls`).
 
-    An input on a multi-device mesh runs under ``shard_map`` over the batch (see
-    :func:`_batch_split`): each device convolves its own examples, so the batch sharding is kept
-    (XLA cannot split a Pallas custom call and would gather the whole batch on every device).
+    Each device convolves its own examples, so the batch sharding is kept (XLA cannot split a
+    Pallas custom call by itself and would gather the whole batch on every device): under
+    ``shard_map`` over the batch when the mesh is known while tracing (explicit sharding, or
+    inside ``jax.set_mesh``; see :func:`_batch_split`), otherwise through the
+    custom_partitioning ops, which XLA's partitioner splits along the batch (CPU, CUDA).
     """
     check_supported(spec)
     split = _batch_split(x, spec.batch)
