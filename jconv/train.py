@@ -349,101 +349,104 @@ def _train_and_evaluate(config, workdir) -> dict[str, Any]:
         xte, yte = xte[:config.test_subset], yte[:config.test_subset]
 
     mesh = make_mesh(config.get("num_devices", 0))
-    ndev = mesh.size
-    bs = config.batch_size
-    if bs % ndev or bs % jax.process_count():
-        raise ValueError(f"train_and_evaluate: batch_size (={bs}) must be divisible by the number of devices (={ndev})")
-    if len(xtr) < bs:
-        raise ValueError(f"train_and_evaluate: batch_size (={bs}) exceeds the training set (={len(xtr)})")
-    eval_bs = -(-config.get("eval_batch_size", 256) // ndev) * ndev
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    # The mesh in context lets ops that XLA cannot partition by itself (Pallas' Mosaic kernels
+    # on TPU) split the batch with shard_map; for XLA's own ops it changes nothing.
+    with jax.set_mesh(mesh):
+        ndev = mesh.size
+        bs = config.batch_size
+        if bs % ndev or bs % jax.process_count():
+            raise ValueError(f"train_and_evaluate: batch_size (={bs}) must be divisible by the number of devices (={ndev})")
+        if len(xtr) < bs:
+            raise ValueError(f"train_and_evaluate: batch_size (={bs}) exceeds the training set (={len(xtr)})")
+        eval_bs = -(-config.get("eval_batch_size", 256) // ndev) * ndev
+        replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-    model = MnistCNN(impl=config.impl, conv=config.get("conv", "jconv"), dropout_rate=config.dropout_rate)
-    tx = _optimizer(config)
-    state = create_state(model, tx, config.seed, replicated)
+        model = MnistCNN(impl=config.impl, conv=config.get("conv", "jconv"), dropout_rate=config.dropout_rate)
+        tx = _optimizer(config)
+        state = create_state(model, tx, config.seed, replicated)
 
-    # ---- resume ----
-    mngr = _checkpoint_manager(workdir) if config.get("checkpoint", True) else None
-    start_epoch = 0
-    if mngr is not None and mngr.latest_step() is not None:
-        start_epoch = int(mngr.latest_step())
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(start_epoch, args=ocp.args.StandardRestore(abstract))
-    metrics_path = workdir / "metrics.jsonl"
-    # records past the checkpoint belong to an epoch that is about to run again
-    records = [r for r in _read_metrics(metrics_path) if r.get("kind") == "epoch" and r["epoch"] <= start_epoch]
-    if main:
-        _write_metrics(metrics_path, records)
-        if start_epoch:
-            print(f"train_mnist: resumed from the checkpoint of epoch {start_epoch} in {workdir}")
-
-    train_step = make_train_step(model, tx, config.seed, mesh)
-    eval_step = make_eval_step(model, mesh)
-    steps_per_epoch = len(xtr) // bs
-    losses: list[float] = []
-    for epoch in range(start_epoch + 1, config.num_epochs + 1):
-        perm = np.random.default_rng([config.seed, epoch]).permutation(len(xtr))
-        t0 = time.perf_counter()
-        epoch_losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
-                   disable=not (main and config.get("progress", True)), leave=False)
-        for i in bar:
-            idx = np.sort(perm[i * bs:(i + 1) * bs])
-            state, loss = train_step(state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]))
-            epoch_losses.append(loss)
-        epoch_losses = [float(v) for v in jax.device_get(epoch_losses)]
-        train_time = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        acc, test_loss = evaluate(eval_step, state["params"], xte, yte, eval_bs, batch_sharding)
-        record = {
-            "kind": "epoch",
-            "epoch": epoch,
-            "step": int(state["step"]),
-            "train_loss": float(np.mean(epoch_losses)),
-            "test_loss": test_loss,
-            "test_accuracy": acc,
-            "epoch_time_s": train_time,
-            "eval_time_s": time.perf_counter() - t1,
-            "examples_per_s": steps_per_epoch * bs / train_time,
-            "num_devices": ndev,
-        }
-        losses += epoch_losses
-        records.append(record)
+        # ---- resume ----
+        mngr = _checkpoint_manager(workdir) if config.get("checkpoint", True) else None
+        start_epoch = 0
+        if mngr is not None and mngr.latest_step() is not None:
+            start_epoch = int(mngr.latest_step())
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            state = mngr.restore(start_epoch, args=ocp.args.StandardRestore(abstract))
+        metrics_path = workdir / "metrics.jsonl"
+        # records past the checkpoint belong to an epoch that is about to run again
+        records = [r for r in _read_metrics(metrics_path) if r.get("kind") == "epoch" and r["epoch"] <= start_epoch]
         if main:
-            _write_metrics(metrics_path, records)  # metrics first: a kill before the checkpoint re-runs the epoch
-            bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, test accuracy {acc:.4f}, "
-                      f"{train_time:.1f}s")
+            _write_metrics(metrics_path, records)
+            if start_epoch:
+                print(f"train_mnist: resumed from the checkpoint of epoch {start_epoch} in {workdir}")
+
+        train_step = make_train_step(model, tx, config.seed, mesh)
+        eval_step = make_eval_step(model, mesh)
+        steps_per_epoch = len(xtr) // bs
+        losses: list[float] = []
+        for epoch in range(start_epoch + 1, config.num_epochs + 1):
+            perm = np.random.default_rng([config.seed, epoch]).permutation(len(xtr))
+            t0 = time.perf_counter()
+            epoch_losses = []
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
+                       disable=not (main and config.get("progress", True)), leave=False)
+            for i in bar:
+                idx = np.sort(perm[i * bs:(i + 1) * bs])
+                state, loss = train_step(state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]))
+                epoch_losses.append(loss)
+            epoch_losses = [float(v) for v in jax.device_get(epoch_losses)]
+            train_time = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            acc, test_loss = evaluate(eval_step, state["params"], xte, yte, eval_bs, batch_sharding)
+            record = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": int(state["step"]),
+                "train_loss": float(np.mean(epoch_losses)),
+                "test_loss": test_loss,
+                "test_accuracy": acc,
+                "epoch_time_s": train_time,
+                "eval_time_s": time.perf_counter() - t1,
+                "examples_per_s": steps_per_epoch * bs / train_time,
+                "num_devices": ndev,
+            }
+            losses += epoch_losses
+            records.append(record)
+            if main:
+                _write_metrics(metrics_path, records)  # metrics first: a kill before the checkpoint re-runs the epoch
+                bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, test accuracy {acc:.4f}, "
+                          f"{train_time:.1f}s")
+            if mngr is not None:
+                mngr.save(epoch, args=ocp.args.StandardSave(state))
+                mngr.wait_until_finished()
         if mngr is not None:
-            mngr.save(epoch, args=ocp.args.StandardSave(state))
-            mngr.wait_until_finished()
-    if mngr is not None:
-        mngr.close()
+            mngr.close()
 
-    params = state["params"]
-    speed = None
-    if main and config.get("plots", True):
-        plot_filters(params, workdir / "filters.png")
-        plot_feature_maps(model, params, xte[0], int(yte[0]), workdir / "feature_maps.png")
-    if config.get("speed_rounds", 0):
-        idx = np.arange(bs)
-        speed = compare_step_speed(config, state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]), mesh,
-                                   config.speed_rounds)
+        params = state["params"]
+        speed = None
+        if main and config.get("plots", True):
+            plot_filters(params, workdir / "filters.png")
+            plot_feature_maps(model, params, xte[0], int(yte[0]), workdir / "feature_maps.png")
+        if config.get("speed_rounds", 0):
+            idx = np.arange(bs)
+            speed = compare_step_speed(config, state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]), mesh,
+                                       config.speed_rounds)
+            if main:
+                _write_metrics(metrics_path, records + [speed])
         if main:
-            _write_metrics(metrics_path, records + [speed])
-    if main:
-        summary = {
-            "dataset": config.dataset,
-            "train_examples": len(xtr),
-            "test_examples": len(xte),
-            "epochs": config.num_epochs,
-            "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
-            "train_time_s": sum(r["epoch_time_s"] for r in records),
-            "impl": config.impl,
-            "plan": _plan_note(config) if config.get("conv", "jconv") == "jconv" else "flax.linen.Conv",
-            "speed": speed,
-            "devices": f"{ndev} x {jax.devices()[0].device_kind}",
-            "jax": jax.__version__,
-            "cpu_count": os.cpu_count(),
-        }
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"records": records, "losses": losses, "params": params, "speed": speed}
+            summary = {
+                "dataset": config.dataset,
+                "train_examples": len(xtr),
+                "test_examples": len(xte),
+                "epochs": config.num_epochs,
+                "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
+                "train_time_s": sum(r["epoch_time_s"] for r in records),
+                "impl": config.impl,
+                "plan": _plan_note(config) if config.get("conv", "jconv") == "jconv" else "flax.linen.Conv",
+                "speed": speed,
+                "devices": f"{ndev} x {jax.devices()[0].device_kind}",
+                "jax": jax.__version__,
+                "cpu_count": os.cpu_count(),
+            }
+            (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return {"records": records, "losses": losses, "params": params, "speed": speed}
