@@ -26,8 +26,10 @@ being fused into the unrolled loop (2-7x faster on the NCHW suite layers).
 3. input dilation (transposed conv, ``lhs_dilation > 1``) -> ``lax:xla_fwd``: XLA's forward is
    fast (faster than the phase-decomposed ``taps``), its backward is not (the weight gradient
    is a conv with a dilated Ho x Wo kernel: 5-30x slower than the per-phase GEMMs here).
-4. dense 1x1 -> ``lax:xla_fwd``: XLA's forward, the lax engine's backward (the weight
-   gradient as one GEMM; XLA runs it as a conv with an Ho x Wo kernel, 2-3x slower).
+4. dense 1x1, channels-last caller -> ``lax:taps``: one GEMM forward and backward; XLA's
+   forward is 1.1-2x slower and its weight gradient (a conv with an Ho x Wo kernel) 2-3x.
+   NCHW caller -> ``lax:xla_fwd`` (XLA's forward without a layout change, the GEMM weight
+   gradient; not measured against ``taps`` with the transposes).
 5. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
    any lax formulation forward and backward on the dense layers we measured.
 
@@ -74,7 +76,7 @@ def _lax_rule(spec: ConvSpec) -> tuple[str, str]:
     return "taps", "dense: one GEMM per kernel tap, accumulated"
 
 
-def _auto_rule(spec: ConvSpec, platform: str) -> tuple[str, str]:
+def _auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> tuple[str, str]:
     """``(algorithm, reason)`` where algorithm ``"xla"`` means XLA's conv."""
     if platform != "cpu":
         return "xla", (f"{platform}: XLA's convolution (cuDNN / TPU emitter) is the tuned path; "
@@ -85,9 +87,12 @@ def _auto_rule(spec: ConvSpec, platform: str) -> tuple[str, str]:
     if spec.lhs_dilation != (1, 1):
         return "xla_fwd", ("input dilation: XLA's conv forward and input gradient, the weight "
                            "gradient per phase as GEMMs (XLA's is 5-30x slower)")
+    if spec.is_pointwise and layout == "NHWC":
+        return "taps", ("1x1, channels-last: a plain GEMM forward and backward (XLA's forward is "
+                        "1.1-2x slower, its weight gradient a conv with an Ho x Wo kernel)")
     if spec.is_pointwise:
-        return "xla_fwd", ("1x1: XLA's conv forward, the weight gradient as one GEMM "
-                           "(XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")
+        return "xla_fwd", ("1x1, NCHW caller: XLA's conv forward (no layout change), the weight "
+                           "gradient as one GEMM (XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")
     return "xla", "dense: XLA's CPU convolution is as fast as the lax formulations"
 
 
@@ -131,7 +136,7 @@ def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None 
         import jax
 
         platform = jax.default_backend()
-    name, why = _channels_first(*_auto_rule(spec, platform), layout)
+    name, why = _channels_first(*_auto_rule(spec, platform, layout), layout)
     if name == "xla":
         return Plan("xla", "xla", conv_xla, f"auto: {why}")
     return Plan("lax", name, lax_conv.ALGORITHMS[name], f"auto: {why}")

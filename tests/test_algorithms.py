@@ -205,7 +205,8 @@ def _plan(name, batch=4, platform="cpu"):
     ("resnext_g32_3x3", "mac"),
     ("unet_up_transposed", "xla_fwd"),
     ("resnet50_s2_3x3", "xla"),
-    ("resnet50_s2_1x1_expand", "xla_fwd"),
+    ("resnet50_s2_1x1_expand", "taps"),
+    ("mobilenetv2_pw_1x1", "taps"),
     ("vgg16_conv4_2", "xla"),
 ])
 def test_auto_rules_on_cpu(name, algorithm):
