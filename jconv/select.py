@@ -30,11 +30,7 @@ being fused into the unrolled loop (2-7x faster on the NCHW suite layers).
    forward is 1.1-2x slower and its weight gradient (a conv with an Ho x Wo kernel) 2-3x.
    NCHW caller -> ``lax:xla_fwd`` (XLA's forward without a layout change, the GEMM weight
    gradient; not measured against ``taps`` with the transposes).
-5. dense with few input channels (<= ``FEW_CHANNELS``) on a large output (>= 64x64 pixels)
-   -> ``lax:xla_fwd``: the same XLA forward, but XLA's weight gradient (a conv with an Ho x Wo
-   kernel) is 1.0-2.3x slower than the lax GEMMs there (U-Net 3x3 at 256², ResNet stem); with
-   64 channels (VGG conv1_2 at 224²) XLA's is faster (0.55x), hence the threshold.
-6. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
+5. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
    any lax formulation forward and backward on the dense layers we measured.
 
 ``auto`` on GPU / TPU: ``xla``. cuDNN (GPU) and the TPU convolution emitter are the
@@ -53,10 +49,6 @@ from jconv.geometry import ConvSpec
 
 #: ``auto`` uses ``mac`` for grouped convs with at most this many input channels per group.
 MAC_GROUP_CHANNELS = 16
-#: Dense convs with at most FEW_CHANNELS input channels and at least LARGE_IMAGE_PIXELS output
-#: pixels take XLA's forward with the lax weight gradient (``xla_fwd``); measured, see docs.
-FEW_CHANNELS = 32
-LARGE_IMAGE_PIXELS = 64 * 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +93,6 @@ def _auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> tuple[str
     if spec.is_pointwise:
         return "xla_fwd", ("1x1, NCHW caller: XLA's conv forward (no layout change), the weight "
                            "gradient as one GEMM (XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")
-    ho, wo = spec.out_size
-    if spec.group_in_channels <= FEW_CHANNELS and ho * wo >= LARGE_IMAGE_PIXELS:
-        return "xla_fwd", ("dense, few input channels on a large image: XLA's forward and input "
-                           "gradient, the weight gradient as GEMMs (XLA's is a conv with an "
-                           "Ho x Wo kernel: 1.0-2.3x slower on the U-Net 3x3 and the ResNet stem)")
     return "xla", "dense: XLA's CPU convolution is as fast as the lax formulations"
 
 
