@@ -11,9 +11,10 @@ the small layers only, time not a speed figure), the PyTorch peer when torch is 
 a same-size GEMM (gemm_peak) for dense layers. Batch 8, lowered per layer so one forward is at
 most 1 GFLOP. Accuracy vs float64.
 
-Measured: 4 min 40 s and 5 min 22 s wall (about 2.5 min of CPU time), 152 rows, on the 2-core
-AMD EPYC VM this project was developed on, torch 2.13 installed, while shared with other work
-(load average 8-9); expect less on a quiet machine.
+Measured on the 2-core AMD EPYC VM this project was developed on, 152 rows with torch 2.13
+installed: 1 min 53 s wall with the machine otherwise idle (commit 54b4a0a); 4 min 40 s and
+5 min 22 s while it was shared with other work (load average 8-9). Without torch: 118 rows,
+1 min 43 s (plus the one-time set-up of `make run` on a fresh machine, about a minute).
 Every other config starts from this one.
 """
 
