@@ -305,6 +305,17 @@ def _panels(rows):
     return [(p, d) for d in dict.fromkeys(r["dtype"] for r in rows) for p in dict.fromkeys(r["pass"] for r in rows)]
 
 
+def _case_axis(ax, cases: list[str], title: str, xlabel: str, *, top: float) -> None:
+    """Log x axis, one labelled row per case, first case on top (the y axis is shared)."""
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_yticks(range(len(cases)))
+    ax.set_yticklabels(cases, fontsize=8)
+    ax.set_ylim(len(cases) - 0.5, top)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.set_xlabel(xlabel)
+
+
 def plot_speedup(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
@@ -328,13 +339,8 @@ def plot_speedup(rows: list[dict], path: str) -> None:
             for y, x in zip(ys, xs):
                 ax.text(x, y, f" {x:.2f}x", va="center", fontsize=6.5)
         ax.axvline(1.0, color="black", lw=1)
-        ax.set_xscale("log")
-        ax.set_title(f"{pass_}, {dtype}: speedup over XLA (>1 faster)")
-        ax.set_yticks(range(len(cases)))
-        ax.set_yticklabels(cases, fontsize=8)
-        ax.set_ylim(len(cases) - 0.5, -0.5)  # first case on top (the y axis is shared)
-        ax.grid(axis="x", which="both", alpha=0.3)
-        ax.set_xlabel("XLA time / impl time (log)")
+        _case_axis(ax, cases, f"{pass_}, {dtype}: speedup over XLA (>1 faster)",
+                   "XLA time / impl time (log)", top=-0.5)
     if impls:
         axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -364,13 +370,8 @@ def plot_errors(rows: list[dict], path: str) -> None:
             ax.axvline(t, color="crimson", ls="--", lw=1)
         if tols:
             ax.text(tols[-1], -0.9, " tolerance", color="crimson", fontsize=8, va="bottom")
-        ax.set_xscale("log")
-        ax.set_title(f"{pass_}, {dtype}: scaled error vs reference")
-        ax.set_yticks(range(len(cases)))
-        ax.set_yticklabels(cases, fontsize=8)
-        ax.set_ylim(len(cases) - 0.5, -1.2)
-        ax.grid(axis="x", which="both", alpha=0.3)
-        ax.set_xlabel(f"max|y - ref| / max(1, max|ref|)  (log; 0 shown at {floor:g})")
+        _case_axis(ax, cases, f"{pass_}, {dtype}: scaled error vs reference",
+                   f"max|y - ref| / max(1, max|ref|)  (log; 0 shown at {floor:g})", top=-1.2)
     if impls:
         axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -448,24 +448,23 @@ def conv_xla_fwd(x, w, b, spec: ConvSpec):
     return _run(x, w, b, spec, "xla")
 
 
-def conv_mac(x, w, b, spec: ConvSpec):
-    """Per-tap, per-channel multiply-accumulate on the vector unit (no matmul)."""
-    if not supports("mac", spec):
+def _run_mac(x, w, b, spec: ConvSpec, name: str):
+    if not supports(name, spec):
         raise NotImplementedError(
-            f"conv2d: the 'mac' lax algorithm unrolls C_in/groups*KH*KW (={_mac_terms(spec)}) "
+            f"conv2d: the '{name}' lax algorithm unrolls C_in/groups*KH*KW (={_mac_terms(spec)}) "
             f"multiply-adds per output, more than {MAC_MAX_TERMS}; use 'taps' or 'im2col'"
         )
-    return _run(x, w, b, spec, "mac")
+    return _run(x, w, b, spec, name)
+
+
+def conv_mac(x, w, b, spec: ConvSpec):
+    """Per-tap, per-channel multiply-accumulate on the vector unit (no matmul)."""
+    return _run_mac(x, w, b, spec, "mac")
 
 
 def conv_mac_cf(x, w, b, spec: ConvSpec):
     """``mac`` computed channels-first (for NCHW callers: the layout changes cancel)."""
-    if not supports("mac_cf", spec):
-        raise NotImplementedError(
-            f"conv2d: the 'mac_cf' lax algorithm unrolls C_in/groups*KH*KW (={_mac_terms(spec)}) "
-            f"multiply-adds per output, more than {MAC_MAX_TERMS}; use 'taps' or 'im2col'"
-        )
-    return _run(x, w, b, spec, "mac_cf")
+    return _run_mac(x, w, b, spec, "mac_cf")
 
 
 def conv_depthwise(x, w, b, spec: ConvSpec):
