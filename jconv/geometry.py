@@ -251,6 +251,18 @@ class ConvSpec:
         )
 
     @property
+    def input_grad_padding(self) -> Pads:
+        """Per-side padding of the stride-dilated cotangent whose VALID convolution with the
+        flipped kernel (stride = ``lhs_dilation``) is the input gradient. May be negative (a crop)."""
+        pads = []
+        for size, k, s, (lo, _), ld, o in zip(self.in_size, self.effective_kernel_size, self.stride,
+                                             self.padding, self.lhs_dilation, self.out_size):
+            before = k - 1 - lo
+            after = ((size - 1) * ld + 1) + k - 1 - ((o - 1) * s + 1) - before
+            pads.append((before, after))
+        return tuple(pads)  # type: ignore[return-value]
+
+    @property
     def group_in_channels(self) -> int:
         return self.in_channels // self.groups
 

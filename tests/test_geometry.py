@@ -91,3 +91,16 @@ def test_spec_is_hashable_and_describes_shapes():
 def test_preferred_element_type_sets_out_dtype():
     s = parse_conv2d((1, 4, 4, 1), "bfloat16", (1, 1, 1, 1), "bfloat16", preferred_element_type="float32")
     assert (s.dtype, s.out_dtype) == ("bfloat16", "float32")
+
+
+@pytest.mark.parametrize("kw", [dict(stride=2, padding="SAME"), dict(stride=(3, 1), padding=((2, 0), (1, 1)), dilation=2),
+                                dict(padding=0, lhs_dilation=2)])
+def test_input_grad_padding_gives_back_the_input_size(kw):
+    """The input gradient is a VALID conv of the padded, stride-dilated cotangent: its output
+    (stride = lhs_dilation) must be exactly the input size."""
+    s = parse_conv2d((1, 11, 9, 2), "float32", (3, 2, 2, 4), "float32", **kw)
+    for axis in range(2):
+        lo, hi = s.input_grad_padding[axis]
+        dy = (s.out_size[axis] - 1) * s.stride[axis] + 1 + lo + hi
+        k = s.effective_kernel_size[axis]
+        assert (dy - k) // s.lhs_dilation[axis] + 1 == s.in_size[axis]

@@ -37,3 +37,12 @@ def tap_slice(xp, spec: ConvSpec, i: int, j: int):
 def add_bias(y, b):
     """``y`` (..., C_out) plus bias ``b`` (C_out,), without implicit rank promotion."""
     return y if b is None else y + b.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+def transpose_kernel(w, groups: int):
+    """HWIO (KH, KW, Cg, G*Cog) -> flipped (KH, KW, Cog, G*Cg): the kernel of the input gradient
+    (a convolution of the cotangent), in/out channels swapped within each group."""
+    kh, kw, cg, co = w.shape
+    cog = co // groups
+    wt = w.reshape(kh, kw, cg, groups, cog)[::-1, ::-1]
+    return jnp.transpose(wt, (0, 1, 4, 3, 2)).reshape(kh, kw, cog, groups * cg)

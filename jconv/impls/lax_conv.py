@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jconv.geometry import ConvSpec
-from jconv.impls.common import acc_dtype, add_bias
+from jconv.impls.common import acc_dtype, add_bias, transpose_kernel
 
 Pair = tuple[int, int]
 
@@ -393,14 +393,6 @@ def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
     return {ij: acc[k] for k, (ij, _) in enumerate(taps)}
 
 
-def _transpose_kernel(w, groups: int):
-    """HWIO (KH, KW, Cg, G*Cog) -> flipped (KH, KW, Cog, G*Cg): the input-gradient kernel."""
-    kh, kw, cg, co = w.shape
-    cog = co // groups
-    wt = w.reshape(kh, kw, cg, groups, cog)[::-1, ::-1]
-    return jnp.transpose(wt, (0, 1, 4, 3, 2)).reshape(kh, kw, cog, groups * cg)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x, w, cfg: _Cfg):
     return _forward(x, w, cfg)
@@ -413,7 +405,7 @@ def _conv_fwd(x, w, cfg: _Cfg):
 def _conv_bwd(cfg: _Cfg, res, dy):
     x, w = res
     tcfg = cfg.transposed((x.shape[1], x.shape[2]), jnp.dtype(x.dtype).name)
-    dx = _conv(dy.astype(w.dtype), _transpose_kernel(w, cfg.groups), tcfg)
+    dx = _conv(dy.astype(w.dtype), transpose_kernel(w, cfg.groups), tcfg)
     dw = _weight_grad(x, dy, cfg, w.shape)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 

@@ -38,6 +38,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
 from jconv.geometry import ConvSpec
+from jconv.impls.common import pad_input, transpose_kernel
 from jconv.impls.pallas import kernels
 from jconv.impls.pallas.tiling import BlockSizes, Problem, Tiling, fold_taps, folded, make_tiling
 
@@ -401,31 +402,7 @@ def weight_grad_valid(xp, g, w_shape, problem: Problem, *, target: str, precisio
 # ------------------------------------------------------------------------------------------
 
 
-def _vjp_lhs_padding(spec: ConvSpec):
-    """Padding of the stride-dilated cotangent for the input gradient (per side, may be < 0)."""
-    out = []
-    for size, k, s, (lo, _), ld, d, o in zip(spec.in_size, spec.kernel_size, spec.stride, spec.padding,
-                                             spec.lhs_dilation, spec.dilation, spec.out_size):
-        in_dil = (size - 1) * ld + 1
-        k_dil = (k - 1) * d + 1
-        out_dil = (o - 1) * s + 1
-        before = k_dil - lo - 1
-        after = in_dil + k_dil - 1 - out_dil - before
-        out.append((before, after))
-    return tuple(out)
-
-
-def _transpose_kernel(w, groups: int):
-    """HWIO (KH, KW, Cg, Co) -> flipped (KH, KW, Cog, G*Cg): the input gradient's kernel."""
-    kh, kw, cg, co = w.shape
-    cog = co // groups
-    w = w[::-1, ::-1].reshape(kh, kw, cg, groups, cog)
-    return w.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, groups * cg)
-
-
 def spec_forward(x, w, b, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
-    from jconv.impls.common import pad_input
-
     xp = pad_input(x, spec)
     return forward_valid(xp, w, b, Problem.from_spec(spec), target=target, out_dtype=spec.out_dtype,
                          precision=spec.precision, blocks=blocks, interpret=interpret)
@@ -434,11 +411,11 @@ def spec_forward(x, w, b, spec: ConvSpec, *, target: str, blocks=None, interpret
 def _input_grad_operands(g, w, spec: ConvSpec):
     """The input gradient as a VALID convolution: (dilated, padded cotangent, transposed kernel,
     its spec). XLA ops only (differentiable); the padding may be negative (a crop)."""
-    (pbh, pah), (pbw, paw) = _vjp_lhs_padding(spec)
+    (pbh, pah), (pbw, paw) = spec.input_grad_padding
     sh, sw = spec.stride
     ct = jnp.promote_types(g.dtype, w.dtype)
     gp = lax.pad(g.astype(ct), jnp.zeros((), ct), ((0, 0, 0), (pbh, pah, sh - 1), (pbw, paw, sw - 1), (0, 0, 0)))
-    wt = _transpose_kernel(w.astype(ct), spec.groups)
+    wt = transpose_kernel(w.astype(ct), spec.groups)
     dx_spec = dataclasses.replace(
         spec, in_size=tuple(gp.shape[1:3]), in_channels=spec.out_channels, out_channels=spec.in_channels,
         stride=spec.lhs_dilation, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1), has_bias=False,
@@ -463,8 +440,6 @@ def spec_weight_grad(x, g, w_shape, spec: ConvSpec, *, target: str, blocks=None,
 
 
 def _spec_weight_grad_f32(x, g, w_shape, spec: ConvSpec, *, target: str, blocks=None, interpret=None):
-    from jconv.impls.common import pad_input
-
     xp = pad_input(x, spec)
     return weight_grad_valid(xp, g, tuple(w_shape), Problem.from_spec(spec), target=target,
                              precision=spec.precision, blocks=blocks, interpret=interpret)

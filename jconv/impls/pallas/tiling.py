@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jconv.geometry import output_size
+
 TARGETS = ("tpu", "cuda", "cpu")
 
 
@@ -60,7 +62,7 @@ class Problem:
     @property
     def out_size(self) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
-            (p - ((k - 1) * d + 1)) // s + 1
+            output_size(p, k, stride=s, dilation=d)
             for p, k, d, s in zip(self.in_size, self.kernel_size, self.dilation, self.stride)
         )
 
