@@ -305,6 +305,14 @@ def _panels(rows):
     return [(p, d) for d in dict.fromkeys(r["dtype"] for r in rows) for p in dict.fromkeys(r["pass"] for r in rows)]
 
 
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _case_axis(ax, cases: list[str], title: str, xlabel: str, *, top: float) -> None:
     """Log x axis, one labelled row per case, first case on top (the y axis is shared)."""
     ax.set_xscale("log")
@@ -343,9 +351,7 @@ def plot_speedup(rows: list[dict], path: str) -> None:
                    "XLA time / impl time (log)", top=-0.5)
     if impls:
         axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_errors(rows: list[dict], path: str) -> None:
@@ -374,9 +380,7 @@ def plot_errors(rows: list[dict], path: str) -> None:
                    f"max|y - ref| / max(1, max|ref|)  (log; 0 shown at {floor:g})", top=-1.2)
     if impls:
         axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_roofline(rows: list[dict], path: str) -> None:
@@ -405,9 +409,7 @@ def plot_roofline(rows: list[dict], path: str) -> None:
         ax.set_title(f"{pass_}: achieved GFLOP/s vs arithmetic intensity")
         ax.grid(which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def build_report(workdir: str) -> str:
