@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.iters = 10
     c.min_iters = 2
     c.max_time_s = 3.0            # per layer x dtype x pass: stop the rounds after this
+    c.block = 3                   # calls per impl per round, back to back; the first is not timed
     c.interpreted_iters = 1       # Pallas on CPU (interpreted): calls timed
     c.torch_threads = 0           # 0: all cores, as XLA uses
     # accuracy

@@ -68,7 +68,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"{bench.PEERS} nor a jconv impl ({e})") from None
     if config.precision not in PRECISIONS:
         raise _err("precision", config.precision, f"must be one of {PRECISIONS}")
-    for field, lo in (("batch", 1), ("iters", 1), ("min_iters", 1), ("warmup", 0), ("interpreted_iters", 1),
+    for field, lo in (("batch", 1), ("iters", 1), ("min_iters", 1), ("warmup", 0), ("block", 1), ("interpreted_iters", 1),
                       ("torch_threads", 0)):
         if int(config[field]) < lo:
             raise _err(field, config[field], f"must be >= {lo}")
@@ -80,7 +80,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def settings(config: ml_collections.ConfigDict) -> bench.Settings:
     return bench.Settings(
         warmup=config.warmup, iters=config.iters, min_iters=config.min_iters,
-        max_time_s=config.max_time_s, interpreted_iters=config.interpreted_iters,
+        max_time_s=config.max_time_s, block=config.block, interpreted_iters=config.interpreted_iters,
         precision=None if config.precision == "default" else config.precision,
         x64_reference_max_gflop=config.x64_reference_max_gflop,
         grad_tol_factor=config.grad_tol_factor, torch_threads=config.torch_threads, seed=config.seed,

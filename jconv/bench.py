@@ -273,14 +273,25 @@ def time_interleaved(
     min_iters: int = 3,
     max_time_s: float = float("inf"),
     no_warmup: Iterable[str] = (),
+    block: int = 1,
 ) -> dict[str, list[float]]:
     """Seconds per call of each candidate, measured in interleaved rounds.
 
     Each ``fn`` must block until its result is ready. After ``warmup`` calls of each, round r
-    calls every candidate once, starting at a rotating position (so no candidate always runs
+    runs every candidate in turn, starting at a rotating position (so no candidate always runs
     right after the same other one); rounds stop after ``iters``, or once ``max_time_s`` has
     passed and ``min_iters`` rounds are done. Candidates in ``no_warmup`` (already warm and
     slow) skip the warm-up calls.
+
+    ``block``: calls of a candidate per round, back to back. With ``block > 1`` the first call
+    of each block re-warms and is not recorded (``block - 1`` times per round are), because a
+    call made right after *another* candidate is not the steady state a training loop sees:
+    glibc has handed the other's freed buffers back to the OS, so this call's output
+    page-faults afresh (a 64->256 1x1 conv: 6.9 ms called alternately with another jitted
+    conv, 2.4 ms back to back, and 2.4 ms alternately once ``MALLOC_TRIM_THRESHOLD_`` and
+    ``MALLOC_MMAP_THRESHOLD_`` are raised), the other's worker threads may still spin, and the
+    caches hold its data. Candidates in ``no_warmup`` (slow ones) run one recorded call per
+    round.
     """
     names = list(fns)
     skip = set(no_warmup)
@@ -292,9 +303,12 @@ def time_interleaved(
     for r in range(iters):
         for i in range(len(names)):
             name = names[(r + i) % len(names)]
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            n_calls = 1 if (block <= 1 or name in skip) else block
+            for k in range(n_calls):
+                t0 = time.perf_counter()
+                fns[name]()
+                if n_calls == 1 or k > 0:
+                    times[name].append(time.perf_counter() - t0)
         if r + 1 >= min_iters and time.perf_counter() - start > max_time_s:
             break
     return times
@@ -313,6 +327,7 @@ class Settings:
     iters: int = 10
     min_iters: int = 3
     max_time_s: float = 10.0          # per group, for the interleaved rounds
+    block: int = 3                    # calls per candidate per round (first not recorded)
     interpreted_iters: int = 1        # Pallas on CPU: timed apart, this many calls
     precision: str | None = None      # None: each impl's default ("default" in configs)
     x64_reference_max_gflop: float = 2.0  # float64 reference up to this many GFLOP (the pass's)
@@ -647,7 +662,7 @@ def measure_group(
     if runners:
         times = time_interleaved(runners, warmup=settings.warmup, iters=settings.iters,
                                  min_iters=settings.min_iters, max_time_s=settings.max_time_s,
-                                 no_warmup=slow)
+                                 no_warmup=slow, block=settings.block)
         for impl, ts in times.items():
             rows[impl].update(_time_fields(ts, rows[impl]["flops"]))
         if "xla" in times:  # same rounds: the ratio the report uses

@@ -91,6 +91,14 @@ def test_time_interleaved_counts_calls():
     assert len(times["a"]) == 2
 
 
+def test_time_interleaved_blocks_drop_the_first_call_of_each_block():
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "ab"}
+    times = bench.time_interleaved(fns, warmup=0, iters=2, block=3, no_warmup=("b",))
+    assert order == ["a", "a", "a", "b", "b", "a", "a", "a"]
+    assert [len(times["a"]), len(times["b"])] == [4, 2]  # a: 2 of 3 per round; b (slow): 1 of 1
+
+
 # --------------------------------------------------------------------------------------------
 # measure_group
 # --------------------------------------------------------------------------------------------
@@ -99,7 +107,7 @@ def test_time_interleaved_counts_calls():
 def test_measure_group_rows_and_a_failing_impl_is_recorded_not_swapped():
     case = CASES["tiny_dense"]
     rows = bench.measure_group(case, 2, "float32", "fwd", ["xla", "lax:depthwise", "auto", "gemm_peak"],
-                               bench.Settings(iters=2, warmup=0, min_iters=1))
+                               bench.Settings(iters=2, warmup=0, min_iters=1, block=3))
     by = {r["impl"]: r for r in rows}
     assert list(by) == ["xla", "lax:depthwise", "auto", "gemm_peak"]
     assert by["lax:depthwise"]["error"].startswith("ValueError: conv2d: impl (='lax:depthwise')")
@@ -107,7 +115,7 @@ def test_measure_group_rows_and_a_failing_impl_is_recorded_not_swapped():
     for impl in ("xla", "auto"):
         r = by[impl]
         assert r["error"] is None and r["within_tol"] and r["agrees_with_xla"], r
-        assert r["reference"] == "float64" and r["iters"] == 2
+        assert r["reference"] == "float64" and r["iters"] == 4  # 2 rounds x (block - 1) timed calls
         assert MEASURED_FIELDS <= set(r)
     p = plan_for(case.spec(2), "auto")
     assert by["auto"]["plan"] == f"{p.impl}:{p.algorithm}"
