@@ -54,7 +54,7 @@ def build(rows, dtype="float32") -> str:
             summary[p][2].append((vs_x, case))
             frac = f"{100 * a['gflops'] / g['gflops']:.0f}%" if (g and p == "fwd" and not g.get("error")) else ""
             mem = f"{a['temp_bytes'] / a['argument_bytes']:.1f}" if a.get("temp_bytes") is not None and a.get("argument_bytes") else ""
-            plan = (a.get("plan") or "").replace("lax:", "")
+            plan = (a.get("plan") or "").replace("lax:", "") + (" (tuned)" if (a.get("plan_reason") or "").startswith("auto: tuned") else "")
             out.append(f"| {case} | {a['batch']} | {p} | {xm:.2f} | {'' if tm is None else f'{tm:.2f}'} | {am:.2f} | "
                        f"{plan} | {vs_x:.2f}x | {'' if vs_t is None else f'{vs_t:.2f}x'} | {frac} | {mem} |")
     out.append("")

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.block = 3                   # calls per impl per round, back to back; the first is not timed
     c.interpreted_iters = 1       # Pallas on CPU (interpreted): calls timed
     c.torch_threads = 0           # 0: all cores, as XLA uses
+    # tuning (jconv.tune): measure auto's candidates per layer first; auto then runs the winner
+    c.tune = False
+    c.tune_objective = "fwd+bwd"  # fwd+bwd (training) | fwd (inference): one choice per layer
+    c.tune_iters = 5
     # accuracy
     c.x64_reference_max_gflop = 20.0  # float64 reference up to this; above: HIGHEST float32
     c.grad_tol_factor = 4.0           # fwd+bwd tolerance = tolerance(dtype) x this

@@ -15,7 +15,8 @@ import sys
 
 import ml_collections
 
-from jconv import bench, report
+import jconv
+from jconv import bench, report, tuning
 from jconv.geometry import FLOAT_DTYPES, check_impl
 from jconv.suite import CASES, SUITES, Case, get_suite
 
@@ -68,7 +69,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"{bench.PEERS} nor a jconv impl ({e})") from None
     if config.precision not in PRECISIONS:
         raise _err("precision", config.precision, f"must be one of {PRECISIONS}")
-    for field, lo in (("batch", 1), ("iters", 1), ("min_iters", 1), ("warmup", 0), ("block", 1), ("interpreted_iters", 1),
+    if config.tune_objective not in tuning.OBJECTIVES:
+        raise _err("tune_objective", config.tune_objective, f"must be one of {tuning.OBJECTIVES}")
+    for field, lo in (("batch", 1), ("tune_iters", 1), ("iters", 1), ("min_iters", 1), ("warmup", 0), ("block", 1), ("interpreted_iters", 1),
                       ("torch_threads", 0)):
         if int(config[field]) < lo:
             raise _err(field, config[field], f"must be >= {lo}")
@@ -128,6 +131,21 @@ def planned_keys(config) -> list[tuple]:
     return [(c.name, impl, p, d, b) for c, b, d, p, impls in plan(config) for impl in impls]
 
 
+def tune_case(case: Case, batch: int, dtype: str, config) -> None:
+    """Tune ``case`` at ``batch``/``dtype`` into the active cache unless it is there already."""
+    import jax  # noqa: PLC0415
+
+    from jconv.conv import _exec_spec  # noqa: PLC0415
+
+    spec = case.spec(batch, dtype)
+    platform = jax.default_backend()
+    if tuning.lookup(_exec_spec(spec), spec.layout, platform, jax.devices()[0].device_kind) is not None:
+        return
+    precision = None if config.precision == "default" else config.precision
+    tuning.tune_spec(spec, lambda x, w, b, impl: case.apply(x, w, b, impl=impl, precision=precision),
+                     objective=config.tune_objective, iters=config.tune_iters, seed=config.seed)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     from tqdm import tqdm
 
@@ -154,11 +172,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             json.dump(env, f, indent=2)
         os.replace(env_path + ".tmp", env_path)
     st = settings(config)
+    if config.tune:  # auto reads (and a resumed run reuses) the workdir's tune cache
+        jconv.use_tune_cache(os.path.join(workdir, "tune.json"))
     with tqdm(total=total, initial=done, unit="row", desc="compare", dynamic_ncols=True) as bar:
         for case, batch, dtype, pass_, impls in groups:
             todo = [i for i in impls if (case.name, i, pass_, dtype, batch) not in store]
             if not todo:
                 continue
+            if config.tune and "auto" in todo:
+                bar.set_postfix_str(f"tuning {case.name} {dtype} b={batch}")
+                tune_case(case, batch, dtype, config)
             bar.set_postfix_str(f"{case.name} {dtype} {pass_} b={batch}")
             for row in bench.measure_group(case, batch, dtype, pass_, todo, st):
                 store.append(row)

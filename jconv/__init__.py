@@ -5,11 +5,13 @@
 
 Public API: :func:`conv2d`, :func:`conv_general_dilated` (drop-in for
 ``lax.conv_general_dilated``), the seed's arithmetic (:func:`output_size`,
-:func:`conv_params`, :func:`receptive_field`, :func:`conv_flops`) and :class:`ConvSpec`.
+:func:`conv_params`, :func:`receptive_field`, :func:`conv_flops`), :class:`ConvSpec`, and the
+tuner (:func:`tune`, :func:`use_tune_cache`: measure candidates, ``auto`` reads the cache).
 Flax modules live in :mod:`jconv.linen` and :mod:`jconv.nnx`.
 """
 
 from jconv.conv import conv2d, conv_general_dilated, plan_for
+from jconv.tuning import TuneResult, tune, use_tune_cache
 from jconv.geometry import (
     ConvSpec,
     conv_flops,
@@ -26,6 +28,9 @@ __all__ = [
     "conv2d",
     "conv_general_dilated",
     "plan_for",
+    "tune",
+    "use_tune_cache",
+    "TuneResult",
     "ConvSpec",
     "parse_conv2d",
     "output_size",

@@ -631,6 +631,7 @@ def measure_group(
 
                     p = plan_for(spec, impl)
                     row["plan"] = f"{p.impl}:{p.algorithm}"
+                    row["plan_reason"] = p.reason
                     row["interpreted"] = p.impl == "pallas" and platform_ == "cpu"
                 fn = pass_fn(case, impl, pass_, precision)
                 exe, csec, mem = compile_timed(fn, *args)

@@ -124,7 +124,7 @@ def conv2d(
         padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
         preferred_element_type=preferred_element_type, fn=fn,
     )
-    select.plan(_exec_spec(spec), impl, fn=fn, layout=spec.layout)  # surface plan errors before tracing
+    impl = select.resolve(_exec_spec(spec), impl, fn=fn, layout=spec.layout)  # errors before tracing
     return _execute(x, w, b, spec=spec, impl=impl)
 
 
@@ -205,7 +205,7 @@ def conv_general_dilated(
         groups=feature_group_count, layout="NHWC", precision=precision,
         preferred_element_type=preferred_element_type, allow_negative_padding=True, fn=fn,
     )
-    select.plan(_exec_spec(spec), impl, fn=fn)
+    impl = select.resolve(_exec_spec(spec), impl, fn=fn)  # errors before tracing; tuned choice
     return _execute_general(lhs, rhs, spec=spec, impl=impl, to_nhwc=to_nhwc, to_hwio=to_hwio, from_nhwc=from_nhwc)
 
 

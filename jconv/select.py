@@ -6,7 +6,8 @@ algorithm (or a ValueError if it cannot run the spec), ``"lax"`` the best lax al
 rules below -- never XLA's conv. ``"auto"`` may pick any of them.
 
 The rules are derived from measurements on the CPU (docs/performance.md has the table and the
-command that regenerates it); a tuner may later override them per spec.
+command that regenerates it). A tune cache (:mod:`jconv.tuning`) overrides them for the exact
+convolutions it measured on this device; ``plan_for`` says "auto: tuned" then.
 
 ``lax`` (no XLA conv): depthwise -> ``depthwise``; grouped with few channels per group ->
 ``mac``; fewer than 16 input channels (per group) -> ``im2col`` (a per-tap GEMM with K < 16
@@ -43,9 +44,12 @@ only once measurements on the accelerator show it ahead (then this docstring cha
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 
 from jconv.geometry import ConvSpec
+
+log = logging.getLogger("jconv.select")
 
 #: ``auto`` uses ``mac`` for grouped convs with at most this many input channels per group.
 MAC_GROUP_CHANNELS = 16
@@ -102,6 +106,37 @@ def _channels_first(name: str, why: str, layout: str) -> tuple[str, str]:
     return name, why
 
 
+def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
+    """The plan a tune cache entry names for ``spec`` on this device (see jconv.tuning), if any."""
+    import jax
+
+    from jconv import tuning
+    from jconv.geometry import check_impl
+
+    entry = tuning.lookup(spec, layout, platform, jax.devices(platform)[0].device_kind)
+    if entry is None:
+        return None
+    impl = entry.get("impl")
+    try:
+        if check_impl(fn, impl) in ("auto", "lax"):
+            raise ValueError("not an explicit implementation")
+        p = plan(spec, impl, fn=fn, platform=platform, layout=layout)
+    except (TypeError, ValueError) as e:
+        log.warning("%s: ignoring the tune cache entry %r for this convolution (%s); the rules apply",
+                    fn, impl, e)
+        return None
+    times = entry.get("times_ms", {})
+    ms = ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1])[:3])
+    return dataclasses.replace(p, reason=f"auto: tuned ({entry.get('objective')}: {ms})")
+
+
+def resolve(spec: ConvSpec, impl: str, *, fn: str = "conv2d", layout: str = "NHWC") -> str:
+    """``impl`` with ``auto`` / ``lax`` replaced by the explicit impl the plan runs (the key a
+    jit cache must see, so that a later tune re-traces instead of reusing the old choice)."""
+    p = plan(spec, impl, fn=fn, layout=layout)
+    return p.impl if p.impl != "lax" else f"lax:{p.algorithm}"
+
+
 def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,
          layout: str = "NHWC") -> Plan:
     """Choose the implementation for ``spec``. ``impl`` was checked by geometry.check_impl.
@@ -132,10 +167,13 @@ def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None 
     if base == "lax":
         name, why = _channels_first(*_lax_rule(spec), layout)
         return Plan("lax", name, lax_conv.ALGORITHMS[name], why)
-    if platform is None:
-        import jax
+    import jax
 
+    if platform is None:
         platform = jax.default_backend()
+    tuned = _tuned(spec, platform, layout, fn)
+    if tuned is not None:
+        return tuned
     name, why = _channels_first(*_auto_rule(spec, platform, layout), layout)
     if name == "xla":
         return Plan("xla", "xla", conv_xla, f"auto: {why}")

@@ -1,0 +1,326 @@
+"""The tuner: measure the candidate implementations of one convolution on this machine, keep
+the fastest in a cache file, and let ``impl="auto"`` read it.
+
+    import jconv
+    jconv.tune(x, w, b, padding=1, groups=32, cache="tune.json")  # once, on the user's shapes
+    y = jconv.conv2d(x, w, b, padding=1, groups=32)               # auto now runs the winner
+
+    JCONV_TUNE_CACHE=tune.json python train.py                     # or: jconv.use_tune_cache(path)
+
+Why: the rules in :mod:`jconv.select` are static, but some choices depend on more than the
+rules look at. XLA's CPU weight gradient for a big, thin dense layer (U-Net 3x3, 32 channels,
+256x256) is 2.3x slower than ``lax:xla_fwd``'s at batch 3 and 2.5x faster at batch 1
+(docs/performance.md). Only a measurement on the user's shapes settles those.
+
+What is measured: every candidate (``"xla"`` and each lax algorithm that can run the spec on
+the CPU; ``"xla"`` and ``"pallas"`` on GPU/TPU) is compiled and called twice; candidates whose
+second call is more than ``prune`` times slower than the best are dropped; the rest are timed together
+by :func:`jconv.bench.time_interleaved` (blocks of calls, medians). The objective is
+``"fwd+bwd"`` (the gradient of ``sum(y * ct)`` for x, w and b: training) or ``"fwd"``
+(inference). One algorithm runs both passes of a call (each has its own backward), so there
+is one entry per convolution, for the objective it was tuned for.
+
+The cache is a JSON file keyed by platform, device kind, caller layout and the execute spec
+(:class:`~jconv.geometry.ConvSpec` as implementations see it: shapes, stride, padding, groups,
+dtypes, precision...). Only an exact match is used; an entry naming an algorithm that cannot
+run the spec (a stale file) is ignored with a warning. Writes go to a temporary file that
+replaces the old one, so a crash never leaves a torn cache. The cache is read when a
+convolution is planned, which for jitted code is at trace time: tune before you jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jconv.geometry import ConvSpec, _fmt
+
+log = logging.getLogger("jconv.tuning")
+
+ENV_VAR = "JCONV_TUNE_CACHE"
+OBJECTIVES = ("fwd", "fwd+bwd")
+_FORMAT = 1
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"path": None, "entries": None, "env_read": False}
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+# --------------------------------------------------------------------------------------------
+
+
+def cache_key(spec: ConvSpec, layout: str, platform: str, device_kind: str) -> str:
+    """The cache key of an execute spec (NHWC, as :func:`jconv.select.plan` sees it)."""
+    return f"{platform}|{device_kind}|{layout}|{spec!r}"
+
+
+def _read(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"tune cache {path!r} cannot be read as JSON: {e}") from e
+    if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("entries"), dict):
+        raise ValueError(f"tune cache {path!r} is not a jconv tune cache (format {_FORMAT})")
+    return data["entries"]
+
+
+def _write(path: str, entries: dict) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": _FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def use_tune_cache(path: str | os.PathLike | None) -> None:
+    """Make ``auto`` read the tune cache at ``path`` (None: stop using any cache)."""
+    with _lock:
+        _state["env_read"] = True  # an explicit choice overrides the environment variable
+        if path is None:
+            _state["path"], _state["entries"] = None, None
+            return
+        path = os.fspath(path)
+        _state["path"], _state["entries"] = path, _read(path)
+
+
+def _active() -> dict | None:
+    with _lock:
+        if not _state["env_read"]:
+            _state["env_read"] = True
+            path = os.environ.get(ENV_VAR)
+            if path:
+                _state["path"], _state["entries"] = path, _read(path)
+        return _state["entries"]
+
+
+def lookup(spec: ConvSpec, layout: str, platform: str, device_kind: str) -> dict | None:
+    """The cache entry for this execute spec, or None."""
+    entries = _active()
+    if not entries:
+        return None
+    return entries.get(cache_key(spec, layout, platform, device_kind))
+
+
+def _store(key: str, entry: dict, path: str | None) -> str | None:
+    with _lock:
+        _state["env_read"] = True
+        if path is not None and path != _state["path"]:
+            _state["path"], _state["entries"] = path, _read(path)
+        if _state["entries"] is None:
+            _state["entries"] = {}
+        path = _state["path"]
+        if path is not None:  # merge with what another process may have written meanwhile
+            merged = _read(path)
+            merged.update(_state["entries"])
+            _state["entries"] = merged
+        _state["entries"][key] = entry
+        if path is not None:
+            _write(path, _state["entries"])
+        return path
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` measured: ``best`` is the impl string ``auto`` will now run."""
+
+    best: str
+    objective: str
+    times_ms: dict[str, float]      # median per candidate that was timed
+    dropped: dict[str, str]         # candidate -> why it was not timed (error, too slow)
+    key: str
+    cache: str | None
+
+
+def candidates_for(spec: ConvSpec, layout: str, platform: str) -> list[str]:
+    """The impls :func:`tune` measures for an execute spec by default."""
+    if platform != "cpu":
+        return ["xla", "pallas"]
+    from jconv.impls import lax_conv
+
+    out = ["xla"]
+    for name in lax_conv.ALGORITHMS:
+        if name == "mac" and spec.is_depthwise:
+            continue  # the same code as "depthwise"
+        if name == "mac_cf" and not (spec.groups > 1 or layout == "NCHW"):
+            continue  # a dense conv as per-channel multiply-adds: never close
+        if lax_conv.supports(name, spec):
+            out.append(f"lax:{name}")
+    return out
+
+
+def tune_spec(
+    spec: ConvSpec,
+    call: Callable[..., Any],
+    *,
+    objective: str = "fwd+bwd",
+    candidates: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    iters: int = 5,
+    prune: float = 2.0,
+    seed: int = 0,
+) -> TuneResult:
+    """Tune one convolution given by its user-level ``spec`` and ``call(x, w, b, impl)``
+    (which computes it in the caller's layout). :func:`tune` is the public front end."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from jconv import bench, select  # noqa: PLC0415
+    from jconv.conv import _exec_spec  # noqa: PLC0415
+    from jconv.geometry import check_impl  # noqa: PLC0415
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"tune: objective (={objective!r}) must be one of {OBJECTIVES}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"tune: iters (={_fmt(iters)}) must be an int >= 1")
+    if not isinstance(prune, (int, float)) or prune < 1:
+        raise ValueError(f"tune: prune (={_fmt(prune)}) must be a number >= 1")
+    platform = jax.default_backend()
+    device_kind = jax.devices()[0].device_kind
+    espec = _exec_spec(spec)
+    if candidates is None:
+        candidates = candidates_for(espec, spec.layout, platform)
+    elif isinstance(candidates, str) or not candidates:
+        raise ValueError(f"tune: candidates (={_fmt(candidates)}) must be a non-empty list of impl strings")
+    candidates = [check_impl("tune", c) for c in candidates]
+    if "auto" in candidates or "lax" in candidates:
+        raise ValueError("tune: candidates must name implementations ('xla', 'pallas', 'lax:<algorithm>'), "
+                         f"not 'auto' or 'lax' (got {list(candidates)})")
+
+    rng = np.random.default_rng(seed)
+
+    def arr(shape, dtype):
+        return jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
+
+    x, w = arr(spec.x_shape, spec.dtype), arr(spec.w_shape, spec.dtype)
+    b = arr((spec.out_channels,), spec.dtype) if spec.has_bias else None
+    ct = arr(spec.out_shape, spec.out_dtype)
+
+    def make(impl):
+        if objective == "fwd":
+            return jax.jit(lambda x, w, b: call(x, w, b, impl))
+        argnums = (0, 1, 2) if b is not None else (0, 1)
+        return jax.jit(jax.grad(lambda x, w, b: jnp.sum(call(x, w, b, impl).astype(jnp.float32) * ct), argnums))
+
+    dropped: dict[str, str] = {}
+    runners: dict[str, Callable[[], Any]] = {}
+    first: dict[str, float] = {}
+    for impl in dict.fromkeys(candidates):
+        if impl == "pallas" and platform == "cpu":
+            dropped[impl] = "Pallas on the CPU runs interpreted: not a speed candidate"
+            continue
+        try:
+            fn = make(impl)
+            exe = fn.lower(x, w, b).compile()
+            run = (lambda exe=exe: jax.block_until_ready(exe(x, w, b)))
+            run()  # the first call pays one-time costs
+            t0 = time.perf_counter()
+            run()
+            first[impl] = time.perf_counter() - t0
+            runners[impl] = run
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
+            dropped[impl] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    if not runners:
+        raise ValueError(f"tune: no candidate could run this convolution: {dropped}")
+    fastest = min(first.values())
+    for impl, t in first.items():
+        if t > prune * fastest and len(runners) > 1:
+            dropped[impl] = f"second call {t * 1e3:.1f} ms, over {prune}x the fastest ({fastest * 1e3:.1f} ms)"
+            del runners[impl]
+    times = bench.time_interleaved(runners, warmup=0, iters=iters, min_iters=iters, block=3)
+    times_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    best = min(times_ms, key=times_ms.get)
+    key = cache_key(espec, spec.layout, platform, device_kind)
+    entry = {
+        "impl": best, "objective": objective, "times_ms": {k: round(v, 4) for k, v in times_ms.items()},
+        "dropped": dropped, "jax": jax.__version__, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = _store(key, entry, None if cache is None else os.fspath(cache))
+    log.info("tune: %s -> %s (%s)", key, best, ", ".join(f"{k} {v:.2f} ms" for k, v in times_ms.items()))
+    select.plan(espec, best, fn="tune", layout=spec.layout)  # the winner must plan
+    return TuneResult(best, objective, times_ms, dropped, key, path)
+
+
+def tune(
+    x,
+    w,
+    b=None,
+    *,
+    stride=1,
+    padding="VALID",
+    dilation=1,
+    groups=1,
+    layout="NHWC",
+    padding_mode="zeros",
+    flip_kernel=False,
+    precision=None,
+    preferred_element_type=None,
+    objective: str = "fwd+bwd",
+    candidates: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    iters: int = 5,
+    prune: float = 2.0,
+) -> TuneResult:
+    """Measure the implementations of ``jconv.conv2d(x, w, b, **same arguments)`` here and make
+    ``impl="auto"`` run the fastest for that exact call from now on.
+
+    ``x``, ``w``, ``b``: arrays or ``jax.ShapeDtypeStruct`` (only shapes and dtypes are used;
+    random data is timed). The convolution arguments are :func:`jconv.conv2d`'s.
+    ``objective``: ``"fwd+bwd"`` (training, default) or ``"fwd"``. ``candidates``: impl
+    strings to measure (default: :func:`candidates_for`). ``cache``: JSON file to merge the
+    result into (default: the active cache, from :func:`use_tune_cache` or ``$JCONV_TUNE_CACHE``;
+    with none, the choice lives in this process only). Returns a :class:`TuneResult`.
+    """
+    from jconv.conv import _check_array, conv2d  # noqa: PLC0415
+    from jconv.geometry import parse_conv2d  # noqa: PLC0415
+
+    for name, a in (("x", x), ("w", w)):
+        _check_array("tune", name, a)
+    if b is not None:
+        _check_array("tune", "b", b)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
+              padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
+              preferred_element_type=preferred_element_type)
+    spec = parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, None if b is None else b.shape,
+                        None if b is None else b.dtype, fn="tune", **kw)
+
+    def call(xx, ww, bb, impl):
+        return conv2d(xx, ww, bb, impl=impl, **kw)
+
+    return tune_spec(spec, call, objective=objective, candidates=candidates, cache=cache,
+                     iters=iters, prune=prune)
+
+
+def summary(result: TuneResult) -> str:
+    """One line: the winner and every timed candidate."""
+    ts = ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(result.times_ms.items(), key=lambda kv: kv[1]))
+    return f"{result.best} ({result.objective}: {ts})"
+
+
+__all__ = ["tune", "tune_spec", "use_tune_cache", "lookup", "cache_key", "candidates_for", "TuneResult",
+           "summary", "ENV_VAR", "OBJECTIVES"]
