@@ -130,20 +130,22 @@ def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
     return dataclasses.replace(p, reason=f"auto: tuned ({entry.get('objective')}: {ms})")
 
 
-def resolve(spec: ConvSpec, impl: str, *, fn: str = "conv2d", layout: str = "NHWC") -> str:
+def resolve(spec: ConvSpec, impl: str, *, fn: str = "conv2d", layout: str = "NHWC",
+            use_cache: bool = True) -> str:
     """``impl`` with ``auto`` / ``lax`` replaced by the explicit impl the plan runs (the key a
     jit cache must see, so that a later tune re-traces instead of reusing the old choice)."""
-    p = plan(spec, impl, fn=fn, layout=layout)
+    p = plan(spec, impl, fn=fn, layout=layout, use_cache=use_cache)
     return p.impl if p.impl != "lax" else f"lax:{p.algorithm}"
 
 
 def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,
-         layout: str = "NHWC") -> Plan:
+         layout: str = "NHWC", use_cache: bool = True) -> Plan:
     """Choose the implementation for ``spec``. ``impl`` was checked by geometry.check_impl.
 
     ``platform`` ("cpu", "gpu", "tpu") is the target; by default JAX's default backend.
     ``layout`` is the caller's layout (``spec`` itself is the NHWC execute spec): for NCHW
-    callers the ``mac`` family runs channels-first (``mac_cf``).
+    callers the ``mac`` family runs channels-first (``mac_cf``). ``use_cache=False``: the rules
+    alone, whatever a tune cache says.
     """
     base, _, algo = impl.partition(":")
     from jconv.impls.xla import conv_xla
@@ -171,7 +173,7 @@ def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None 
 
     if platform is None:
         platform = jax.default_backend()
-    tuned = _tuned(spec, platform, layout, fn)
+    tuned = _tuned(spec, platform, layout, fn) if use_cache else None
     if tuned is not None:
         return tuned
     name, why = _channels_first(*_auto_rule(spec, platform, layout), layout)

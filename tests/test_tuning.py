@@ -44,7 +44,7 @@ def _uses_dot(fn, *args):
 def test_tune_measures_every_candidate_and_auto_runs_the_winner(tmp_path):
     assert jconv.plan_for(_spec()).algorithm == "mac"  # the rules' choice
     path = tmp_path / "tune.json"
-    res = jconv.tune(X, W, **KW, iters=2, cache=path)
+    res = jconv.tune(X, W, **KW, iters=2, cache=path, margin=0.0)
     assert res.best in res.times_ms and res.cache == str(path)
     assert set(res.times_ms) | set(res.dropped) == set(tuning.candidates_for(_exec_spec(_spec()), "NHWC", "cpu"))
     assert res.times_ms[res.best] == min(res.times_ms.values())
@@ -52,6 +52,11 @@ def test_tune_measures_every_candidate_and_auto_runs_the_winner(tmp_path):
     assert p.reason.startswith("auto: tuned") and (p.impl if p.impl != "lax" else f"lax:{p.algorithm}") == res.best
     entry = json.loads(path.read_text())["entries"][res.key]
     assert entry["impl"] == res.best and entry["objective"] == "fwd+bwd"
+
+
+def test_the_rules_choice_is_kept_within_the_margin():
+    res = jconv.tune(X, W, **KW, candidates=["lax:taps", "lax:mac", "lax:im2col"], iters=1, margin=1e9, prune=1e9)
+    assert res.best == "lax:mac" and len(res.times_ms) == 3
 
 
 def test_the_cache_steers_auto_and_a_new_tune_retraces(tmp_path):
@@ -114,6 +119,7 @@ def test_explicit_impls_ignore_the_cache(tmp_path):
     (dict(candidates="xla"), r"candidates \(="),
     (dict(candidates=["lax:winograd"]), r"impl \(='lax:winograd'\)"),
     (dict(prune=0.5), r"prune \(=0.5\)"),
+    (dict(margin=-1), r"margin \(=-1\)"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
