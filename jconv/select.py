@@ -31,8 +31,12 @@ being fused into the unrolled loop (2-7x faster on the NCHW suite layers).
    forward is 1.1-2x slower and its weight gradient (a conv with an Ho x Wo kernel) 2-3x.
    NCHW caller -> ``lax:xla_fwd`` (XLA's forward without a layout change, the GEMM weight
    gradient; not measured against ``taps`` with the transposes).
-5. everything else (dense) -> ``xla``: XLA's CPU conv (a tuned GEMM-based kernel) is as fast as
-   any lax formulation forward and backward on the dense layers we measured.
+5. dense, undilated, output of at least 28x28 pixels -> ``lax:xla_fwd``: XLA's forward and
+   input gradient (both convs it does well), the weight gradient as patch GEMMs walked over
+   row chunks. XLA computes that gradient as a conv whose "kernel" is the Ho x Wo output: at
+   28x28 and up that is 1.2-2.6x slower fwd+bwd (ResNet-50 3x3 1.6-1.9x, VGG-16 1.3-2.6x,
+   U-Net 2.6x); at 14x14 and below, or with a dilated kernel, it is as fast or faster.
+6. everything else (dense) -> ``xla``.
 
 ``auto`` on GPU / TPU: ``xla``. cuDNN (GPU) and the TPU convolution emitter are the
 vendor-tuned paths; the lax algorithms are CPU formulations (the ``mac`` unrolling in
@@ -53,6 +57,8 @@ log = logging.getLogger("jconv.select")
 
 #: ``auto`` uses ``mac`` for grouped convs with at most this many input channels per group.
 MAC_GROUP_CHANNELS = 16
+#: ``auto`` runs a dense, undilated conv as ``xla_fwd`` from this many output pixels (28x28) on.
+XLA_FWD_MIN_OUT_PIXELS = 28 * 28
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +103,12 @@ def _auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> tuple[str
     if spec.is_pointwise:
         return "xla_fwd", ("1x1, NCHW caller: XLA's conv forward (no layout change), the weight "
                            "gradient as one GEMM (XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")
-    return "xla", "dense: XLA's CPU convolution is as fast as the lax formulations"
+    ho, wo = spec.out_size
+    if spec.dilation == (1, 1) and ho * wo >= XLA_FWD_MIN_OUT_PIXELS:
+        return "xla_fwd", (f"dense, {ho}x{wo} output: XLA's conv forward and input gradient, the "
+                           "weight gradient as chunked patch GEMMs (XLA's: 1.2-2.6x slower there)")
+    return "xla", ("dense, small output or dilated kernel: XLA's CPU convolution, forward and "
+                   "backward (its weight gradient is as fast as the patch GEMMs there)")
 
 
 def _channels_first(name: str, why: str, layout: str) -> tuple[str, str]:
@@ -113,7 +124,13 @@ def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
     from jconv import tuning
     from jconv.geometry import check_impl
 
-    entry = tuning.lookup(spec, layout, platform, jax.devices(platform)[0].device_kind)
+    if not tuning.active():
+        return None
+    try:
+        kind = jax.devices(platform)[0].device_kind
+    except RuntimeError:  # planning for a platform this process has no device of: no cache
+        return None
+    entry = tuning.lookup(spec, layout, platform, kind)
     if entry is None:
         return None
     impl = entry.get("impl")

@@ -116,6 +116,11 @@ def _active() -> dict | None:
         return _state["entries"]
 
 
+def active() -> bool:
+    """Whether a tune cache (a file, or this process's tunes) is in use."""
+    return bool(_active())
+
+
 def lookup(spec: ConvSpec, layout: str, platform: str, device_kind: str) -> dict | None:
     """The cache entry for this execute spec, or None."""
     entries = _active()
@@ -342,5 +347,5 @@ def summary(result: TuneResult) -> str:
     return f"{result.best} ({result.objective}: {ts})"
 
 
-__all__ = ["tune", "tune_spec", "use_tune_cache", "lookup", "cache_key", "candidates_for", "TuneResult",
+__all__ = ["tune", "tune_spec", "use_tune_cache", "active", "lookup", "cache_key", "candidates_for", "TuneResult",
            "summary", "ENV_VAR", "OBJECTIVES"]

@@ -204,10 +204,13 @@ def _plan(name, batch=4, platform="cpu"):
     ("convnext_dw7x7", "depthwise"),
     ("resnext_g32_3x3", "mac"),
     ("unet_up_transposed", "xla_fwd"),
-    ("resnet50_s2_3x3", "xla"),
+    ("resnet50_s2_3x3", "xla_fwd"),      # dense, 56x56 output
+    ("vgg16_conv4_2", "xla_fwd"),        # dense, 28x28 output
+    ("resnet50_stem_7x7s2", "xla_fwd"),  # dense, 112x112 output
+    ("resnet50_s4_3x3", "xla"),          # dense, 14x14 output
+    ("deeplab_3x3_d2", "xla"),           # dilated kernel
     ("resnet50_s2_1x1_expand", "taps"),
     ("mobilenetv2_pw_1x1", "taps"),
-    ("vgg16_conv4_2", "xla"),
 ])
 def test_auto_rules_on_cpu(name, algorithm):
     p = _plan(name)
@@ -244,6 +247,25 @@ def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
     with jax.enable_x64(True):
         x64, w64 = _inputs(geom, dtype=np.float64, seed=6, hw=(6, 5), batch=1)
         f = functools.partial(_run, geom, "lax:mac", precision=None)
+        check_grads(f, (jnp.asarray(x64), jnp.asarray(w64)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("geom", [GEOMS[i] for i in (0, 1, 6, 9)], ids=_ids)
+@pytest.mark.parametrize("algorithm", ["xla_fwd", "taps"])
+def test_dense_weight_grad_in_row_chunks(geom, algorithm, monkeypatch):
+    """With tiny chunks the dense dw runs as a scan over single rows: same gradients."""
+    monkeypatch.setattr(lax_conv, "IM2COL_DW_CHUNK_BYTES", 1)
+    monkeypatch.setattr(lax_conv, "IM2COL_DW_MIN_K_PER_COUT", 0)
+    x, w = _inputs(geom, hw=(9, 7))
+    y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
+    ct = jnp.asarray(np.random.default_rng(2).normal(size=y_ref.shape), jnp.float32)
+    y, vjp = jax.vjp(functools.partial(_run, geom, f"lax:{algorithm}"), jnp.asarray(x), jnp.asarray(w))
+    assert "scan" in str(jax.make_jaxpr(lambda c: vjp(c))(ct))
+    for g, r, name in zip(vjp(ct), vjp_ref(ct), ("dx", "dw")):
+        assert_close(g, r, np.float32, factor=2, what=name)
+    with jax.enable_x64(True):
+        x64, w64 = _inputs(geom, dtype=np.float64, seed=6, hw=(6, 5), batch=1)
+        f = functools.partial(_run, geom, f"lax:{algorithm}", precision=None)
         check_grads(f, (jnp.asarray(x64), jnp.asarray(w64)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
 
 
