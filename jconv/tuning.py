@@ -283,9 +283,10 @@ def tune_spec(
         "dropped": dropped, "jax": jax.__version__, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = _store(key, entry, None if cache is None else os.fspath(cache))
-    log.info("tune: %s -> %s (%s)", key, best, ", ".join(f"{k} {v:.2f} ms" for k, v in times_ms.items()))
     select.plan(espec, best, fn="tune", layout=spec.layout)  # the winner must plan
-    return TuneResult(best, objective, times_ms, dropped, key, path)
+    result = TuneResult(best, objective, times_ms, dropped, key, path)
+    log.info("tune: %s -> %s", key, summary(result))
+    return result
 
 
 def tune(

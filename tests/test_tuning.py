@@ -52,6 +52,7 @@ def test_tune_measures_every_candidate_and_auto_runs_the_winner(tmp_path):
     assert p.reason.startswith("auto: tuned") and (p.impl if p.impl != "lax" else f"lax:{p.algorithm}") == res.best
     entry = json.loads(path.read_text())["entries"][res.key]
     assert entry["impl"] == res.best and entry["objective"] == "fwd+bwd"
+    assert tuning.summary(res).startswith(f"{res.best} (fwd+bwd: {res.best} ")
 
 
 def test_the_rules_choice_is_kept_within_the_margin():
