@@ -50,8 +50,9 @@ from jconv.impls.common import acc_dtype, add_bias, transpose_kernel
 
 Pair = tuple[int, int]
 
-#: im2col builds its patch matrix in row chunks no larger than this multiple of the input.
-IM2COL_MAX_BLOWUP = 4
+#: im2col builds its patch matrix in row chunks no larger than this multiple of the input (a
+#: number; 1 measured faster than 4 as well as smaller: ResNet-50 3x3 fwd 12.6 vs 31.8 ms).
+IM2COL_MAX_BLOWUP = 1
 #: ``mac`` unrolls C_in/groups * KH * KW multiply-adds per output; beyond this it is refused.
 MAC_MAX_TERMS = 1024
 
@@ -178,26 +179,45 @@ def _gemm_phase(xp, wt, taps, count, xs, cfg: _Cfg):
 
 
 def _im2col_phase(xp, wt, taps, count, xs, cfg: _Cfg):
-    """Concatenate the taps' windows on channels and do one (grouped) GEMM, in row chunks."""
+    """Concatenate the taps' windows on channels and do one (grouped) GEMM, in row chunks.
+
+    Chunks are walked in a ``lax.scan`` writing into the output, so one chunk of patches
+    (<= ``IM2COL_MAX_BLOWUP`` x the input) is alive at a time; unrolled, XLA kept every chunk's
+    patches alive at once (12.7x the input on a ResNet-50 3x3).
+    """
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n, t = xp.shape[0], len(taps)
+    rows, cols = count
     wg = jnp.stack([wt[i, j] for (i, j), _ in taps], axis=0)  # (T, Cg, G, Cog)
     wg = jnp.transpose(wg, (2, 0, 1, 3)).reshape(g, t * cg, cog)
     in_bytes = max(1, xp.size)
-    rows_per_chunk = max(1, (IM2COL_MAX_BLOWUP * in_bytes) // max(1, n * count[1] * t * cg * g))
-    outs = []
-    for r0 in range(0, count[0], rows_per_chunk):
-        rc = min(rows_per_chunk, count[0] - r0)
-        wins = [_window(xp, (st[0] + xs[0] * r0, st[1]), (rc, count[1]), xs) for _, st in taps]
-        p = jnp.stack(wins, axis=3).reshape(n, rc, count[1], t, g, cg)  # (N, a, b, T, G, Cg)
+    r = int(max(1, min(rows, (IM2COL_MAX_BLOWUP * in_bytes) // max(1, n * cols * t * cg * g))))
+    base = min(st[0] for _, st in taps)
+
+    def chunk(xr, rc):
+        wins = [_chunk_window(xr, st, base, rc, cols, xs) for _, st in taps]
+        p = jnp.stack(wins, axis=3).reshape(n, rc, cols, t, g, cg)  # (N, a, b, T, G, Cg)
         if g == 1:
-            y = _dot(p.reshape(n, rc, count[1], t * cg), wg[0], (((3,), (0,)), ((), ())), cfg)
-        else:
-            p = jnp.transpose(p, (4, 0, 1, 2, 3, 5)).reshape(g, n, rc, count[1], t * cg)
-            y = _dot(p, wg, (((4,), (1,)), ((0,), (0,))), cfg)  # (G, N, a, b, Cog)
-            y = jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(n, rc, count[1], g * cog)
-        outs.append(y)
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+            return _dot(p.reshape(n, rc, cols, t * cg), wg[0], (((3,), (0,)), ((), ())), cfg)
+        p = jnp.transpose(p, (4, 0, 1, 2, 3, 5)).reshape(g, n, rc, cols, t * cg)
+        y = _dot(p, wg, (((4,), (1,)), ((0,), (0,))), cfg)  # (G, N, a, b, Cog)
+        return jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(n, rc, cols, g * cog)
+
+    chunks = -(-rows // r)
+    span = max(st[0] for _, st in taps) - base + xs[0] * (r - 1) + 1
+    if chunks == 1:
+        return chunk(lax.slice_in_dim(xp, base, base + span, axis=1), rows)
+    need = base + xs[0] * r * (chunks - 1) + span
+    if need > xp.shape[1]:
+        xp = lax.pad(xp, jnp.zeros((), xp.dtype), ((0, 0, 0), (0, need - xp.shape[1], 0), (0, 0, 0), (0, 0, 0)))
+
+    def body(y, k):
+        xr = lax.dynamic_slice_in_dim(xp, base + k * (r * xs[0]), span, axis=1)
+        return lax.dynamic_update_slice_in_dim(y, chunk(xr, r), k * r, axis=1), None
+
+    y0 = jnp.zeros((n, chunks * r, cols, g * cog), jnp.dtype(cfg.acc))
+    y, _ = lax.scan(body, y0, jnp.arange(chunks))
+    return y[:, :rows]
 
 
 def _mac_phase(xp, wt, taps, count, xs, cfg: _Cfg):
