@@ -307,6 +307,15 @@ def _forward(x, w, cfg: _Cfg):
 
 def _weight_grad(x, dy, cfg: _Cfg, w_shape):
     """dL/dw: for each tap, x's window contracted with dy's phase over (N, rows, cols)."""
+    if cfg.lhs_dilation != (1, 1) and cfg.stride == (1, 1):
+        # A transposed conv's phases split dw into small per-phase GEMMs. Its adjoint (the conv
+        # that computes dx: stride l, no input dilation) has none, and since
+        # <conv(x, w), dy> = <x, conv(dy, T(w))> with T = transpose_kernel (a permutation and
+        # its own inverse), dw = T(weight gradient of that conv with input dy, cotangent x).
+        kh, kw, cg, co = w_shape
+        tcfg = cfg.transposed((x.shape[1], x.shape[2]), jnp.dtype(x.dtype).name)
+        dwt = _weight_grad(dy.astype(x.dtype), x, tcfg, (kh, kw, co // cfg.groups, cfg.groups * cg))
+        return transpose_kernel(dwt, cfg.groups)
     n, h, wd, _ = x.shape
     kh, kw, cg, co = w_shape
     g, cog = cfg.groups, co // cfg.groups
