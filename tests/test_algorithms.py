@@ -218,6 +218,14 @@ def test_auto_rules_on_cpu(name, algorithm):
     assert p.reason.startswith("auto")
 
 
+def test_auto_bfloat16_dense_with_many_channels_runs_taps():
+    for name, dtype, algorithm in [("resnet50_s4_3x3", "bfloat16", "taps"), ("resnet50_s4_3x3", "float32", "xla"),
+                                   ("vgg16_conv3_2", "bfloat16", "taps"), ("resnet50_s2_3x3", "bfloat16", "xla_fwd"),
+                                   ("deeplab_3x3_d2", "bfloat16", "xla")]:
+        spec = jconv.conv._exec_spec(CASES[name].spec(2, dtype))
+        assert select.plan(spec, "auto", platform="cpu").algorithm == algorithm, (name, dtype)
+
+
 def test_auto_on_accelerators_is_xla_with_a_reason():
     for platform in ("gpu", "tpu"):
         p = _plan("mobilenetv2_dw3x3_s1", platform=platform)
