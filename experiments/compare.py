@@ -133,13 +133,10 @@ def planned_keys(config) -> list[tuple]:
 
 def tune_case(case: Case, batch: int, dtype: str, config) -> None:
     """Tune ``case`` at ``batch``/``dtype`` into the active cache unless it is there already."""
-    import jax  # noqa: PLC0415
-
     from jconv.conv import _exec_spec  # noqa: PLC0415
 
     spec = case.spec(batch, dtype)
-    platform = jax.default_backend()
-    if tuning.lookup(_exec_spec(spec), spec.layout, platform, jax.devices()[0].device_kind) is not None:
+    if tuning.lookup(_exec_spec(spec), spec.layout) is not None:
         return
     precision = None if config.precision == "default" else config.precision
     tuning.tune_spec(spec, lambda x, w, b, impl: case.apply(x, w, b, impl=impl, precision=precision),

@@ -367,10 +367,17 @@ def _layer_fn(case: Case, impl: str, precision):
 
 def pass_fn(case: Case, impl: str, pass_: str, precision=None) -> Callable:
     """``f(x, w, b)``: the forward, or the gradients of ``sum(y * ct)`` (``f(x, w, b, ct)``)."""
+    return layer_pass(_layer_fn(case, impl, precision), pass_, has_bias=case.bias)
+
+
+def layer_pass(layer: Callable, pass_: str, *, has_bias: bool) -> Callable:
+    """``layer(x, w, b)`` for ``pass_ == "fwd"``; for ``"fwd+bwd"`` ``f(x, w, b, ct)``, the
+    gradients of ``sum(y * ct)`` for x, w (and b). ``ct`` is an argument, never a captured
+    constant: XLA would fold a constant into the program (the tuner once measured 47 ms for a
+    program whose real counterpart takes 78)."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    layer = _layer_fn(case, impl, precision)
     if pass_ == "fwd":
         return layer
 
@@ -378,8 +385,7 @@ def pass_fn(case: Case, impl: str, pass_: str, precision=None) -> Callable:
         y = layer(x, w, b)
         return jnp.sum(y.astype(jnp.float32) * ct.astype(jnp.float32))
 
-    argnums = (0, 1, 2) if case.bias else (0, 1)
-    return jax.grad(loss, argnums=argnums)
+    return jax.grad(loss, argnums=(0, 1, 2) if has_bias else (0, 1))
 
 
 def _args(case: Case, pass_: str, arrays: dict) -> tuple:

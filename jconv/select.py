@@ -75,6 +75,11 @@ class Plan:
     fn: Callable
     reason: str
 
+    @property
+    def explicit(self) -> str:
+        """The impl string that names this plan exactly ("xla", "pallas", "lax:<algorithm>")."""
+        return self.impl if self.impl != "lax" else f"lax:{self.algorithm}"
+
 
 def _lax_rule(spec: ConvSpec) -> tuple[str, str]:
     """The lax algorithm for ``spec`` (used by ``impl="lax"`` and by ``auto`` on the CPU)."""
@@ -131,18 +136,10 @@ def _channels_first(name: str, why: str, layout: str) -> tuple[str, str]:
 
 def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
     """The plan a tune cache entry names for ``spec`` on this device (see jconv.tuning), if any."""
-    import jax
-
     from jconv import tuning
     from jconv.geometry import check_impl
 
-    if not tuning.active():
-        return None
-    try:
-        kind = jax.devices(platform)[0].device_kind
-    except RuntimeError:  # planning for a platform this process has no device of: no cache
-        return None
-    entry = tuning.lookup(spec, layout, platform, kind)
+    entry = tuning.lookup(spec, layout, platform)
     if entry is None:
         return None
     impl = entry.get("impl")
@@ -163,8 +160,7 @@ def resolve(spec: ConvSpec, impl: str, *, fn: str = "conv2d", layout: str = "NHW
             use_cache: bool = True) -> str:
     """``impl`` with ``auto`` / ``lax`` replaced by the explicit impl the plan runs (the key a
     jit cache must see, so that a later tune re-traces instead of reusing the old choice)."""
-    p = plan(spec, impl, fn=fn, layout=layout, use_cache=use_cache)
-    return p.impl if p.impl != "lax" else f"lax:{p.algorithm}"
+    return plan(spec, impl, fn=fn, layout=layout, use_cache=use_cache).explicit
 
 
 def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,

@@ -106,32 +106,46 @@ def use_tune_cache(path: str | os.PathLike | None) -> None:
         _state["path"], _state["entries"] = path, _read(path)
 
 
+def _load_env_locked() -> None:
+    """Once per process (unless use_tune_cache chose): the cache named by $JCONV_TUNE_CACHE."""
+    if not _state["env_read"]:
+        _state["env_read"] = True
+        path = os.environ.get(ENV_VAR)
+        if path:
+            _state["path"], _state["entries"] = path, _read(path)
+
+
 def _active() -> dict | None:
     with _lock:
-        if not _state["env_read"]:
-            _state["env_read"] = True
-            path = os.environ.get(ENV_VAR)
-            if path:
-                _state["path"], _state["entries"] = path, _read(path)
+        _load_env_locked()
         return _state["entries"]
 
 
-def active() -> bool:
-    """Whether a tune cache (a file, or this process's tunes) is in use."""
-    return bool(_active())
+def device_key(spec: ConvSpec, layout: str, platform: str | None = None) -> str | None:
+    """:func:`cache_key` on this process's first device of ``platform`` (default: JAX's default
+    backend); None when the process has no device of that platform."""
+    import jax  # noqa: PLC0415
+
+    platform = platform or jax.default_backend()
+    try:
+        kind = jax.devices(platform)[0].device_kind
+    except RuntimeError:
+        return None
+    return cache_key(spec, layout, platform, kind)
 
 
-def lookup(spec: ConvSpec, layout: str, platform: str, device_kind: str) -> dict | None:
-    """The cache entry for this execute spec, or None."""
+def lookup(spec: ConvSpec, layout: str, platform: str | None = None) -> dict | None:
+    """The cache entry for this execute spec on this device, or None."""
     entries = _active()
     if not entries:
         return None
-    return entries.get(cache_key(spec, layout, platform, device_kind))
+    key = device_key(spec, layout, platform)
+    return None if key is None else entries.get(key)
 
 
 def _store(key: str, entry: dict, path: str | None) -> str | None:
     with _lock:
-        _state["env_read"] = True
+        _load_env_locked()  # a tune without cache= writes to the environment's cache file
         if path is not None and path != _state["path"]:
             _state["path"], _state["entries"] = path, _read(path)
         if _state["entries"] is None:
@@ -212,7 +226,6 @@ def tune_spec(
     if not isinstance(margin, (int, float)) or margin < 0:
         raise ValueError(f"tune: margin (={_fmt(margin)}) must be a number >= 0")
     platform = jax.default_backend()
-    device_kind = jax.devices()[0].device_kind
     espec = _exec_spec(spec)
     if candidates is None:
         candidates = candidates_for(espec, spec.layout, platform)
@@ -232,19 +245,13 @@ def tune_spec(
     b = arr((spec.out_channels,), spec.dtype) if spec.has_bias else None
     ct = arr(spec.out_shape, spec.out_dtype)
 
-    # every array is an argument: a captured cotangent would be a compile-time constant that
-    # XLA folds into the program (slices of it become constants), which is not what runs later
     args = (x, w, b) if objective == "fwd" else (x, w, b, ct)
 
     def make(impl):
-        if objective == "fwd":
-            return jax.jit(lambda x, w, b: call(x, w, b, impl))
-        argnums = (0, 1, 2) if b is not None else (0, 1)
+        def layer(x, w, b):
+            return call(x, w, b, impl)
 
-        def loss(x, w, b, ct):
-            return jnp.sum(call(x, w, b, impl).astype(jnp.float32) * ct.astype(jnp.float32))
-
-        return jax.jit(jax.grad(loss, argnums))
+        return jax.jit(bench.layer_pass(layer, objective, has_bias=b is not None))
 
     dropped: dict[str, str] = {}
     runners: dict[str, Callable[[], Any]] = {}
@@ -277,13 +284,12 @@ def tune_spec(
     rules = select.resolve(espec, "auto", fn="tune", layout=spec.layout, use_cache=False)
     if rules in times_ms and times_ms[best] * (1 + margin) > times_ms[rules]:
         best = rules  # within the margin of the rules' choice: keep it (timings move by ~10%)
-    key = cache_key(espec, spec.layout, platform, device_kind)
+    key = device_key(espec, spec.layout, platform)
     entry = {
         "impl": best, "objective": objective, "times_ms": {k: round(v, 4) for k, v in times_ms.items()},
         "dropped": dropped, "jax": jax.__version__, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = _store(key, entry, None if cache is None else os.fspath(cache))
-    select.plan(espec, best, fn="tune", layout=spec.layout)  # the winner must plan
     result = TuneResult(best, objective, times_ms, dropped, key, path)
     log.info("tune: %s -> %s", key, summary(result))
     return result
@@ -348,5 +354,5 @@ def summary(result: TuneResult) -> str:
     return f"{result.best} ({result.objective}: {ts})"
 
 
-__all__ = ["tune", "tune_spec", "use_tune_cache", "active", "lookup", "cache_key", "candidates_for", "TuneResult",
+__all__ = ["tune", "tune_spec", "use_tune_cache", "lookup", "cache_key", "device_key", "candidates_for", "TuneResult",
            "summary", "ENV_VAR", "OBJECTIVES"]

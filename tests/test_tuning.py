@@ -49,7 +49,7 @@ def test_tune_measures_every_candidate_and_auto_runs_the_winner(tmp_path):
     assert set(res.times_ms) | set(res.dropped) == set(tuning.candidates_for(_exec_spec(_spec()), "NHWC", "cpu"))
     assert res.times_ms[res.best] == min(res.times_ms.values())
     p = jconv.plan_for(_spec())
-    assert p.reason.startswith("auto: tuned") and (p.impl if p.impl != "lax" else f"lax:{p.algorithm}") == res.best
+    assert p.reason.startswith("auto: tuned") and p.explicit == res.best
     entry = json.loads(path.read_text())["entries"][res.key]
     assert entry["impl"] == res.best and entry["objective"] == "fwd+bwd"
     assert tuning.summary(res).startswith(f"{res.best} (fwd+bwd: {res.best} ")
@@ -91,6 +91,15 @@ def test_cache_file_is_read_from_the_environment_and_by_use_tune_cache(tmp_path,
     # a different shape is not in the cache
     other = jconv.parse_conv2d((3,) + X.shape[1:], X.dtype, W.shape, W.dtype, **KW)
     assert jconv.plan_for(other).algorithm == "mac"
+
+
+def test_a_tune_without_cache_argument_writes_to_the_environments_file(tmp_path, monkeypatch):
+    path = tmp_path / "env.json"
+    monkeypatch.setattr(tuning, "_state", {"path": None, "entries": None, "env_read": False})
+    monkeypatch.setenv(tuning.ENV_VAR, str(path))
+    res = jconv.tune(X, W, **KW, candidates=["lax:im2col"], iters=1)  # the first cache use
+    assert res.cache == str(path)
+    assert json.loads(path.read_text())["entries"][res.key]["impl"] == "lax:im2col"
 
 
 @pytest.mark.parametrize("stale", ["lax:depthwise", "lax:winograd", "auto", "nonsense", None])
