@@ -203,13 +203,9 @@ def _im2col_phase(xp, wt, taps, count, xs, cfg: _Cfg):
         y = _dot(p, wg, (((4,), (1,)), ((0,), (0,))), cfg)  # (G, N, a, b, Cog)
         return jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(n, rc, cols, g * cog)
 
-    chunks = -(-rows // r)
-    span = max(st[0] for _, st in taps) - base + xs[0] * (r - 1) + 1
+    xp, chunks, span = _row_chunks(xp, taps, rows, xs, r)
     if chunks == 1:
         return chunk(lax.slice_in_dim(xp, base, base + span, axis=1), rows)
-    need = base + xs[0] * r * (chunks - 1) + span
-    if need > xp.shape[1]:
-        xp = lax.pad(xp, jnp.zeros((), xp.dtype), ((0, 0, 0), (0, need - xp.shape[1], 0), (0, 0, 0), (0, 0, 0)))
 
     def body(y, k):
         xr = lax.dynamic_slice_in_dim(xp, base + k * (r * xs[0]), span, axis=1)
@@ -333,26 +329,19 @@ def _weight_grad(x, dy, cfg: _Cfg, w_shape):
             if not (taps_h and taps_w):
                 continue
             dyp = dy if (lh, lw) == (1, 1) else dy[:, p::lh, q::lw]
+            taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
+            count, xs = (cnt_h, cnt_w), (xsh, xsw)
             if mac:
-                dyg = dyp.astype(acc_t).reshape(n, cnt_h, cnt_w, g, 1, cog)
-            else:
+                part = _mac_weight_grad(xp, dyp, taps, count, xs, g, acc_t)
+            elif g == 1:  # dense, every mode: chunked patches^T @ dy
+                part = {ij: t[None] for ij, t in _im2col_weight_grad(xp, dyp, taps, count, xs, cfg).items()}
+            else:  # grouped GEMM modes: one batched GEMM per tap
                 dyg = dyp.reshape(n, cnt_h, cnt_w, g, cog)
-            if mac:
-                taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
-                for ij, t in _mac_weight_grad(xp, dyp, taps, (cnt_h, cnt_w), (xsh, xsw), g, acc_t).items():
-                    grads[ij] = t if ij not in grads else grads[ij] + t
-                continue
-            if g == 1:  # dense, every mode: chunked patches^T @ dy
-                taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
-                for ij, t in _im2col_weight_grad(xp, dyg[..., 0, :], taps, (cnt_h, cnt_w), (xsh, xsw), cfg).items():
-                    grads[ij] = t[None] if ij not in grads else grads[ij] + t[None]
-                continue
-            for i, sh in taps_h:
-                for j, sw in taps_w:
-                    win = _window(xp, (sh + pads[0][0], sw + pads[1][0]), (cnt_h, cnt_w), (xsh, xsw))
-                    win = win.reshape(n, cnt_h, cnt_w, g, cg)
-                    t = _dot(win, dyg, (((0, 1, 2), (0, 1, 2)), ((3,), (3,))), cfg)  # (G, Cg, Cog)
-                    grads[(i, j)] = t if (i, j) not in grads else grads[(i, j)] + t
+                part = {ij: _dot(_window(xp, st, count, xs).reshape(n, cnt_h, cnt_w, g, cg), dyg,
+                                 (((0, 1, 2), (0, 1, 2)), ((3,), (3,))), cfg)  # (G, Cg, Cog)
+                        for ij, st in taps}
+            for ij, t in part.items():
+                grads[ij] = t if ij not in grads else grads[ij] + t
     zero = jnp.zeros((g, cg, cog), acc_t)
     dw = jnp.stack([grads.get((i, j), zero) for i in range(kh) for j in range(kw)])  # (T, G, Cg, Cog)
     return jnp.transpose(dw, (0, 2, 1, 3)).reshape(kh, kw, cg, co)
@@ -366,6 +355,19 @@ IM2COL_DW_CHUNK_BYTES = 1 << 18
 IM2COL_DW_MIN_K_PER_COUT = 8
 
 
+def _row_chunks(xp, taps, rows: int, xs: Pair, r: int):
+    """Output rows in chunks of ``r``: ``(xp, chunks, span)``, where chunk k reads ``span``
+    rows of ``xp`` from ``base + k*r*stride`` (``base``: the smallest tap row), and ``xp`` is
+    zero-padded at the bottom so the last (possibly partial) chunk stays in range."""
+    chunks = -(-rows // r)
+    base = min(st[0] for _, st in taps)
+    span = max(st[0] for _, st in taps) - base + xs[0] * (r - 1) + 1
+    need = base + xs[0] * r * (chunks - 1) + span
+    if need > xp.shape[1]:
+        xp = lax.pad(xp, jnp.zeros((), xp.dtype), ((0, 0, 0), (0, need - xp.shape[1], 0), (0, 0, 0), (0, 0, 0)))
+    return xp, chunks, span
+
+
 def _scan_row_chunks(xp, dy, taps, count, xs, r: int, chunk_fn, init):
     """``sum over row chunks k of chunk_fn(xr, dr)``, walked in a ``lax.scan``.
 
@@ -377,14 +379,10 @@ def _scan_row_chunks(xp, dy, taps, count, xs, r: int, chunk_fn, init):
     patches, than walked like this.
     """
     rows = count[0]
-    chunks = -(-rows // r)
     base = min(st[0] for _, st in taps)
-    span = max(st[0] for _, st in taps) - base + xs[0] * (r - 1) + 1
-    need = base + xs[0] * r * (chunks - 1) + span
+    xp, chunks, span = _row_chunks(xp, taps, rows, xs, r)
     if chunks * r > rows:
         dy = lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (0, chunks * r - rows, 0), (0, 0, 0), (0, 0, 0)))
-    if need > xp.shape[1]:
-        xp = lax.pad(xp, jnp.zeros((), xp.dtype), ((0, 0, 0), (0, need - xp.shape[1], 0), (0, 0, 0), (0, 0, 0)))
     if chunks == 1:
         return chunk_fn(lax.slice_in_dim(xp, base, base + span, axis=1), dy)
 
@@ -470,9 +468,9 @@ def _conv_fwd(x, w, cfg: _Cfg):
 def _conv_bwd(cfg: _Cfg, res, dy):
     x, w = res
     tcfg = cfg.transposed((x.shape[1], x.shape[2]), jnp.dtype(x.dtype).name)
-    wt = transpose_kernel(w, cfg.groups)
-    if cfg.mode in ("mac", "mac_cf"):  # materialise it: fused into the unrolled loop, every
-        wt = lax.optimization_barrier(wt)  # output element re-gathered it (grouped dx 2.9x slower)
+    # materialised once: fused into mac's unrolled loop every output element re-gathered it
+    # (grouped dx 2.9x slower); a GEMM or XLA conv reads a materialised kernel anyway
+    wt = lax.optimization_barrier(transpose_kernel(w, cfg.groups))
     dx = _conv(dy.astype(w.dtype), wt, tcfg)
     dw = _weight_grad(x, dy, cfg, w.shape)
     return dx.astype(x.dtype), dw.astype(w.dtype)
