@@ -53,6 +53,7 @@ only once measurements on the accelerator show it ahead (then this docstring cha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 
@@ -134,6 +135,12 @@ def _channels_first(name: str, why: str, layout: str) -> tuple[str, str]:
     return name, why
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_stale(fn: str, impl: str, why: str) -> None:
+    """Once per process and entry: a plan is made on every call, a warning need not be."""
+    log.warning("%s: ignoring the tune cache entry %s for this convolution (%s); the rules apply", fn, impl, why)
+
+
 def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
     """The plan a tune cache entry names for ``spec`` on this device (see jconv.tuning), if any."""
     from jconv import tuning
@@ -148,8 +155,7 @@ def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
             raise ValueError("not an explicit implementation")
         p = plan(spec, impl, fn=fn, platform=platform, layout=layout)
     except (TypeError, ValueError) as e:
-        log.warning("%s: ignoring the tune cache entry %r for this convolution (%s); the rules apply",
-                    fn, impl, e)
+        _warn_stale(fn, repr(impl), str(e))
         return None
     times = entry.get("times_ms", {})
     ms = ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1])[:3])

@@ -114,6 +114,10 @@ def test_a_stale_entry_is_ignored_with_a_warning(tmp_path, caplog, stale):
         p = jconv.plan_for(_spec())
     assert p.algorithm == "mac" and not p.reason.startswith("auto: tuned")
     assert f"ignoring the tune cache entry {stale!r}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jconv.select"):
+        jconv.plan_for(_spec())
+    assert "ignoring" not in caplog.text  # once per entry, not on every call
 
 
 def test_explicit_impls_ignore_the_cache(tmp_path):
