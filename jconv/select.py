@@ -41,7 +41,13 @@ being fused into the unrolled loop (2-7x faster on the NCHW suite layers).
    row chunks. XLA computes that gradient as a conv whose "kernel" is the Ho x Wo output: at
    28x28 and up that is 1.2-2.6x slower fwd+bwd (ResNet-50 3x3 1.6-1.9x, VGG-16 1.3-2.6x,
    U-Net 2.6x); at 14x14 and below, or with a dilated kernel, it is as fast or faster.
-7. everything else (dense) -> ``xla``.
+7. dense, undilated, smaller output but many output positions (``N*Ho*Wo >= 4096``) and
+   16-128 channels in, at most 128 out -> ``lax:xla_fwd`` too: XLA's weight-gradient conv is slow
+   there as well (the seed's MNIST conv2 at batch 128: 1.9x fwd+bwd; 64-128 channels at 14x14,
+   batch 32-64: 1.3-2.5x); with 256-512 channels at 7x7-14x14 XLA's stays faster (0.5-0.85x),
+   and below 4096 positions it is a tie or XLA's (MNIST conv2 at batch 32: 0.86x). With fewer
+   than 16 input channels XLA's gradient is cheap (MNIST conv1, C_in = 1, batch 32: 0.6x).
+8. everything else (dense) -> ``xla``.
 
 ``auto`` on GPU / TPU: ``xla``. cuDNN (GPU) and the TPU convolution emitter are the
 vendor-tuned paths; the lax algorithms are CPU formulations (the ``mac`` unrolling in
@@ -65,6 +71,10 @@ log = logging.getLogger("jconv.select")
 MAC_GROUP_CHANNELS = 16
 #: ``auto`` runs a dense, undilated conv as ``xla_fwd`` from this many output pixels (28x28) on.
 XLA_FWD_MIN_OUT_PIXELS = 28 * 28
+#: ... and from this many output positions (N*Ho*Wo) on, when it has 16 to
+#: ``XLA_FWD_MAX_CHANNELS`` input channels and at most that many output channels.
+XLA_FWD_MIN_POSITIONS = 4096
+XLA_FWD_MAX_CHANNELS = 128
 #: ``auto`` runs a dense, undilated bfloat16 conv with this many input channels or more as ``taps``.
 BF16_TAPS_MIN_CHANNELS = 128
 
@@ -125,6 +135,13 @@ def _auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> tuple[str
     if spec.dilation == (1, 1) and ho * wo >= XLA_FWD_MIN_OUT_PIXELS:
         return "xla_fwd", (f"dense, {ho}x{wo} output: XLA's conv forward and input gradient, the "
                            "weight gradient as chunked patch GEMMs (XLA's: 1.2-2.6x slower there)")
+    positions = spec.batch * ho * wo
+    if (spec.dilation == (1, 1) and positions >= XLA_FWD_MIN_POSITIONS
+            and 16 <= spec.group_in_channels
+            and max(spec.group_in_channels, spec.out_channels) <= XLA_FWD_MAX_CHANNELS):
+        return "xla_fwd", (f"dense, {positions} output positions, 16-{XLA_FWD_MAX_CHANNELS} channels: "
+                           "XLA's conv forward and input gradient, the weight gradient as chunked "
+                           "patch GEMMs (XLA's: 1.3-2.5x slower there)")
     return "xla", ("dense, small output or dilated kernel: XLA's CPU convolution, forward and "
                    "backward (its weight gradient is as fast as the patch GEMMs there)")
 

@@ -218,6 +218,21 @@ def test_auto_rules_on_cpu(name, algorithm):
     assert p.reason.startswith("auto")
 
 
+def test_auto_small_output_runs_xla_fwd_only_with_many_positions_and_few_channels():
+    """Rule 7: N*Ho*Wo >= XLA_FWD_MIN_POSITIONS and <= XLA_FWD_MAX_CHANNELS channels."""
+    for name, batch, algorithm in [("mnist_conv2", 8, "xla"),          # 968 positions
+                                   ("mnist_conv2", 32, "xla"),         # 3,872
+                                   ("mnist_conv2", 128, "xla_fwd"),    # 15,488, 32 -> 64 channels
+                                   ("mnist_conv1", 128, "xla"),        # 86,528 but C_in = 1
+                                   ("resnet50_s4_3x3", 32, "xla"),     # 6,272 but 256 channels
+                                   ("deeplab_3x3_d2", 64, "xla")]:     # dilated kernel
+        p = _plan(name, batch=batch)
+        assert p.algorithm == algorithm, (name, batch, p)
+    spec = jconv.conv._exec_spec(CASES["mnist_conv2"].spec(128))
+    assert spec.batch * spec.out_size[0] * spec.out_size[1] >= select.XLA_FWD_MIN_POSITIONS
+    assert "positions" in select.plan(spec, "auto", platform="cpu").reason
+
+
 def test_auto_bfloat16_dense_with_many_channels_runs_taps():
     for name, dtype, algorithm in [("resnet50_s4_3x3", "bfloat16", "taps"), ("resnet50_s4_3x3", "float32", "xla"),
                                    ("vgg16_conv3_2", "bfloat16", "taps"), ("resnet50_s2_3x3", "bfloat16", "xla_fwd"),
