@@ -64,3 +64,33 @@ def test_nnx_twin_has_the_seeds_parameters():
     model.eval()
     y = model(jnp.zeros((2, 28, 28, 1)))
     assert y.shape == (2, 10)
+
+
+@pytest.mark.parametrize("shape, p", [((2, 26, 26, 3), 2), ((2, 11, 11, 4), 2), ((1, 9, 7, 2), 3)])
+def test_max_pool_matches_flax_values_and_gradients_ties_included(shape, p):
+    """jconv.models.max_pool == nn.max_pool, forward and VJP, also where windows tie (relu
+    zeros, repeated small integers): the gradient goes to one element of the window, the same."""
+    import flax.linen as nn
+
+    from jconv.models import max_pool
+
+    rng = np.random.default_rng(0)
+    ref = lambda x: nn.max_pool(x, (p, p), strides=(p, p), padding="VALID")  # noqa: E731
+    for x in (rng.normal(size=shape), np.maximum(rng.normal(size=shape), 0), rng.integers(0, 3, size=shape)):
+        x = jnp.asarray(x, jnp.float32)
+        y, vjp = jax.vjp(lambda v: max_pool(v, p), x)
+        y_ref, vjp_ref = jax.vjp(ref, x)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+        g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+        np.testing.assert_array_equal(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: max_pool(v, p).sum()))(x))
+    assert "select_and_scatter" not in jaxpr and "reduce_window" not in jaxpr
+
+
+def test_max_pool_rejects_bad_sizes():
+    from jconv.models import max_pool
+
+    with pytest.raises(ValueError, match="pool size"):
+        max_pool(jnp.ones((1, 4, 4, 1)), 0)
+    with pytest.raises(ValueError, match="smaller than"):
+        max_pool(jnp.ones((1, 1, 4, 1)), 2)
