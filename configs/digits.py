@@ -8,14 +8,13 @@ dropout 0.5, on jconv.linen.Conv2D (impl "auto"). Writes metrics.jsonl, summary.
 filters.png, feature_maps.png and a checkpoint per epoch into the workdir (rerun to resume),
 and times the same train step with flax.linen.Conv (ratio in metrics.jsonl).
 
-Measured (2026-11-25, the 2-core development CPU shared with other jobs, load 5-8; 1 CPU
-device; jax 0.10.2): final test accuracy 98.2% (442/450) after 20 epochs, >= 97% from epoch 6
-on (97.1% already at epoch 4), both with impl "auto" (XLA's conv on CPU) and impl "lax"
-(jconv's taps algorithm). The whole command took 47 s wall ("auto") / 54 s ("lax"), about
-1.1-1.2 s per epoch after a ~7 s first epoch (compilation). Speed record: train step (batch 32)
-20.8 ms with jconv "auto" vs 18.8 ms with flax.linen.Conv (ratio 1.11); "lax" 20.0 vs 17.3 ms
-(1.16). Repeated 100-round measurements on the loaded machine ranged 0.97-1.16: treat the ratio
-as +-10% noise here.
+Measured (2026-11-25, the 2-core development CPU, otherwise idle; 1 CPU device; jax 0.10.2):
+final test accuracy 98.2% (442/450) after 20 epochs, >= 97% from epoch 6 on (97.1% already at
+epoch 4), impl "auto" (XLA's conv for both convs at batch 32). The whole command took 15.5 s
+wall, about 0.3 s per epoch after a ~1.2 s first epoch (compilation). Speed record: train step
+(batch 32) 6.37 ms with jconv "auto" vs 6.41 ms with flax.linen.Conv (ratio 0.99); at batch 128
+(``--config.batch_size=128``) 34.7 vs 50.0 ms (0.69), conv2 running ``xla_fwd``. Earlier runs
+on a machine loaded by other jobs read +-10% between repeats: compare ratios, not times.
 """
 
 import ml_collections
