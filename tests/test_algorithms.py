@@ -273,10 +273,16 @@ def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
         check_grads(f, (jnp.asarray(x64), jnp.asarray(w64)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("geom", [GEOMS[i] for i in (0, 1, 6, 9)], ids=_ids)
+_DENSE_DILATED_S1 = ("dense_d21_asym_s1", (3, 4, 1), (3, 2), (1, 1), (2, 1), (1, 1), ((2, 0), (1, 2)))
+
+
+@pytest.mark.parametrize("geom", [GEOMS[i] for i in (0, 1, 6, 9)] + [_DENSE_DILATED_S1], ids=_ids)
 @pytest.mark.parametrize("algorithm", ["xla_fwd", "taps"])
-def test_dense_weight_grad_in_row_chunks(geom, algorithm, monkeypatch):
-    """With tiny chunks the dense dw runs as a scan over single rows: same gradients."""
+@pytest.mark.parametrize("kmajor", [True, False], ids=["kmajor", "row_major"])
+def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):
+    """With tiny chunks the dense dw runs as a scan over single rows: same gradients, with
+    the K-major patches (stride 1) and with the row-major ones (every stride)."""
+    monkeypatch.setattr(lax_conv, "IM2COL_DW_KMAJOR_CHUNK_BYTES", 1 if kmajor else 0)
     monkeypatch.setattr(lax_conv, "IM2COL_DW_CHUNK_BYTES", 1)
     monkeypatch.setattr(lax_conv, "IM2COL_DW_MIN_K_PER_COUT", 0)
     x, w = _inputs(geom, hw=(9, 7))
