@@ -11,7 +11,7 @@ the small layers only, time not a speed figure), the PyTorch peer when torch is 
 a same-size GEMM (gemm_peak) for dense layers. Batch 8, lowered per layer so one forward is at
 most 1 GFLOP. Accuracy vs float64.
 
-Measured on the 2-core AMD EPYC VM this project was developed on, 152 rows with torch 2.13
+Measured on the 2-core Intel Xeon VM this project was developed on, 152 rows with torch 2.13
 installed: 2 min 3 s wall with the machine otherwise idle (commit 87518d6, 3-call blocks; 1 min
 53 s at 54b4a0a, one call per round); 4 min 40 s and
 5 min 22 s while it was shared with other work (load average 8-9). Without torch: 118 rows,
