@@ -33,8 +33,8 @@ def max_pool(x, p: int):
     The same values and gradients as ``nn.max_pool(x, (p, p), strides=(p, p))``: each window's
     gradient goes to its first maximum in row-major order. Computed as a reshape and a max, with
     an elementwise backward: XLA's CPU gradient of ``nn.max_pool`` (``select_and_scatter`` and
-    an index-tracking ``reduce_window``) took about 30 of the 74 ms of the seed's training step
-    at batch 128; with this one the step takes 45 ms (docs/performance.md).
+    an index-tracking ``reduce_window``) took about 30 of the 75 ms of the seed's training step
+    at batch 128; with this one that step takes 50 ms (docs/performance.md).
     """
     return _max_pool_fwd(x, p)[0]
 
@@ -49,13 +49,13 @@ def _windows(x, p: int):
 
 
 def _max_pool_fwd(x, p: int):
-    r = _windows(x, p)
-    y = jnp.max(r, axis=(2, 4))
-    return y, (r, y, x.shape)
+    y = jnp.max(_windows(x, p), axis=(2, 4))
+    return y, (x, y)
 
 
 def _max_pool_bwd(p: int, res, g):
-    r, y, shape = res
+    x, y = res
+    r, shape = _windows(x, p), x.shape
     found = jnp.zeros(y.shape, bool)
     rows = []
     for a in range(p):

@@ -71,9 +71,10 @@ log = logging.getLogger("jconv.select")
 MAC_GROUP_CHANNELS = 16
 #: ``auto`` runs a dense, undilated conv as ``xla_fwd`` from this many output pixels (28x28) on.
 XLA_FWD_MIN_OUT_PIXELS = 28 * 28
-#: ... and from this many output positions (N*Ho*Wo) on, when it has 16 to
-#: ``XLA_FWD_MAX_CHANNELS`` input channels and at most that many output channels.
+#: ... and from this many output positions (N*Ho*Wo) on, when it has ``XLA_FWD_MIN_CHANNELS``
+#: to ``XLA_FWD_MAX_CHANNELS`` input channels and at most that many output channels.
 XLA_FWD_MIN_POSITIONS = 4096
+XLA_FWD_MIN_CHANNELS = 16
 XLA_FWD_MAX_CHANNELS = 128
 #: ``auto`` runs a dense, undilated bfloat16 conv with this many input channels or more as ``taps``.
 BF16_TAPS_MIN_CHANNELS = 128
@@ -137,9 +138,10 @@ def _auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> tuple[str
                            "weight gradient as chunked patch GEMMs (XLA's: 1.2-2.6x slower there)")
     positions = spec.batch * ho * wo
     if (spec.dilation == (1, 1) and positions >= XLA_FWD_MIN_POSITIONS
-            and 16 <= spec.group_in_channels
+            and XLA_FWD_MIN_CHANNELS <= spec.group_in_channels
             and max(spec.group_in_channels, spec.out_channels) <= XLA_FWD_MAX_CHANNELS):
-        return "xla_fwd", (f"dense, {positions} output positions, 16-{XLA_FWD_MAX_CHANNELS} channels: "
+        return "xla_fwd", (f"dense, {positions} output positions, "
+                           f"{XLA_FWD_MIN_CHANNELS}-{XLA_FWD_MAX_CHANNELS} channels: "
                            "XLA's conv forward and input gradient, the weight gradient as chunked "
                            "patch GEMMs (XLA's: 1.3-2.5x slower there)")
     return "xla", ("dense, small output or dilated kernel: XLA's CPU convolution, forward and "

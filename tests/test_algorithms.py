@@ -283,6 +283,7 @@ def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):
     """With tiny chunks the dense dw runs as a scan over single rows: same gradients, with
     the K-major patches (stride 1) and with the row-major ones (every stride)."""
     monkeypatch.setattr(lax_conv, "IM2COL_DW_KMAJOR_CHUNK_BYTES", 1 if kmajor else 0)
+    monkeypatch.setattr(lax_conv, "IM2COL_DW_KMAJOR_MIN_COLS", 1)
     monkeypatch.setattr(lax_conv, "IM2COL_DW_CHUNK_BYTES", 1)
     monkeypatch.setattr(lax_conv, "IM2COL_DW_MIN_K_PER_COUT", 0)
     x, w = _inputs(geom, hw=(9, 7))
