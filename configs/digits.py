@@ -13,7 +13,7 @@ final test accuracy 98.2% (442/450) after 20 epochs, >= 97% from epoch 6 on (97.
 epoch 4), impl "auto" (XLA's conv for both convs at batch 32). The whole command took 15.5 s
 wall, about 0.3 s per epoch after a ~1.2 s first epoch (compilation). Speed record: train step
 (batch 32) 6.37 ms with jconv "auto" vs 6.41 ms with flax.linen.Conv (ratio 0.99); at batch 128
-(``--config.batch_size=128``) 34.7 vs 50.0 ms (0.69), conv2 running ``xla_fwd``. Earlier runs
+(``--config.batch_size=128``) 26.4-26.9 vs 33.8-34.3 ms (0.78), conv2 running ``xla_fwd``. Earlier runs
 on a machine loaded by other jobs read +-10% between repeats: compare ratios, not times.
 """
 

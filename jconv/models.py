@@ -34,7 +34,7 @@ def max_pool(x, p: int):
     gradient goes to its first maximum in row-major order. Computed as a reshape and a max, with
     an elementwise backward: XLA's CPU gradient of ``nn.max_pool`` (``select_and_scatter`` and
     an index-tracking ``reduce_window``) took about 30 of the 75 ms of the seed's training step
-    at batch 128; with this one that step takes 50 ms (docs/performance.md).
+    at batch 128; with this one that step takes 34-46 ms (docs/performance.md).
     """
     return _max_pool_fwd(x, p)[0]
 
