@@ -299,6 +299,27 @@ def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):
         check_grads(f, (jnp.asarray(x64), jnp.asarray(w64)), order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
 
 
+def test_dense_weight_grad_kmajor_only_at_stride_1_and_wide_outputs(monkeypatch):
+    """The K-major patches are used exactly where they were measured faster: stride 1 and
+    outputs at least IM2COL_DW_KMAJOR_MIN_COLS wide (the default limits, not monkeypatched)."""
+    seen = []
+    scan = lax_conv._scan_row_chunks
+
+    def spy(*a, channels_first=False, **k):
+        seen.append(channels_first)
+        return scan(*a, channels_first=channels_first, **k)
+
+    monkeypatch.setattr(lax_conv, "_scan_row_chunks", spy)
+    x = jnp.ones((1, 32, 32, 2))
+    for stride, width, kmajor in [(1, 32, True), (2, 32, False), (1, 16, False)]:
+        jax.clear_caches()  # conv2d's jit would reuse a trace made before the spy
+        seen.clear()
+        w = jnp.ones((3, 3, 2, 4))
+        xx = x[:, :, :width]
+        jax.grad(lambda w: jconv.conv2d(xx, w, stride=stride, padding=1, impl="lax:xla_fwd").sum())(w)
+        assert seen == [kmajor], (stride, width, seen)
+
+
 def test_nchw_callers_get_channels_first_mac():
     for name in ("mobilenetv2_dw3x3_s1_nchw", "resnext_g32_3x3_nchw"):
         spec = CASES[name].spec(2)

@@ -377,7 +377,7 @@ def _row_chunks(xp, taps, rows: int, xs: Pair, r: int):
     return xp, chunks, span
 
 
-def _scan_row_chunks(xp, dy, taps, count, xs, r: int, chunk_fn, init):
+def _scan_row_chunks(xp, dy, taps, count, xs, r: int, chunk_fn, init, *, channels_first: bool = False):
     """``sum over row chunks k of chunk_fn(xr, dr)``, walked in a ``lax.scan``.
 
     ``dr`` is ``r`` rows of ``dy`` (one phase, (N, rows, cols, C_out)); ``xr`` the rows of
@@ -385,18 +385,22 @@ def _scan_row_chunks(xp, dy, taps, count, xs, r: int, chunk_fn, init):
     the smallest tap row). Rows past the end are zeros of ``dy`` and contribute nothing. One
     chunk's temporaries are alive at a time and stay in cache: the weight gradients here were
     2-3.6x slower built in a few big chunks, mostly from writing (and page-faulting) the
-    patches, than walked like this.
+    patches, than walked like this. ``channels_first``: ``xp`` is transposed once, before the
+    chunks, and ``xr`` is (C, N, span, W).
     """
     rows = count[0]
     base = min(st[0] for _, st in taps)
     xp, chunks, span = _row_chunks(xp, taps, rows, xs, r)
+    axis = 1
+    if channels_first:
+        xp, axis = jnp.transpose(xp, (3, 0, 1, 2)), 2
     if chunks * r > rows:
         dy = lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (0, chunks * r - rows, 0), (0, 0, 0), (0, 0, 0)))
     if chunks == 1:
-        return chunk_fn(lax.slice_in_dim(xp, base, base + span, axis=1), dy)
+        return chunk_fn(lax.slice_in_dim(xp, base, base + span, axis=axis), dy)
 
     def body(carry, k):
-        xr = lax.dynamic_slice_in_dim(xp, base + k * (r * xs[0]), span, axis=1)
+        xr = lax.dynamic_slice_in_dim(xp, base + k * (r * xs[0]), span, axis=axis)
         dr = lax.dynamic_slice_in_dim(dy, k * r, r, axis=1)
         return carry + chunk_fn(xr, dr), None
 
@@ -443,65 +447,40 @@ def _mac_weight_grad(xp, dy, taps, count, xs, g: int, acc_t):
 def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
     """Dense dw of one phase: patches^T @ dy (K = N*rows*cols), walked over row chunks of
     about ``IM2COL_DW_CHUNK_BYTES`` of patches. A single tap (1x1) is one GEMM, unchunked.
+
     Stride 1 with outputs at least ``IM2COL_DW_KMAJOR_MIN_COLS`` wide builds the patches
-    K-major instead (``_kmajor_weight_grad``)."""
+    K-major instead, (T*Cg, N*r*cols) from a channels-first copy of x made once, in chunks of
+    ``IM2COL_DW_KMAJOR_CHUNK_BYTES``: a ``(K, M) @ (M, N)`` GEMM per chunk."""
     n, t, cg = xp.shape[0], len(taps), xp.shape[3]
+    co = dy.shape[3]
     rows, cols = count
     if t == 1:
         win = _window(xp, taps[0][1], count, xs)
         return {taps[0][0]: _dot(win, dy, (((0, 1, 2), (0, 1, 2)), ((), ())), cfg)}
     # a chunk must also be long enough (K >= 8 * C_out) that re-reading and writing the
     # (T*Cg, C_out) accumulator per chunk stays small next to the patches it contracts
-    r_min = -(-IM2COL_DW_MIN_K_PER_COUT * dy.shape[3] // (n * cols))
+    r_min = -(-IM2COL_DW_MIN_K_PER_COUT * co // (n * cols))
     kmajor = xs == (1, 1) and IM2COL_DW_KMAJOR_CHUNK_BYTES > 0 and cols >= IM2COL_DW_KMAJOR_MIN_COLS
     row_bytes = n * cols * t * cg * xp.dtype.itemsize
     budget = IM2COL_DW_KMAJOR_CHUNK_BYTES if kmajor else IM2COL_DW_CHUNK_BYTES
     r = int(max(1, min(rows, max(r_min, budget // max(1, row_bytes)))))
-    init = jnp.zeros((t * cg, dy.shape[3]), jnp.dtype(cfg.acc))
-    if kmajor:
-        acc = _kmajor_weight_grad(xp, dy, taps, count, r, cfg, init)
-    else:
-        base = min(st[0] for _, st in taps)
+    base = min(st[0] for _, st in taps)
 
-        def chunk(xr, dr):
-            wins = [_chunk_window(xr, st, base, dr.shape[1], cols, xs) for _, st in taps]
-            p = jnp.concatenate(wins, axis=3)  # (N, r, cols, T*Cg)
-            return _dot(p, dr, (((0, 1, 2), (0, 1, 2)), ((), ())), cfg)  # (T*Cg, Co)
+    def chunk(xr, dr):
+        rr = dr.shape[1]
+        if kmajor:  # xr (Cg, N, span, W)
+            wins = [lax.slice(xr, (0, 0, st[0] - base, st[1]), (cg, n, st[0] - base + rr, st[1] + cols))
+                    for _, st in taps]
+            p = jnp.stack(wins, axis=0).reshape(t * cg, n * rr * cols)
+            return _dot(p, dr.reshape(n * rr * cols, co), (((1,), (0,)), ((), ())), cfg)
+        wins = [_chunk_window(xr, st, base, rr, cols, xs) for _, st in taps]
+        p = jnp.concatenate(wins, axis=3)  # (N, r, cols, T*Cg)
+        return _dot(p, dr, (((0, 1, 2), (0, 1, 2)), ((), ())), cfg)  # (T*Cg, Co)
 
-        acc = _scan_row_chunks(xp, dy, taps, count, xs, r, chunk, init)
+    init = jnp.zeros((t * cg, co), jnp.dtype(cfg.acc))
+    acc = _scan_row_chunks(xp, dy, taps, count, xs, r, chunk, init, channels_first=kmajor)
     acc = acc.reshape(t, cg, -1)
     return {ij: acc[k] for k, (ij, _) in enumerate(taps)}
-
-
-def _kmajor_weight_grad(xp, dy, taps, count, r: int, cfg: _Cfg, init):
-    """Stride-1 dense dw: x transposed once to (Cg, N, H, W); per chunk of ``r`` output rows
-    the taps' windows are stacked into K-major patches (T*Cg, N*r*cols) and multiplied by dy's
-    rows (N*r*cols, C_out), a ``(K, M) @ (M, N)`` GEMM. Walked in a ``lax.scan``."""
-    n, cg, co = xp.shape[0], xp.shape[3], dy.shape[3]
-    rows, cols = count
-    t = len(taps)
-    base = min(st[0] for _, st in taps)
-    xp, chunks, span = _row_chunks(xp, taps, rows, (1, 1), r)
-    if chunks * r > rows:
-        dy = lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (0, chunks * r - rows, 0), (0, 0, 0), (0, 0, 0)))
-    xt = jnp.transpose(xp, (3, 0, 1, 2))  # (Cg, N, H, W), once
-
-    def chunk(xr, dr):  # xr (Cg, N, span, W), dr (N, r, cols, Co)
-        wins = [lax.slice(xr, (0, 0, st[0] - base, st[1]), (cg, n, st[0] - base + r, st[1] + cols))
-                for _, st in taps]
-        p = jnp.stack(wins, axis=0).reshape(t * cg, n * r * cols)
-        return _dot(p, dr.reshape(n * r * cols, co), (((1,), (0,)), ((), ())), cfg)
-
-    if chunks == 1:
-        return chunk(lax.slice_in_dim(xt, base, base + span, axis=2), dy)
-
-    def body(carry, k):
-        xr = lax.dynamic_slice_in_dim(xt, base + k * r, span, axis=2)
-        dr = lax.dynamic_slice_in_dim(dy, k * r, r, axis=1)
-        return carry + chunk(xr, dr), None
-
-    total, _ = lax.scan(body, init, jnp.arange(chunks))
-    return total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
