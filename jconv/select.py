@@ -176,8 +176,7 @@ def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
     except (TypeError, ValueError) as e:
         _warn_stale(fn, repr(impl), str(e))
         return None
-    times = entry.get("times_ms", {})
-    ms = ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1])[:3])
+    ms = tuning.format_times(entry.get("times_ms", {}), limit=3)
     return dataclasses.replace(p, reason=f"auto: tuned ({entry.get('objective')}: {ms})")
 
 

@@ -348,11 +348,16 @@ def tune(
                      iters=iters, prune=prune, margin=margin)
 
 
+def format_times(times_ms: dict[str, float], limit: int | None = None) -> str:
+    """``"a 1.00 ms, b 2.00 ms"``, fastest first (the first ``limit`` only, if given)."""
+    ranked = sorted(times_ms.items(), key=lambda kv: kv[1])[:limit]
+    return ", ".join(f"{k} {v:.2f} ms" for k, v in ranked)
+
+
 def summary(result: TuneResult) -> str:
     """One line: the winner and every timed candidate."""
-    ts = ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(result.times_ms.items(), key=lambda kv: kv[1]))
-    return f"{result.best} ({result.objective}: {ts})"
+    return f"{result.best} ({result.objective}: {format_times(result.times_ms)})"
 
 
 __all__ = ["tune", "tune_spec", "use_tune_cache", "lookup", "cache_key", "device_key", "candidates_for", "TuneResult",
-           "summary", "ENV_VAR", "OBJECTIVES"]
+           "summary", "format_times", "ENV_VAR", "OBJECTIVES"]
