@@ -80,11 +80,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise _err(field, config[field], "must be >= 0")
 
 
+def _precision(config) -> str | None:
+    return None if config.precision == "default" else config.precision
+
+
 def settings(config: ml_collections.ConfigDict) -> bench.Settings:
     return bench.Settings(
         warmup=config.warmup, iters=config.iters, min_iters=config.min_iters,
         max_time_s=config.max_time_s, block=config.block, interpreted_iters=config.interpreted_iters,
-        precision=None if config.precision == "default" else config.precision,
+        precision=_precision(config),
         x64_reference_max_gflop=config.x64_reference_max_gflop,
         grad_tol_factor=config.grad_tol_factor, torch_threads=config.torch_threads, seed=config.seed,
     )
@@ -138,7 +142,7 @@ def tune_case(case: Case, batch: int, dtype: str, config) -> None:
     spec = case.spec(batch, dtype)
     if tuning.lookup(_exec_spec(spec), spec.layout) is not None:
         return
-    precision = None if config.precision == "default" else config.precision
+    precision = _precision(config)
     tuning.tune_spec(spec, lambda x, w, b, impl: case.apply(x, w, b, impl=impl, precision=precision),
                      objective=config.tune_objective, iters=config.tune_iters, seed=config.seed)
 
