@@ -127,23 +127,23 @@ def _auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> tuple[str
     if spec.is_pointwise:
         return "xla_fwd", ("1x1, NCHW caller: XLA's conv forward (no layout change), the weight "
                            "gradient as one GEMM (XLA's is a conv with an Ho x Wo kernel, 2-3x slower)")
-    if (spec.dtype == "bfloat16" and spec.dilation == (1, 1)
-            and spec.group_in_channels >= BF16_TAPS_MIN_CHANNELS):
-        return "taps", (f"dense bfloat16, {spec.group_in_channels} input channels: one bfloat16 GEMM "
-                        "per tap (XLA's CPU conv computes bfloat16 at float32 speed: fwd 2-3.6x, "
-                        "fwd+bwd 1.8-2.8x slower here)")
-    ho, wo = spec.out_size
-    if spec.dilation == (1, 1) and ho * wo >= XLA_FWD_MIN_OUT_PIXELS:
-        return "xla_fwd", (f"dense, {ho}x{wo} output: XLA's conv forward and input gradient, the "
-                           "weight gradient as chunked patch GEMMs (XLA's: 1.2-2.6x slower there)")
-    positions = spec.batch * ho * wo
-    if (spec.dilation == (1, 1) and positions >= XLA_FWD_MIN_POSITIONS
-            and XLA_FWD_MIN_CHANNELS <= spec.group_in_channels
-            and max(spec.group_in_channels, spec.out_channels) <= XLA_FWD_MAX_CHANNELS):
-        return "xla_fwd", (f"dense, {positions} output positions, "
-                           f"{XLA_FWD_MIN_CHANNELS}-{XLA_FWD_MAX_CHANNELS} channels: "
-                           "XLA's conv forward and input gradient, the weight gradient as chunked "
-                           "patch GEMMs (XLA's: 1.3-2.5x slower there)")
+    if spec.dilation == (1, 1):
+        ho, wo = spec.out_size
+        positions = spec.batch * ho * wo
+        if spec.dtype == "bfloat16" and spec.group_in_channels >= BF16_TAPS_MIN_CHANNELS:
+            return "taps", (f"dense bfloat16, {spec.group_in_channels} input channels: one bfloat16 GEMM "
+                            "per tap (XLA's CPU conv computes bfloat16 at float32 speed: fwd 2-3.6x, "
+                            "fwd+bwd 1.8-2.8x slower here)")
+        if ho * wo >= XLA_FWD_MIN_OUT_PIXELS:
+            return "xla_fwd", (f"dense, {ho}x{wo} output: XLA's conv forward and input gradient, the "
+                               "weight gradient as chunked patch GEMMs (XLA's: 1.2-2.6x slower there)")
+        if (positions >= XLA_FWD_MIN_POSITIONS
+                and XLA_FWD_MIN_CHANNELS <= spec.group_in_channels
+                and max(spec.group_in_channels, spec.out_channels) <= XLA_FWD_MAX_CHANNELS):
+            return "xla_fwd", (f"dense, {positions} output positions, "
+                               f"{XLA_FWD_MIN_CHANNELS}-{XLA_FWD_MAX_CHANNELS} channels: "
+                               "XLA's conv forward and input gradient, the weight gradient as chunked "
+                               "patch GEMMs (XLA's: 1.3-2.5x slower there)")
     return "xla", ("dense, small output or dilated kernel: XLA's CPU convolution, forward and "
                    "backward (its weight gradient is as fast as the patch GEMMs there)")
 
