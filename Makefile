@@ -2,25 +2,43 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# The accelerator of this machine (scripts/accelerator.sh): cpu, gpu or tpu; `make run ACCEL=cpu`
+# measures on the CPU of a GPU machine.
+ACCEL  ?= $(shell sh scripts/accelerator.sh)
 
-.PHONY: run test install clean report
+# What each job installs (pyproject.toml extras): a run gets its device's jax; the tests get the
+# GPU and TPU compilers too (they compile for GPU and TPU targets without one).
+EXTRAS_cpu  := experiments
+EXTRAS_gpu  := experiments,cuda
+EXTRAS_tpu  := experiments,tpu
+EXTRAS_test := test
+# What `make run` measures on each: configs/<name>.py, into runs/<dir>.
+CONFIG_cpu := default
+CONFIG_gpu := gpu
+CONFIG_tpu := tpu
+PLATFORMS_cpu := JAX_PLATFORMS=cpu
 
-$(STAMP): pyproject.toml
+.PHONY: run test install install-test clean
+
+$(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	$(PY) -m pip install -q -e ".[$(EXTRAS_$*)]"
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.installed-$(ACCEL)
 
-# The main job: compare jconv with lax.conv_general_dilated on this machine's device.
-run: $(STAMP)
-	$(PY) -m experiments --config=configs/default.py --workdir=runs/default
+install-test: $(VENV)/.installed-test
 
-# The whole suite on the CPU (TPU compile-only through libtpu; Pallas interpreted).
-test: $(STAMP)
-	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 $(PY) -m pytest -n 2 --dist=loadfile -q tests
+# The main job: compare jconv with lax.conv_general_dilated on this machine's device
+# (CPU: configs/default.py into runs/default; GPU: configs/gpu.py into runs/gpu; TPU: runs/tpu).
+run: $(VENV)/.installed-$(ACCEL)
+	$(PLATFORMS_$(ACCEL)) $(PY) -m experiments --config=configs/$(CONFIG_$(ACCEL)).py --workdir=runs/$(CONFIG_$(ACCEL))
+
+# The whole suite on the CPU: Pallas interpreted; GPU (CUDA, deviceless) and TPU (libtpu)
+# compile-only, required here (a missing compiler fails the run instead of skipping).
+test: $(VENV)/.installed-test
+	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 $(PY) -m pytest -n 2 --dist=loadfile -q tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -25,6 +25,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = "compare"
+    c.platform = "cpu"            # the device this config is written for (compile matrix: accelerators)
     # what to run
     c.suite = "default"           # suite name (smoke/default/full), "all", or "case1,case2"
     c.batch = 8
@@ -32,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtypes = ("float32",)
     c.passes = ("fwd", "fwd+bwd")
     c.impls = ("xla", "lax", "auto", "pallas", "torch", "gemm_peak")
-    c.pallas_cases = "mnist_conv1,mnist_conv2,tiny_dense,tiny_depthwise,tiny_grouped_s2_nchw"
+    # impls that run interpreted here (Pallas on CPU: a correctness check, slow) run on these only
+    c.interpreted_cases = "mnist_conv1,mnist_conv2,tiny_dense,tiny_depthwise,tiny_grouped_s2_nchw"
     c.precision = "default"       # default | high | highest (for every impl alike)
     # timing
     c.warmup = 1

@@ -14,11 +14,11 @@ from configs.default import get_config as _default
 
 def get_config():
     c = _default()
+    c.platform = "gpu"
     c.suite = "full"
     c.batch = 32
     c.max_fwd_gflop = 0.0
     c.dtypes = ("float32", "bfloat16")
-    c.pallas_cases = "all"
     c.iters = 20
     c.warmup = 3
     c.max_time_s = 5.0

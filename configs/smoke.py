@@ -17,7 +17,7 @@ def get_config():
     c.suite = "smoke"
     c.batch = 2
     c.max_fwd_gflop = 0.0
-    c.pallas_cases = "tiny_dense,tiny_depthwise"  # interpreted Pallas compiles slowly on CPU
+    c.interpreted_cases = "tiny_dense,tiny_depthwise"  # interpreted Pallas compiles slowly on CPU
     c.warmup = 1
     c.iters = 3
     c.min_iters = 1

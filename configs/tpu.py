@@ -16,12 +16,12 @@ from configs.default import get_config as _default
 
 def get_config():
     c = _default()
+    c.platform = "tpu"
     c.suite = "full"
     c.batch = 64
     c.max_fwd_gflop = 0.0
     c.dtypes = ("float32", "bfloat16")
     c.impls = ("xla", "lax", "auto", "pallas", "gemm_peak")
-    c.pallas_cases = "all"
     c.iters = 20
     c.warmup = 3
     c.max_time_s = 5.0

@@ -16,6 +16,8 @@ import importlib.util
 from absl import app, flags
 from ml_collections import config_flags
 
+from jconv import report
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (get_config() -> ConfigDict).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, report and plots.")
@@ -28,8 +30,6 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("experiments: --workdir is required")
     if command == ["report"]:
-        from jconv import report
-
         try:
             print(f"report: {report.build_report(_WORKDIR.value)}")
         except FileNotFoundError as e:

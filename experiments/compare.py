@@ -13,11 +13,13 @@ import json
 import os
 import sys
 
+import jax
 import ml_collections
 
 import jconv
-from jconv import bench, report, tuning
-from jconv.geometry import FLOAT_DTYPES, check_impl
+from jconv import bench, report, tune_cache, tuning
+from jconv.geometry import FLOAT_DTYPES
+from jconv.impls import registry
 from jconv.suite import CASES, SUITES, Case, get_suite
 
 PRECISIONS = ("default", "high", "highest")
@@ -48,7 +50,7 @@ def _case_names(field: str, value: str) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Every value checked before anything runs; a ValueError names the field and its value."""
     _case_names("suite", config.suite)
-    _case_names("pallas_cases", config.pallas_cases)
+    _case_names("interpreted_cases", config.interpreted_cases)
     for field in ("dtypes", "impls", "passes"):
         v = config[field]
         if isinstance(v, str) or not isinstance(v, (tuple, list)) or not v:
@@ -60,13 +62,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if p not in bench.PASSES:
             raise _err("passes", tuple(config.passes), f"must contain only {bench.PASSES}")
     for impl in config.impls:
-        if impl in bench.PEERS:
+        if impl in bench.PEER_NAMES:
             continue
         try:
-            check_impl("compare", impl)
+            registry.check_impl("compare", impl)
         except (TypeError, ValueError) as e:
             raise _err("impls", tuple(config.impls), f"contains {impl!r}, which is neither one of "
-                       f"{bench.PEERS} nor a jconv impl ({e})") from None
+                       f"{bench.PEER_NAMES} nor a jconv impl ({e})") from None
     if config.precision not in PRECISIONS:
         raise _err("precision", config.precision, f"must be one of {PRECISIONS}")
     if config.tune_objective not in tuning.OBJECTIVES:
@@ -102,17 +104,26 @@ def batch_for(case: Case, config) -> int:
     return max(1, min(int(config.batch), int(config.max_fwd_gflop // per_example)))
 
 
-def impls_for(case: Case, pass_: str, config, *, torch_ok: bool) -> list[str]:
-    """The impls that give a row for this case and pass (torch only when importable; pallas
-    only for ``pallas_cases``; gemm_peak only for the forward of dense layers)."""
-    pallas = set(_case_names("pallas_cases", config.pallas_cases))
+def _interpreted_here(impl: str) -> bool:
+    """Whether ``impl`` names a backend that runs interpreted on this platform (slow)."""
+    base = impl.partition(":")[0]
+    return base in registry.names() and jax.default_backend() in registry.get(base).interpreted
+
+
+def impls_for(case: Case, pass_: str, config, *, peers_ok: dict[str, bool]) -> list[str]:
+    """The impls that give a row for this case and pass: a peer only when it is available here
+    and applies (gemm_peak: the forward of dense layers); an impl that runs interpreted on this
+    platform (Pallas on CPU) only for ``interpreted_cases``; an unavailable optional backend
+    (a plugin that is not installed) not at all, said once by :func:`run`."""
+    interpreted = set(_case_names("interpreted_cases", config.interpreted_cases))
     out = []
     for impl in config.impls:
-        if impl == "torch" and not torch_ok:
+        if impl in bench.PEERS:
+            if not peers_ok[impl] or not bench.PEERS[impl].applies(case, pass_):
+                continue
+        elif impl.partition(":")[0] in registry.unavailable():
             continue
-        if impl.startswith("pallas") and case.name not in pallas:
-            continue
-        if impl == "gemm_peak" and (pass_ != "fwd" or bench.gemm_shape(case, 1) is None):
+        elif _interpreted_here(impl) and case.name not in interpreted:
             continue
         out.append(impl)
     return out
@@ -120,13 +131,13 @@ def impls_for(case: Case, pass_: str, config, *, torch_ok: bool) -> list[str]:
 
 def plan(config) -> list[tuple[Case, int, str, str, list[str]]]:
     """The groups to measure, in order: (case, batch, dtype, pass, impls)."""
-    torch_ok = bench.torch_module() is not None
+    peers_ok = {name: peer.available() for name, peer in bench.PEERS.items()}
     groups = []
     for case in get_suite(_case_names("suite", config.suite)):
         batch = batch_for(case, config)
         for dtype in config.dtypes:
             for pass_ in config.passes:
-                groups.append((case, batch, dtype, pass_, impls_for(case, pass_, config, torch_ok=torch_ok)))
+                groups.append((case, batch, dtype, pass_, impls_for(case, pass_, config, peers_ok=peers_ok)))
     return groups
 
 
@@ -137,10 +148,8 @@ def planned_keys(config) -> list[tuple]:
 
 def tune_case(case: Case, batch: int, dtype: str, config) -> None:
     """Tune ``case`` at ``batch``/``dtype`` into the active cache unless it is there already."""
-    from jconv.conv import _exec_spec  # noqa: PLC0415
-
     spec = case.spec(batch, dtype)
-    if tuning.lookup(_exec_spec(spec), spec.layout) is not None:
+    if tune_cache.lookup(spec.execute_spec(), spec.layout) is not None:
         return
     precision = _precision(config)
     tuning.tune_spec(spec, lambda x, w, b, impl: case.apply(x, w, b, impl=impl, precision=precision),
@@ -167,8 +176,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if done < total or not os.path.exists(env_path):  # env.json describes the run that measured
         env = bench.env_info()
         env["config"] = json.loads(config.to_json())
-        if "torch" in config.impls and env["torch"] is None:
-            print("compare: torch is not importable: the PyTorch peer is skipped", file=sys.stderr)
+        for name, peer in bench.PEERS.items():
+            if name in config.impls and not peer.available():
+                print(f"compare: the {name} peer is not available here: skipped", file=sys.stderr)
+        for impl in config.impls:
+            if impl.partition(":")[0] in registry.unavailable():
+                why = registry.unavailable()[impl.partition(":")[0]]
+                print(f"compare: impl {impl!r} is skipped: {why}", file=sys.stderr)
         with open(env_path + ".tmp", "w") as f:
             json.dump(env, f, indent=2)
         os.replace(env_path + ".tmp", env_path)

@@ -4,14 +4,17 @@
     y = jconv.conv2d(x, w, b, stride=2, padding="SAME", groups=4, impl="auto")
 
 Public API: :func:`conv2d`, :func:`conv_general_dilated` (drop-in for
-``lax.conv_general_dilated``), the seed's arithmetic (:func:`output_size`,
-:func:`conv_params`, :func:`receptive_field`, :func:`conv_flops`), :class:`ConvSpec`, and the
-tuner (:func:`tune`, :func:`use_tune_cache`: measure candidates, ``auto`` reads the cache).
-Flax modules live in :mod:`jconv.linen` and :mod:`jconv.nnx`.
+``lax.conv_general_dilated``), :func:`plan_for`, the seed's arithmetic (:func:`output_size`,
+:func:`conv_params`, :func:`receptive_field`, :func:`conv_flops`), :class:`ConvSpec`, the
+tuner (:func:`tune`, :func:`use_tune_cache`: measure candidates, ``auto`` reads the cache), and
+:func:`implementations` (the registered backends). The Flax modules :mod:`jconv.linen`,
+:mod:`jconv.nnx` and the seed's model :mod:`jconv.models` are reachable as attributes, loaded on
+first use (importing jconv does not import flax's training stack).
 """
 
+import importlib
+
 from jconv.conv import conv2d, conv_general_dilated, plan_for
-from jconv.tuning import TuneResult, tune, use_tune_cache
 from jconv.geometry import (
     ConvSpec,
     conv_flops,
@@ -21,8 +24,28 @@ from jconv.geometry import (
     parse_conv2d,
     receptive_field,
 )
+from jconv.impls import registry as _registry
+from jconv.tune_cache import use_tune_cache
+from jconv.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
+
+_LAZY = ("linen", "nnx", "models", "targets", "aot", "suite", "bench", "report", "train", "data")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"jconv.{name}")
+    raise AttributeError(f"module 'jconv' has no attribute {name!r}")
+
+
+def implementations() -> dict[str, str]:
+    """The impls ``conv2d`` accepts here: each available backend with its summary, and each
+    optional one that is not available with the reason."""
+    out = {b.name: b.summary for b in _registry.backends()}
+    out.update({name: f"unavailable: {why}" for name, why in _registry.unavailable().items()})
+    return out
+
 
 __all__ = [
     "conv2d",
@@ -38,4 +61,5 @@ __all__ = [
     "receptive_field",
     "conv_flops",
     "dense_params",
+    "implementations",
 ]

@@ -3,13 +3,13 @@
 :func:`conv2d` is the seed's Conv2D with every argument the seed explains;
 :func:`conv_general_dilated` is the 2-D subset of ``lax.conv_general_dilated`` (so it can be
 handed to ``flax.nnx.Conv(conv_general_dilated=...)``). Both parse once into a
-:class:`~jconv.geometry.ConvSpec`, bring the arrays to NHWC / HWIO, apply the padding mode, and
-run the planned implementation under ``jax.jit`` with the spec static.
+:class:`~jconv.geometry.ConvSpec`, plan (:mod:`jconv.select`), bring the arrays to NHWC / HWIO,
+apply the padding mode, and bind the convolution primitive (:mod:`jconv.primitive`) with the
+planned backend and algorithm under ``jax.jit``, the spec static.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -18,41 +18,40 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv import select
-from jconv.geometry import ConvSpec, _fmt, check_impl, parse_conv2d
+from jconv import primitive, select, targets
+from jconv.geometry import ConvSpec, fmt, parse_conv2d
+from jconv.impls.common import add_bias
+from jconv.impls.registry import check_impl
 
 _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _check_array(fn: str, name: str, a: Any):
+def check_array(fn: str, name: str, a: Any):
+    """``a`` itself if it is an array (has shape and dtype), else a TypeError naming it."""
     if a is None or isinstance(a, (str, bytes)) or not hasattr(a, "shape") or not hasattr(a, "dtype"):
         if isinstance(a, (list, tuple)):
             raise TypeError(f"{fn}: {name} must be an array (jax.Array or numpy.ndarray), not a {type(a).__name__}; wrap it in jnp.asarray")
-        raise TypeError(f"{fn}: {name} (={_fmt(a)}) must be an array (jax.Array or numpy.ndarray), not {type(a).__name__}")
+        raise TypeError(f"{fn}: {name} (={fmt(a)}) must be an array (jax.Array or numpy.ndarray), not {type(a).__name__}")
     return a
 
 
-def plan_for(spec: ConvSpec, impl: str = "auto") -> select.Plan:
-    """The plan ``conv2d`` would run for ``spec`` (for reports and tests)."""
-    return select.plan(_exec_spec(spec), impl, layout=spec.layout)
+def target_platform(x) -> str:
+    """The platform a call is planned for: the one of the mesh ``x`` is sharded over when its
+    abstract mesh says (compiling ahead of time for a TPU or GPU topology from a CPU host),
+    else JAX's default backend."""
+    platform, _ = targets.mesh_device(getattr(jax.typeof(x), "sharding", None)) if isinstance(
+        x, jax.Array) or hasattr(x, "aval") else (None, None)
+    return {"cuda": "gpu"}.get(platform, platform) or jax.default_backend()
 
 
-def _exec_spec(spec: ConvSpec) -> ConvSpec:
-    """The spec the implementation sees (mirrors the array steps in ``_execute``)."""
-    pads = spec.padding
-    in_size = spec.in_size
-    lhs_dil = spec.lhs_dilation
-    if spec.padding_mode != "zeros":
-        in_size = tuple(s + lo + hi for s, (lo, hi) in zip(in_size, pads))
-        pads = ((0, 0), (0, 0))
-    elif any(p < 0 for side in pads for p in side):
-        in_size = spec.padded_size
-        pads, lhs_dil = ((0, 0), (0, 0)), (1, 1)
-    return dataclasses.replace(spec.for_execute(in_size=in_size, padding=pads), lhs_dilation=lhs_dil)
+def plan_for(spec: ConvSpec, impl: str = "auto", *, platform: str | None = None) -> select.Plan:
+    """The plan ``conv2d`` would run for ``spec`` (a user-level spec, from ``parse_conv2d``) on
+    ``platform`` (default: JAX's default backend): which backend and algorithm, and why."""
+    return select.plan(spec.execute_spec(), impl, layout=spec.layout, platform=platform)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "impl"))
-def _execute(x, w, b, *, spec: ConvSpec, impl: str):
+@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
+def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
     """Arrays in the user's layout -> result in the user's layout."""
     if not spec.batched:
         x = x[None]
@@ -67,11 +66,12 @@ def _execute(x, w, b, *, spec: ConvSpec, impl: str):
     elif min(pt, pb, pl, pr) < 0:  # negative padding crops (conv_general_dilated only)
         lh, lw = spec.lhs_dilation
         x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
-    espec = _exec_spec(spec)
+    espec = spec.execute_spec()
     if spec.batch == 0:  # nothing to compute: an empty result of the right shape
         y = jnp.zeros((0,) + espec.out_size + (spec.out_channels,), spec.out_dtype)
     else:
-        y = select.plan(espec, impl, layout=spec.layout).fn(x, w, b, espec)
+        y = primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm)
+        y = add_bias(y, b).astype(spec.out_dtype)
     if spec.layout == "NCHW":
         y = jnp.transpose(y, (0, 3, 1, 2))
     return y if spec.batched else y[0]
@@ -112,10 +112,10 @@ def conv2d(
       precision, preferred_element_type: as in ``lax.conv_general_dilated``.
     """
     fn = "conv2d"
-    _check_array(fn, "x", x)
-    _check_array(fn, "w", w)
+    check_array(fn, "x", x)
+    check_array(fn, "w", w)
     if b is not None:
-        _check_array(fn, "b", b)
+        check_array(fn, "b", b)
     impl = check_impl(fn, impl)
     spec = parse_conv2d(
         x.shape, x.dtype, w.shape, w.dtype,
@@ -124,15 +124,15 @@ def conv2d(
         padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
         preferred_element_type=preferred_element_type, fn=fn,
     )
-    impl = select.resolve(_exec_spec(spec), impl, fn=fn, layout=spec.layout)  # errors before tracing
-    return _execute(x, w, b, spec=spec, impl=impl)
+    p = select.resolve(spec.execute_spec(), impl, fn=fn, layout=spec.layout, platform=target_platform(x))
+    return _execute(x, w, b, spec=spec, impl=p.impl, algorithm=p.algorithm)
 
 
 def _layout_perms(fn: str, lhs_shape, rhs_shape, dimension_numbers):
     try:
         dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{fn}: dimension_numbers (={_fmt(dimension_numbers)}) are invalid: {e}") from e
+        raise ValueError(f"{fn}: dimension_numbers (={fmt(dimension_numbers)}) are invalid: {e}") from e
     lhs, rhs, out = dn
     to_nhwc = (lhs[0], lhs[2], lhs[3], lhs[1])
     to_hwio = (rhs[2], rhs[3], rhs[1], rhs[0])
@@ -170,8 +170,8 @@ def conv_general_dilated(
         raise TypeError(f"{fn}: unexpected keyword arguments {sorted(kwargs)}")
     if out_sharding is not None:  # flax.nnx.Conv always passes out_sharding (None by default)
         raise NotImplementedError(f"{fn}: out_sharding (={out_sharding}) is not supported; leave it None")
-    _check_array(fn, "lhs", lhs)
-    _check_array(fn, "rhs", rhs)
+    check_array(fn, "lhs", lhs)
+    check_array(fn, "rhs", rhs)
     if lhs.ndim != 4 or rhs.ndim != 4:
         raise NotImplementedError(
             f"{fn}: only 2-D convolutions (rank-4 lhs and rhs) are supported; got lhs.shape="
@@ -194,9 +194,9 @@ def conv_general_dilated(
         try:
             pad_arg = tuple((int(lo), int(hi)) for lo, hi in padding)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{fn}: padding (={_fmt(padding)}) must be a string or a sequence of (low, high) pairs") from e
+            raise TypeError(f"{fn}: padding (={fmt(padding)}) must be a string or a sequence of (low, high) pairs") from e
         if len(pad_arg) != 2:
-            raise ValueError(f"{fn}: padding (={_fmt(padding)}) must have one (low, high) pair per spatial axis (2)")
+            raise ValueError(f"{fn}: padding (={fmt(padding)}) must have one (low, high) pair per spatial axis (2)")
     spec = parse_conv2d(
         x_shape, lhs.dtype, w_shape, rhs.dtype,
         stride=window_strides, padding=pad_arg,
@@ -205,11 +205,13 @@ def conv_general_dilated(
         groups=feature_group_count, layout="NHWC", precision=precision,
         preferred_element_type=preferred_element_type, allow_negative_padding=True, fn=fn,
     )
-    impl = select.resolve(_exec_spec(spec), impl, fn=fn)  # errors before tracing; tuned choice
-    return _execute_general(lhs, rhs, spec=spec, impl=impl, to_nhwc=to_nhwc, to_hwio=to_hwio, from_nhwc=from_nhwc)
+    p = select.resolve(spec.execute_spec(), impl, fn=fn, platform=target_platform(lhs))
+    return _execute_general(lhs, rhs, spec=spec, impl=p.impl, algorithm=p.algorithm, to_nhwc=to_nhwc,
+                            to_hwio=to_hwio, from_nhwc=from_nhwc)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "impl", "to_nhwc", "to_hwio", "from_nhwc"))
-def _execute_general(lhs, rhs, *, spec, impl, to_nhwc, to_hwio, from_nhwc):
-    y = _execute(jnp.transpose(lhs, to_nhwc), jnp.transpose(rhs, to_hwio), None, spec=spec, impl=impl)
+@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm", "to_nhwc", "to_hwio", "from_nhwc"))
+def _execute_general(lhs, rhs, *, spec, impl, algorithm, to_nhwc, to_hwio, from_nhwc):
+    y = _execute(jnp.transpose(lhs, to_nhwc), jnp.transpose(rhs, to_hwio), None, spec=spec, impl=impl,
+                 algorithm=algorithm)
     return jnp.transpose(y, from_nhwc)

@@ -19,8 +19,6 @@ import numpy as np
 
 LAYOUTS = ("NHWC", "NCHW")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-# "lax:<algorithm>" picks one lax algorithm explicitly; see jconv.impls.lax_conv.ALGORITHMS.
-IMPLS = ("auto", "xla", "lax", "pallas")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 Pair = tuple[int, int]
@@ -32,35 +30,35 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 # --------------------------------------------------------------------------------------------
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def _pair(fn: str, name: str, value: Any, *, minimum: int = 1) -> Pair:
+def pair(fn: str, name: str, value: Any, *, minimum: int = 1) -> Pair:
     """An int or a length-2 sequence of ints, each >= minimum, as a tuple."""
-    if _is_int(value):
+    if is_int(value):
         items = (int(value), int(value))
     elif isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
             raise ValueError(
-                f"{fn}: {name} (={_fmt(value)}) must be an int or a pair of ints, "
+                f"{fn}: {name} (={fmt(value)}) must be an int or a pair of ints, "
                 f"got {len(value)} values"
             )
-        if not all(_is_int(v) for v in value):
-            raise TypeError(f"{fn}: {name} (={_fmt(value)}) must contain ints")
+        if not all(is_int(v) for v in value):
+            raise TypeError(f"{fn}: {name} (={fmt(value)}) must contain ints")
         items = (int(value[0]), int(value[1]))
     else:
         raise TypeError(
-            f"{fn}: {name} (={_fmt(value)}) must be an int or a pair of ints, "
+            f"{fn}: {name} (={fmt(value)}) must be an int or a pair of ints, "
             f"not {type(value).__name__}"
         )
     for v in items:
         if v < minimum:
-            raise ValueError(f"{fn}: {name} (={_fmt(value)}) must be >= {minimum}")
+            raise ValueError(f"{fn}: {name} (={fmt(value)}) must be >= {minimum}")
     return items
 
 
@@ -68,7 +66,7 @@ def _dtype_name(fn: str, name: str, dtype: Any) -> str:
     try:
         d = np.dtype(dtype)
     except TypeError as e:
-        raise TypeError(f"{fn}: {name} (={_fmt(dtype)}) is not a dtype") from e
+        raise TypeError(f"{fn}: {name} (={fmt(dtype)}) is not a dtype") from e
     if d.name not in FLOAT_DTYPES:
         raise TypeError(
             f"{fn}: {name} (={d.name}) must be a floating dtype: one of {', '.join(FLOAT_DTYPES)}"
@@ -85,19 +83,19 @@ def _same_pads(size: int, k_eff: int, stride: int) -> tuple[int, int]:
 
 def _axis_pads(fn: str, name: str, value: Any, *, allow_negative: bool) -> tuple[int, int]:
     """One axis of padding: an int or a (lo, hi) pair."""
-    if _is_int(value):
+    if is_int(value):
         lo = hi = int(value)
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-        if not all(_is_int(v) for v in value):
-            raise TypeError(f"{fn}: {name} (={_fmt(value)}) must contain ints")
+        if not all(is_int(v) for v in value):
+            raise TypeError(f"{fn}: {name} (={fmt(value)}) must contain ints")
         lo, hi = int(value[0]), int(value[1])
     else:
         raise TypeError(
-            f"{fn}: {name} (={_fmt(value)}) must be 'VALID', 'SAME', an int, a pair or "
+            f"{fn}: {name} (={fmt(value)}) must be 'VALID', 'SAME', an int, a pair or "
             "((top, bottom), (left, right))"
         )
     if not allow_negative and (lo < 0 or hi < 0):
-        raise ValueError(f"{fn}: {name} (={_fmt(value)}) must not be negative")
+        raise ValueError(f"{fn}: {name} (={fmt(value)}) must not be negative")
     return lo, hi
 
 
@@ -127,12 +125,12 @@ def resolve_padding(
             f"{fn}: {name} (={padding!r}) must be 'VALID' or 'SAME' (any case), an int, "
             "a pair (ph, pw) or ((top, bottom), (left, right))"
         )
-    if _is_int(padding):
+    if is_int(padding):
         p = _axis_pads(fn, name, padding, allow_negative=allow_negative)
         return p, p
     if isinstance(padding, Sequence) and len(padding) == 2:
         a, b = padding
-        if _is_int(a) and _is_int(b):  # (ph, pw): symmetric per axis
+        if is_int(a) and is_int(b):  # (ph, pw): symmetric per axis
             ph = _axis_pads(fn, name, a, allow_negative=allow_negative)
             pw = _axis_pads(fn, name, b, allow_negative=allow_negative)
             return ph, pw
@@ -142,11 +140,11 @@ def resolve_padding(
         )
     if isinstance(padding, Sequence):
         raise ValueError(
-            f"{fn}: {name} (={_fmt(padding)}) must have 2 entries (one per spatial axis), "
+            f"{fn}: {name} (={fmt(padding)}) must have 2 entries (one per spatial axis), "
             f"got {len(padding)}"
         )
     raise TypeError(
-        f"{fn}: {name} (={_fmt(padding)}) must be 'VALID', 'SAME', an int, a pair or "
+        f"{fn}: {name} (={fmt(padding)}) must be 'VALID', 'SAME', an int, a pair or "
         f"((top, bottom), (left, right)), not {type(padding).__name__}"
     )
 
@@ -164,35 +162,15 @@ def canonical_precision(fn: str, precision: Any):
         if isinstance(p, str) and p.lower() in _PRECISION_NAMES:
             return lax.Precision(p.lower())
         raise ValueError(
-            f"{fn}: precision (={_fmt(precision)}) must be None, a jax.lax.Precision, one of "
+            f"{fn}: precision (={fmt(precision)}) must be None, a jax.lax.Precision, one of "
             f"{sorted(_PRECISION_NAMES)}, or a pair of those"
         )
 
     if isinstance(precision, (tuple, list)):
         if len(precision) != 2:
-            raise ValueError(f"{fn}: precision (={_fmt(precision)}) must be a pair when a sequence")
+            raise ValueError(f"{fn}: precision (={fmt(precision)}) must be a pair when a sequence")
         return (one(precision[0]), one(precision[1]))
     return one(precision)
-
-
-def check_impl(fn: str, impl: Any) -> str:
-    if not isinstance(impl, str):
-        raise TypeError(f"{fn}: impl (={_fmt(impl)}) must be a string")
-    base, _, algo = impl.partition(":")
-    if base not in IMPLS or (algo and base != "lax"):
-        raise ValueError(
-            f"{fn}: impl (={impl!r}) must be one of {', '.join(map(repr, IMPLS))} "
-            "or 'lax:<algorithm>'"
-        )
-    if algo:
-        from jconv.impls.lax_conv import ALGORITHMS
-
-        if algo not in ALGORITHMS:
-            raise ValueError(
-                f"{fn}: impl (={impl!r}) names an unknown lax algorithm; known: "
-                f"{', '.join(sorted(ALGORITHMS))}"
-            )
-    return impl
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +303,52 @@ class ConvSpec:
             padding=self.padding if padding is None else padding,
         )
 
+    def execute_spec(self) -> "ConvSpec":
+        """The spec a backend runs for this call: NHWC, batched, the kernel already flipped, a
+        non-zero padding mode already applied to ``x`` (its pads folded into ``in_size``),
+        negative (cropping) padding already applied together with the input dilation. What is
+        left is non-negative zero padding and, possibly, input dilation.
+        (:func:`jconv.conv2d` does these array steps; this mirrors them on shapes.)"""
+        pads, in_size, lhs_dil = self.padding, self.in_size, self.lhs_dilation
+        if self.padding_mode != "zeros":
+            in_size = tuple(s + lo + hi for s, (lo, hi) in zip(in_size, pads))
+            pads = ((0, 0), (0, 0))
+        elif any(p < 0 for side in pads for p in side):
+            in_size = self.padded_size
+            pads, lhs_dil = ((0, 0), (0, 0)), (1, 1)
+        return dataclasses.replace(self.for_execute(in_size=in_size, padding=pads), lhs_dilation=lhs_dil)
+
+    def input_grad_spec(self) -> "ConvSpec":
+        """The convolution that computes this one's input gradient from the cotangent ``dy``:
+        input ``dy`` (N, Ho, Wo, C_out), kernel :func:`jconv.impls.common.transpose_kernel` of
+        ``w`` (flipped, in/out channels swapped per group), stride = this input dilation, input
+        dilation = this stride, padding :attr:`input_grad_padding` (may be negative: a crop).
+        Its output is ``x``'s shape; it runs in ``w``'s dtype and returns ``x``'s."""
+        out = dataclasses.replace(
+            self, batched=True, layout="NHWC", padding_mode="zeros", flip_kernel=False, has_bias=False,
+            in_size=self.out_size, in_channels=self.out_channels, out_channels=self.in_channels,
+            stride=self.lhs_dilation, lhs_dilation=self.stride, padding=self.input_grad_padding,
+            out_dtype=self.dtype,
+        )
+        if out.out_size != tuple(self.in_size):  # holds by construction; a broken invariant is a bug
+            raise AssertionError(f"input_grad_spec: size {out.out_size} != input {self.in_size}")
+        return out
+
+    def valid_spec(self) -> "ConvSpec":
+        """This convolution on the zero-padded, input-dilated ``x``: no padding left (VALID)."""
+        return dataclasses.replace(self.for_execute(in_size=self.padded_size, padding=((0, 0), (0, 0))),
+                                   lhs_dilation=(1, 1))
+
+    @property
+    def taps(self) -> int:
+        """Kernel positions, KH * KW."""
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        """HWIO kernel shape of the execute contract, (KH, KW, C_in/groups, C_out)."""
+        return self.kernel_size + (self.group_in_channels, self.out_channels)
+
 
 # --------------------------------------------------------------------------------------------
 # The parser
@@ -355,25 +379,25 @@ def parse_conv2d(
     """Check every argument of a Conv2D call and return its :class:`ConvSpec`."""
     # ---- kinds of the simple arguments ----
     if not isinstance(layout, str):
-        raise TypeError(f"{fn}: layout (={_fmt(layout)}) must be a string")
+        raise TypeError(f"{fn}: layout (={fmt(layout)}) must be a string")
     lay = layout.upper()
     if lay not in LAYOUTS:
         raise ValueError(f"{fn}: layout (={layout!r}) must be 'NHWC' (kernel HWIO) or 'NCHW' (kernel OIHW)")
     if not isinstance(padding_mode, str):
-        raise TypeError(f"{fn}: padding_mode (={_fmt(padding_mode)}) must be a string")
+        raise TypeError(f"{fn}: padding_mode (={fmt(padding_mode)}) must be a string")
     mode = padding_mode.lower()
     if mode not in PADDING_MODES:
         raise ValueError(f"{fn}: padding_mode (={padding_mode!r}) must be one of {', '.join(map(repr, PADDING_MODES))}")
     if not isinstance(flip_kernel, (bool, np.bool_)):
-        raise TypeError(f"{fn}: flip_kernel (={_fmt(flip_kernel)}) must be a bool")
-    if not _is_int(groups):
-        raise TypeError(f"{fn}: groups (={_fmt(groups)}) must be an int")
+        raise TypeError(f"{fn}: flip_kernel (={fmt(flip_kernel)}) must be a bool")
+    if not is_int(groups):
+        raise TypeError(f"{fn}: groups (={fmt(groups)}) must be an int")
     groups = int(groups)
     if groups < 1:
         raise ValueError(f"{fn}: groups (={groups}) must be >= 1")
-    stride = _pair(fn, "stride", stride)
-    dilation = _pair(fn, "dilation", dilation)
-    lhs_dilation = _pair(fn, "lhs_dilation", lhs_dilation)
+    stride = pair(fn, "stride", stride)
+    dilation = pair(fn, "dilation", dilation)
+    lhs_dilation = pair(fn, "lhs_dilation", lhs_dilation)
     prec = canonical_precision(fn, precision)
 
     # ---- dtypes ----
@@ -429,7 +453,7 @@ def parse_conv2d(
         for (lo, hi), size, axis in zip(pads, (h, w_), ("height", "width")):
             if max(lo, hi) >= size:
                 raise ValueError(
-                    f"{fn}: padding (={_fmt(padding)}) with padding_mode={mode!r} must be smaller than "
+                    f"{fn}: padding (={fmt(padding)}) with padding_mode={mode!r} must be smaller than "
                     f"the input {axis} (={size}); got {max(lo, hi)}"
                 )
     for (lo, hi), size, k, axis in zip(pads, dil_in, k_eff, ("height", "width")):
@@ -476,8 +500,8 @@ def output_size(input_size: int, kernel_size: int, *, padding: Any = 0, stride: 
     fn = "output_size"
     for name, v, lo in (("input_size", input_size, 1), ("kernel_size", kernel_size, 1),
                         ("stride", stride, 1), ("dilation", dilation, 1)):
-        if not _is_int(v):
-            raise TypeError(f"{fn}: {name} (={_fmt(v)}) must be an int")
+        if not is_int(v):
+            raise TypeError(f"{fn}: {name} (={fmt(v)}) must be an int")
         if v < lo:
             raise ValueError(f"{fn}: {name} (={v}) must be >= {lo}")
     k_eff = (kernel_size - 1) * dilation + 1
@@ -500,11 +524,11 @@ def conv_params(in_channels: int, out_channels: int, kernel_size: Any, *, groups
     """
     fn = "conv_params"
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-        if not _is_int(v):
-            raise TypeError(f"{fn}: {name} (={_fmt(v)}) must be an int")
+        if not is_int(v):
+            raise TypeError(f"{fn}: {name} (={fmt(v)}) must be an int")
         if v < 1:
             raise ValueError(f"{fn}: {name} (={v}) must be >= 1")
-    kh, kw = _pair(fn, "kernel_size", kernel_size)
+    kh, kw = pair(fn, "kernel_size", kernel_size)
     if in_channels % groups or out_channels % groups:
         raise ValueError(
             f"{fn}: groups (={groups}) must divide in_channels (={in_channels}) and out_channels (={out_channels})"
@@ -519,15 +543,15 @@ def receptive_field(layers: Sequence[Sequence[int]]) -> int:
     """
     fn = "receptive_field"
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise TypeError(f"{fn}: layers (={_fmt(layers)}) must be a sequence of (kernel, stride[, dilation])")
+        raise TypeError(f"{fn}: layers (={fmt(layers)}) must be a sequence of (kernel, stride[, dilation])")
     rf, jump = 1, 1
     for i, layer in enumerate(layers):
-        if not isinstance(layer, Sequence) or len(layer) not in (2, 3) or not all(_is_int(v) for v in layer):
-            raise ValueError(f"{fn}: layers[{i}] (={_fmt(layer)}) must be (kernel, stride) or (kernel, stride, dilation) of ints")
+        if not isinstance(layer, Sequence) or len(layer) not in (2, 3) or not all(is_int(v) for v in layer):
+            raise ValueError(f"{fn}: layers[{i}] (={fmt(layer)}) must be (kernel, stride) or (kernel, stride, dilation) of ints")
         k, s = int(layer[0]), int(layer[1])
         d = int(layer[2]) if len(layer) == 3 else 1
         if min(k, s, d) < 1:
-            raise ValueError(f"{fn}: layers[{i}] (={_fmt(layer)}) must hold positive ints")
+            raise ValueError(f"{fn}: layers[{i}] (={fmt(layer)}) must hold positive ints")
         rf += ((k - 1) * d) * jump
         jump *= s
     return rf
@@ -558,5 +582,6 @@ def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> i
 
 __all__ = [
     "ConvSpec", "parse_conv2d", "resolve_padding", "output_size", "conv_params",
-    "receptive_field", "conv_flops", "dense_params", "LAYOUTS", "PADDING_MODES", "IMPLS",
+    "receptive_field", "conv_flops", "dense_params", "LAYOUTS", "PADDING_MODES", "FLOAT_DTYPES",
+    "pair", "is_int", "fmt", "canonical_precision",
 ]

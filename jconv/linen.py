@@ -70,7 +70,7 @@ def flax_conv2d(
     """
     strides = _one_if_none(strides)
     kernel_dilation = _one_if_none(kernel_dilation)
-    input_dilation = geometry._pair(fn, "input_dilation", _one_if_none(input_dilation))
+    input_dilation = geometry.pair(fn, "input_dilation", _one_if_none(input_dilation))
 
     # Flax flattens several leading batch dimensions into one (and restores them after).
     batch_shape = inputs.shape[:-3] if inputs.ndim > 4 else None
@@ -129,9 +129,9 @@ def flax_conv2d(
 
 def kernel_shape(fn: str, kernel_size, in_features: int, features: int, feature_group_count) -> tuple:
     """HWIO kernel shape, as flax builds it (``kernel_size + (in // groups, features)``)."""
-    kh, kw = geometry._pair(fn, "kernel_size", kernel_size)
-    if not geometry._is_int(feature_group_count) or feature_group_count < 1:
-        raise (TypeError if not geometry._is_int(feature_group_count) else ValueError)(
+    kh, kw = geometry.pair(fn, "kernel_size", kernel_size)
+    if not geometry.is_int(feature_group_count) or feature_group_count < 1:
+        raise (TypeError if not geometry.is_int(feature_group_count) else ValueError)(
             f"{fn}: feature_group_count (={feature_group_count!r}) must be an int >= 1"
         )
     return (kh, kw, in_features // feature_group_count, features)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jax import lax
+
+from jconv.conv import conv2d, conv_general_dilated
 from jconv.geometry import ConvSpec, parse_conv2d
 
 
@@ -31,21 +34,23 @@ class Case:
     note: str = ""
 
     def x_shape(self, batch: int) -> tuple[int, ...]:
-        h, w = self.in_size
-        c = self.in_channels
-        return (batch, h, w, c) if self.layout == "NHWC" else (batch, c, h, w)
+        return self.spec(batch).x_shape
 
     def w_shape(self) -> tuple[int, ...]:
-        kh, kw = self.kernel_size
-        ci, co = self.in_channels // self.groups, self.out_channels
-        return (kh, kw, ci, co) if self.layout == "NHWC" else (co, ci, kh, kw)
+        return self.spec(1).w_shape
 
     def b_shape(self) -> tuple[int, ...] | None:
         return (self.out_channels,) if self.bias else None
 
     def spec(self, batch: int, dtype: str = "float32") -> ConvSpec:
+        """The layer's :class:`ConvSpec` at ``batch``: every shape and FLOP count derives from it."""
+        h, w = self.in_size
+        kh, kw = self.kernel_size
+        ci, co, cg = self.in_channels, self.out_channels, self.in_channels // self.groups
+        nhwc = self.layout == "NHWC"
         return parse_conv2d(
-            self.x_shape(batch), dtype, self.w_shape(), dtype,
+            (batch, h, w, ci) if nhwc else (batch, ci, h, w), dtype,
+            (kh, kw, cg, co) if nhwc else (co, cg, kh, kw), dtype,
             self.b_shape(), dtype if self.bias else None,
             stride=self.stride, padding=self.padding, dilation=self.dilation,
             lhs_dilation=self.lhs_dilation, groups=self.groups, layout=self.layout,
@@ -53,8 +58,6 @@ class Case:
 
     def apply(self, x, w, b=None, *, impl: str = "auto", precision=None):
         """Run this layer through jconv's public API."""
-        from jconv.conv import conv2d, conv_general_dilated
-
         if self.lhs_dilation == (1, 1):
             return conv2d(x, w, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
                           groups=self.groups, layout=self.layout, impl=impl, precision=precision)
@@ -69,8 +72,6 @@ class Case:
 
     def reference(self, x, w, b=None, *, precision="highest"):
         """The same layer through ``lax.conv_general_dilated`` (XLA), at ``precision``."""
-        from jax import lax
-
         spec = self.spec(x.shape[0], str(x.dtype))
         dn = ("NHWC", "HWIO", "NHWC") if self.layout == "NHWC" else ("NCHW", "OIHW", "NCHW")
         y = lax.conv_general_dilated(x, w, self.stride, spec.padding, lhs_dilation=self.lhs_dilation,

@@ -34,132 +34,26 @@ convolution is planned, which for jitted code is at trace time: tune before you 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import statistics
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jconv.geometry import ConvSpec, _fmt
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jconv import select
+from jconv.bench.harness import layer_pass
+from jconv.bench.timing import time_interleaved
+from jconv.conv import check_array, conv2d
+from jconv.geometry import ConvSpec, fmt, parse_conv2d
+from jconv.impls import registry
+from jconv.tune_cache import device_key, format_times, lookup, store, use_tune_cache
 
 log = logging.getLogger("jconv.tuning")
-
-ENV_VAR = "JCONV_TUNE_CACHE"
-OBJECTIVES = ("fwd", "fwd+bwd")
-_FORMAT = 1
-
-_lock = threading.Lock()
-_state: dict[str, Any] = {"path": None, "entries": None, "env_read": False}
-
-
-# --------------------------------------------------------------------------------------------
-# The cache
-# --------------------------------------------------------------------------------------------
-
-
-def cache_key(spec: ConvSpec, layout: str, platform: str, device_kind: str) -> str:
-    """The cache key of an execute spec (NHWC, as :func:`jconv.select.plan` sees it)."""
-    return f"{platform}|{device_kind}|{layout}|{spec!r}"
-
-
-def _read(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"tune cache {path!r} cannot be read as JSON: {e}") from e
-    if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("entries"), dict):
-        raise ValueError(f"tune cache {path!r} is not a jconv tune cache (format {_FORMAT})")
-    return data["entries"]
-
-
-def _write(path: str, entries: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": _FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def use_tune_cache(path: str | os.PathLike | None) -> None:
-    """Make ``auto`` read the tune cache at ``path`` (None: stop using any cache)."""
-    with _lock:
-        _state["env_read"] = True  # an explicit choice overrides the environment variable
-        if path is None:
-            _state["path"], _state["entries"] = None, None
-            return
-        path = os.fspath(path)
-        _state["path"], _state["entries"] = path, _read(path)
-
-
-def _load_env_locked() -> None:
-    """Once per process (unless use_tune_cache chose): the cache named by $JCONV_TUNE_CACHE."""
-    if not _state["env_read"]:
-        _state["env_read"] = True
-        path = os.environ.get(ENV_VAR)
-        if path:
-            _state["path"], _state["entries"] = path, _read(path)
-
-
-def _active() -> dict | None:
-    with _lock:
-        _load_env_locked()
-        return _state["entries"]
-
-
-def device_key(spec: ConvSpec, layout: str, platform: str | None = None) -> str | None:
-    """:func:`cache_key` on this process's first device of ``platform`` (default: JAX's default
-    backend); None when the process has no device of that platform."""
-    import jax  # noqa: PLC0415
-
-    platform = platform or jax.default_backend()
-    try:
-        kind = jax.devices(platform)[0].device_kind
-    except RuntimeError:
-        return None
-    return cache_key(spec, layout, platform, kind)
-
-
-def lookup(spec: ConvSpec, layout: str, platform: str | None = None) -> dict | None:
-    """The cache entry for this execute spec on this device, or None."""
-    entries = _active()
-    if not entries:
-        return None
-    key = device_key(spec, layout, platform)
-    return None if key is None else entries.get(key)
-
-
-def _store(key: str, entry: dict, path: str | None) -> str | None:
-    with _lock:
-        _load_env_locked()  # a tune without cache= writes to the environment's cache file
-        if path is not None and path != _state["path"]:
-            _state["path"], _state["entries"] = path, _read(path)
-        if _state["entries"] is None:
-            _state["entries"] = {}
-        path = _state["path"]
-        if path is not None:  # merge with what another process may have written meanwhile
-            merged = _read(path)
-            merged.update(_state["entries"])
-            _state["entries"] = merged
-        _state["entries"][key] = entry
-        if path is not None:
-            _write(path, _state["entries"])
-        return path
-
 
 # --------------------------------------------------------------------------------------------
 # Measuring
@@ -178,20 +72,17 @@ class TuneResult:
     cache: str | None
 
 
-def candidates_for(spec: ConvSpec, layout: str, platform: str) -> list[str]:
-    """The impls :func:`tune` measures for an execute spec by default."""
-    if platform != "cpu":
-        return ["xla", "pallas"]
-    from jconv.impls import lax_conv
+OBJECTIVES = ("fwd", "fwd+bwd")
 
-    out = ["xla"]
-    for name in lax_conv.ALGORITHMS:
-        if name == "mac" and spec.is_depthwise:
-            continue  # the same code as "depthwise"
-        if name == "mac_cf" and not (spec.groups > 1 or layout == "NCHW"):
-            continue  # a dense conv as per-channel multiply-adds: never close
-        if lax_conv.supports(name, spec):
-            out.append(f"lax:{name}")
+
+def candidates_for(spec: ConvSpec, layout: str, platform: str) -> list[str]:
+    """The impls :func:`tune` measures for an execute spec by default: each registered backend's
+    candidates on ``platform`` (interpreted backends are never speed candidates)."""
+    out = []
+    for backend in registry.backends():
+        if backend.tune_candidates is None or platform in backend.interpreted:
+            continue
+        out += [c for c in backend.tune_candidates(spec, layout, platform) if c not in out]
     return out
 
 
@@ -209,32 +100,25 @@ def tune_spec(
 ) -> TuneResult:
     """Tune one convolution given by its user-level ``spec`` and ``call(x, w, b, impl)``
     (which computes it in the caller's layout). :func:`tune` is the public front end."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    from jconv import bench, select  # noqa: PLC0415
-    from jconv.conv import _exec_spec  # noqa: PLC0415
-    from jconv.geometry import check_impl  # noqa: PLC0415
-
     if objective not in OBJECTIVES:
         raise ValueError(f"tune: objective (={objective!r}) must be one of {OBJECTIVES}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"tune: iters (={_fmt(iters)}) must be an int >= 1")
+        raise ValueError(f"tune: iters (={fmt(iters)}) must be an int >= 1")
     if not isinstance(prune, (int, float)) or prune < 1:
-        raise ValueError(f"tune: prune (={_fmt(prune)}) must be a number >= 1")
+        raise ValueError(f"tune: prune (={fmt(prune)}) must be a number >= 1")
     if not isinstance(margin, (int, float)) or margin < 0:
-        raise ValueError(f"tune: margin (={_fmt(margin)}) must be a number >= 0")
+        raise ValueError(f"tune: margin (={fmt(margin)}) must be a number >= 0")
     platform = jax.default_backend()
-    espec = _exec_spec(spec)
+    espec = spec.execute_spec()
     if candidates is None:
         candidates = candidates_for(espec, spec.layout, platform)
     elif isinstance(candidates, str) or not candidates:
-        raise ValueError(f"tune: candidates (={_fmt(candidates)}) must be a non-empty list of impl strings")
-    candidates = [check_impl("tune", c) for c in candidates]
-    if "auto" in candidates or "lax" in candidates:
-        raise ValueError("tune: candidates must name implementations ('xla', 'pallas', 'lax:<algorithm>'), "
-                         f"not 'auto' or 'lax' (got {list(candidates)})")
+        raise ValueError(f"tune: candidates (={fmt(candidates)}) must be a non-empty list of impl strings")
+    for c in candidates:
+        base, algo = registry.parse_impl("tune", c)
+        if base == "auto" or (not algo and len(registry.get(base).algorithms) > 1):
+            raise ValueError("tune: candidates must name implementations ('xla', 'pallas', 'lax:<algorithm>'), "
+                             f"not 'auto' or a backend with several algorithms (got {list(candidates)})")
 
     rng = np.random.default_rng(seed)
 
@@ -251,14 +135,14 @@ def tune_spec(
         def layer(x, w, b):
             return call(x, w, b, impl)
 
-        return jax.jit(bench.layer_pass(layer, objective, has_bias=b is not None))
+        return jax.jit(layer_pass(layer, objective, has_bias=b is not None))
 
     dropped: dict[str, str] = {}
     runners: dict[str, Callable[[], Any]] = {}
     first: dict[str, float] = {}
     for impl in dict.fromkeys(candidates):
-        if impl == "pallas" and platform == "cpu":
-            dropped[impl] = "Pallas on the CPU runs interpreted: not a speed candidate"
+        if platform in registry.get(registry.parse_impl("tune", impl)[0]).interpreted:
+            dropped[impl] = f"{impl} runs interpreted on the {platform}: not a speed candidate"
             continue
         try:
             fn = make(impl)
@@ -278,10 +162,10 @@ def tune_spec(
         if t > prune * fastest and len(runners) > 1:
             dropped[impl] = f"second call {t * 1e3:.1f} ms, over {prune}x the fastest ({fastest * 1e3:.1f} ms)"
             del runners[impl]
-    times = bench.time_interleaved(runners, warmup=0, iters=iters, min_iters=iters, block=3)
+    times = time_interleaved(runners, warmup=0, iters=iters, min_iters=iters, block=3)
     times_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     best = min(times_ms, key=times_ms.get)
-    rules = select.resolve(espec, "auto", fn="tune", layout=spec.layout, use_cache=False)
+    rules = select.resolve(espec, "auto", fn="tune", layout=spec.layout, use_cache=False).explicit
     if rules in times_ms and times_ms[best] * (1 + margin) > times_ms[rules]:
         best = rules  # within the margin of the rules' choice: keep it (timings move by ~10%)
     key = device_key(espec, spec.layout, platform)
@@ -289,7 +173,7 @@ def tune_spec(
         "impl": best, "objective": objective, "times_ms": {k: round(v, 4) for k, v in times_ms.items()},
         "dropped": dropped, "jax": jax.__version__, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = _store(key, entry, None if cache is None else os.fspath(cache))
+    path = store(key, entry, None if cache is None else os.fspath(cache))
     result = TuneResult(best, objective, times_ms, dropped, key, path)
     log.info("tune: %s -> %s", key, summary(result))
     return result
@@ -328,13 +212,10 @@ def tune(
     kept unless another candidate is faster by more than this fraction (default 5%; single
     timings here move by about that much). Returns a :class:`TuneResult`.
     """
-    from jconv.conv import _check_array, conv2d  # noqa: PLC0415
-    from jconv.geometry import parse_conv2d  # noqa: PLC0415
-
     for name, a in (("x", x), ("w", w)):
-        _check_array("tune", name, a)
+        check_array("tune", name, a)
     if b is not None:
-        _check_array("tune", "b", b)
+        check_array("tune", "b", b)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
               padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
               preferred_element_type=preferred_element_type)
@@ -348,16 +229,10 @@ def tune(
                      iters=iters, prune=prune, margin=margin)
 
 
-def format_times(times_ms: dict[str, float], limit: int | None = None) -> str:
-    """``"a 1.00 ms, b 2.00 ms"``, fastest first (the first ``limit`` only, if given)."""
-    ranked = sorted(times_ms.items(), key=lambda kv: kv[1])[:limit]
-    return ", ".join(f"{k} {v:.2f} ms" for k, v in ranked)
-
-
 def summary(result: TuneResult) -> str:
     """One line: the winner and every timed candidate."""
     return f"{result.best} ({result.objective}: {format_times(result.times_ms)})"
 
 
-__all__ = ["tune", "tune_spec", "use_tune_cache", "lookup", "cache_key", "device_key", "candidates_for", "TuneResult",
-           "summary", "format_times", "ENV_VAR", "OBJECTIVES"]
+__all__ = ["tune", "tune_spec", "use_tune_cache", "lookup", "device_key", "candidates_for", "TuneResult",
+           "summary", "format_times", "OBJECTIVES"]

@@ -156,18 +156,18 @@ def test_im2col_is_chunked(monkeypatch):
     calls = []
     orig = lax_conv._im2col_phase
 
-    def spy(xp, wt, taps, count, xs, cfg):
-        out = orig(xp, wt, taps, count, xs, cfg)
+    def spy(xp, wt, taps, count, xs, spec):
+        out = orig(xp, wt, taps, count, xs, spec)
         calls.append(out)
         return out
 
     monkeypatch.setattr(lax_conv, "IM2COL_MAX_BLOWUP", 1)
     monkeypatch.setitem(lax_conv._PHASE_FNS, "im2col", spy)
-    y = lax_conv._forward(jnp.asarray(x), jnp.asarray(w), lax_conv._cfg_of(_spec(geom, x, w), "im2col"))
+    y = lax_conv._forward(jnp.asarray(x), jnp.asarray(w), _spec(geom, x, w), "im2col")
     assert calls
     assert_close(y, ref, np.float32)
     # several chunks, walked in a scan (one chunk of patches alive at a time)
-    jaxpr = jax.make_jaxpr(lambda a, b: lax_conv._forward(a, b, lax_conv._cfg_of(_spec(geom, x, w), "im2col")))(x, w)
+    jaxpr = jax.make_jaxpr(lambda a, b: lax_conv._forward(a, b, _spec(geom, x, w), "im2col"))(x, w)
     assert "scan" in str(jaxpr)
 
 
@@ -175,8 +175,8 @@ def test_transposed_conv_multiplies_no_inserted_zero():
     """Phases: the input-dilated conv does the FLOPs of the undilated input only."""
     geom = GEOMS[6]
     x, w = _inputs(geom, hw=(8, 8), batch=1)
-    cfg = lax_conv._cfg_of(_spec(geom, x, w), "gemm")
-    flops = jax.jit(lambda a, b: lax_conv._forward(a, b, cfg)).lower(x, w).compile().cost_analysis()
+    spec = _spec(geom, x, w)
+    flops = jax.jit(lambda a, b: lax_conv._forward(a, b, spec, "taps")).lower(x, w).compile().cost_analysis()
     flops = flops[0] if isinstance(flops, list) else flops
     ho, wo = _spec(geom, x, w).out_size
     dense_flops = 2 * ho * wo * 3 * 3 * 3 * 4  # what a conv over the dilated input would do
@@ -195,7 +195,7 @@ def test_mac_refuses_huge_unrolls():
 # ---- the selection rules (docs/performance.md) ----
 
 def _plan(name, batch=4, platform="cpu"):
-    spec = jconv.conv._exec_spec(CASES[name].spec(batch))
+    spec = CASES[name].spec(batch).execute_spec()
     return select.plan(spec, "auto", platform=platform)
 
 
@@ -228,8 +228,8 @@ def test_auto_small_output_runs_xla_fwd_only_with_many_positions_and_few_channel
                                    ("deeplab_3x3_d2", 64, "xla")]:     # dilated kernel
         p = _plan(name, batch=batch)
         assert p.algorithm == algorithm, (name, batch, p)
-    spec = jconv.conv._exec_spec(CASES["mnist_conv2"].spec(128))
-    assert spec.batch * spec.out_size[0] * spec.out_size[1] >= select.XLA_FWD_MIN_POSITIONS
+    spec = CASES["mnist_conv2"].spec(128).execute_spec()
+    assert spec.batch * spec.out_size[0] * spec.out_size[1] >= lax_conv.XLA_FWD_MIN_POSITIONS
     assert "positions" in select.plan(spec, "auto", platform="cpu").reason
 
 
@@ -237,7 +237,7 @@ def test_auto_bfloat16_dense_with_many_channels_runs_taps():
     for name, dtype, algorithm in [("resnet50_s4_3x3", "bfloat16", "taps"), ("resnet50_s4_3x3", "float32", "xla"),
                                    ("vgg16_conv3_2", "bfloat16", "taps"), ("resnet50_s2_3x3", "bfloat16", "xla_fwd"),
                                    ("deeplab_3x3_d2", "bfloat16", "xla")]:
-        spec = jconv.conv._exec_spec(CASES[name].spec(2, dtype))
+        spec = CASES[name].spec(2, dtype).execute_spec()
         assert select.plan(spec, "auto", platform="cpu").algorithm == algorithm, (name, dtype)
 
 
@@ -248,7 +248,7 @@ def test_auto_on_accelerators_is_xla_with_a_reason():
 
 
 def test_explicit_impls_are_honoured_everywhere():
-    spec = jconv.conv._exec_spec(CASES["resnet50_s2_3x3"].spec(2))
+    spec = CASES["resnet50_s2_3x3"].spec(2).execute_spec()
     for algo in ("im2col", "taps", "mac"):
         assert select.plan(spec, f"lax:{algo}").algorithm == algo
     assert select.plan(spec, "xla").impl == "xla"
@@ -263,8 +263,8 @@ def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
     y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
     ct = jnp.asarray(np.random.default_rng(2).normal(size=y_ref.shape), jnp.float32)
     y, vjp = jax.vjp(functools.partial(_run, geom, "lax:mac"), jnp.asarray(x), jnp.asarray(w))
-    jaxpr = str(jax.make_jaxpr(lambda c: vjp(c))(ct))
-    assert "scan" in jaxpr
+    dw_fn = lax_conv.ALGORITHMS["mac"].weight_grad  # what the primitive lowers for dw
+    assert "scan" in str(jax.make_jaxpr(lambda a, c: dw_fn(a, c, _spec(geom, x, w)))(x, ct))
     for g, r, name in zip(vjp(ct), vjp_ref(ct), ("dx", "dw")):
         assert_close(g, r, np.float32, factor=2, what=name)
     with jax.enable_x64(True):
@@ -290,7 +290,8 @@ def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):
     y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
     ct = jnp.asarray(np.random.default_rng(2).normal(size=y_ref.shape), jnp.float32)
     y, vjp = jax.vjp(functools.partial(_run, geom, f"lax:{algorithm}"), jnp.asarray(x), jnp.asarray(w))
-    assert "scan" in str(jax.make_jaxpr(lambda c: vjp(c))(ct))
+    dw_fn = lax_conv.ALGORITHMS[algorithm].weight_grad  # what the primitive lowers for dw
+    assert "scan" in str(jax.make_jaxpr(lambda a, c: dw_fn(a, c, _spec(geom, x, w)))(x, ct))
     for g, r, name in zip(vjp(ct), vjp_ref(ct), ("dx", "dw")):
         assert_close(g, r, np.float32, factor=2, what=name)
     with jax.enable_x64(True):

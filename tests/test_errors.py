@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jconv
+from jconv import primitive
 
 X = jnp.ones((2, 8, 8, 4))
 W = jnp.ones((3, 3, 4, 6))
@@ -97,8 +98,11 @@ def test_nchw_messages_use_nchw_shapes():
 def test_pallas_is_never_silently_replaced():
     """impl='pallas' runs Pallas kernels (never XLA's conv), and says so when it cannot."""
     x, k = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1))
-    jaxpr = str(jax.make_jaxpr(lambda a, b: jconv.conv2d(a, b, impl="pallas"))(x, k))
-    assert "pallas_call" in jaxpr and "conv_general_dilated" not in jaxpr
+    jaxpr = jax.make_jaxpr(lambda a, b: jconv.conv2d(a, b, impl="pallas"))(x, k)
+    (eqn,) = primitive.conv_eqns(jaxpr)
+    assert eqn.params["impl"] == "pallas"
+    (kernel,) = map(str, primitive.kernel_jaxprs(jaxpr))  # what the primitive lowers to
+    assert "pallas_call" in kernel and "conv_general_dilated" not in kernel
     np.testing.assert_allclose(np.asarray(jconv.conv2d(x, k, impl="pallas")), 9.0, rtol=1e-6)
     with jax.enable_x64(True), pytest.raises(NotImplementedError, match="pallas.*float64"):
         jconv.conv2d(x.astype(jnp.float64), k.astype(jnp.float64), impl="pallas")

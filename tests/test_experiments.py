@@ -154,7 +154,7 @@ def test_fwd_bwd_bfloat16_within_tolerance():
     ("passes", ("bwd",), r"compare: config.passes"),
     ("precision", "fastest", r"compare: config.precision \(='fastest'\)"),
     ("batch", 0, r"compare: config.batch \(=0\) must be >= 1"),
-    ("pallas_cases", "resnet_nope", r"compare: config.pallas_cases"),
+    ("interpreted_cases", "resnet_nope", r"compare: config.interpreted_cases"),
 ])
 def test_config_bad_values(field, value, match):
     cfg = smoke.get_config()

@@ -5,6 +5,7 @@ The real TPU compiler (libtpu, compile-only) is exercised in test_pallas_tpu.py.
 Interpret mode is slow on CPU: shapes are tiny and the grid is a subset of the core's.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -16,13 +17,13 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jconv
-from jconv.suite import CASES, SUITES
-from jconv.conv import _exec_spec
-from jconv.geometry import parse_conv2d
-from jconv.impls.pallas import ops
+from jconv import primitive, targets
+from jconv.geometry import ConvSpec, parse_conv2d
+from jconv.impls import xla
+from jconv.impls.pallas import calls, ops
 from jconv.impls.pallas import tiling as tiling_mod
-from jconv.impls.pallas.tiling import BlockSizes, Problem, get_default, make_tiling
-from jconv.impls.xla import conv_xla
+from jconv.impls.pallas.tiling import BlockSizes, KernelFitError, get_default, make_tiling
+from jconv.suite import CASES, SUITES
 from jconv.testing import assert_close
 from test_conv import GRID, _ids, kwargs_of, make_inputs
 
@@ -93,7 +94,8 @@ def test_transposed_conv_and_negative_padding():
 
 
 def _pallas_calls(jaxpr) -> int:
-    return str(jaxpr).count("pallas_call")
+    """pallas_calls in what the convolution primitives of ``jaxpr`` lower to on the CPU."""
+    return sum(str(k).count("pallas_call") for k in primitive.kernel_jaxprs(jaxpr))
 
 
 def test_really_pallas_no_xla_conv():
@@ -107,9 +109,10 @@ def test_really_pallas_no_xla_conv():
         grad = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(f(a, b) ** 2), argnums=(0, 1)))(x, w)
         for jaxpr in (fwd, grad):
             assert "conv_general_dilated" not in str(jaxpr)
-        # each pallas_call appears once per platform branch (cpu, tpu, cuda)
-        assert _pallas_calls(fwd) == 3
-        assert _pallas_calls(grad) == 9
+            assert all("conv_general_dilated" not in str(k) for k in primitive.kernel_jaxprs(jaxpr))
+            assert {e.params["impl"] for e in primitive.conv_eqns(jaxpr)} == {"pallas"}
+        assert _pallas_calls(fwd) == 1
+        assert _pallas_calls(grad) == 3  # forward, input gradient, weight gradient
 
 
 @pytest.mark.parametrize("kw,w_shape", [
@@ -129,8 +132,10 @@ def test_second_order_matches_xla(kw, w_shape):
         gw = lambda a, c: jax.grad(lambda c_: jnp.sum(jnp.sin(f(a, c_))))(c)  # noqa: E731
         return (jax.grad(lambda c: jnp.sum(gx(x, c) ** 2))(w), jax.grad(lambda a: jnp.sum(gw(a, w) ** 2))(x))
 
-    jaxpr = str(jax.make_jaxpr(lambda: second("pallas"))())
-    assert "conv_general_dilated" not in jaxpr and "pallas_call" in jaxpr
+    jaxpr = jax.make_jaxpr(lambda: second("pallas"))()
+    kernels = [str(k) for k in primitive.kernel_jaxprs(jaxpr)]
+    assert "conv_general_dilated" not in str(jaxpr) and len(kernels) >= 4
+    assert all("pallas_call" in k and "conv_general_dilated" not in k for k in kernels)
     for got, want in zip(second("pallas"), second("xla")):
         assert_close(got, want, np.float32, factor=4)
 
@@ -138,7 +143,7 @@ def test_second_order_matches_xla(kw, w_shape):
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "windows"])
 def test_folded_taps_match_xla(fold):
     """Few input channels: taps folded into the contraction (XLA im2col + 1x1 kernel) or not."""
-    problem = Problem(2, (9, 8), 3, 5, (3, 2), stride=(2, 1), dilation=(1, 2))
+    spec = ConvSpec(2, (9, 8), 3, 5, (3, 2), stride=(2, 1), dilation=(1, 2))
     rng = np.random.default_rng(6)
     xp = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 2, 3, 5)), jnp.float32)
@@ -149,15 +154,15 @@ def test_folded_taps_match_xla(fold):
 
     y_ref, vjp = jax.vjp(ref, xp, w)
     g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
-    y = ops.forward_valid(xp, w, None, problem, target="cpu", out_dtype=jnp.float32, fold=fold)
-    dw = ops.weight_grad_valid(xp, g, w.shape, problem, target="cpu", fold=fold)
+    y = calls.forward_valid(xp, w, spec, target=targets.CPU, out_dtype=jnp.float32, fold=fold)
+    dw = calls.weight_grad_valid(xp, g, w.shape, spec, target=targets.CPU, fold=fold)
     assert_close(y, y_ref, np.float32)
     assert_close(dw, vjp(g)[1], np.float32, factor=2)
 
 
 def test_fold_rule():
-    stem = Problem(1, (230, 230), 3, 64, (7, 7), stride=(2, 2))
-    wide = Problem(1, (16, 16), 256, 256, (3, 3))
+    stem = ConvSpec(1, (230, 230), 3, 64, (7, 7), stride=(2, 2))
+    wide = ConvSpec(1, (16, 16), 256, 256, (3, 3))
     assert tiling_mod.fold_taps(stem, "tpu") and tiling_mod.fold_taps(stem, "cuda")
     assert not tiling_mod.fold_taps(stem, "cpu")
     assert not tiling_mod.fold_taps(wide, "tpu")
@@ -193,16 +198,16 @@ def test_tpu_interpret_races_and_bounds(xs, ws, kw, blocks):
 
     params = pltpu.InterpretParams(detect_races=True, out_of_bounds_reads="raise", num_cores_or_threads=2)
     pltpu.reset_tpu_interpret_mode_state()
-    spec = _exec_spec(parse_conv2d(xs, "float32", ws, "float32", (ws[-1],), "float32", precision="highest", **kw))
+    spec = parse_conv2d(xs, "float32", ws, "float32", precision="highest", **kw).execute_spec()
     rng = np.random.default_rng(0)
-    x, w, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ws, (ws[-1],)))
-    y_ref, vjp = jax.vjp(lambda a, c: conv_xla(a, c, b, spec), x, w)
+    x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ws))
+    y_ref, vjp = jax.vjp(lambda a, c: xla.forward(a, c, spec), x, w)
     g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
     dx_ref, dw_ref = vjp(g)
-    kw = dict(spec=spec, target="tpu", interpret=params)
-    y = jax.jit(functools.partial(ops.spec_forward, blocks=blocks, **kw))(x, w, b)
-    dx = jax.jit(functools.partial(ops.spec_input_grad, **kw))(g, w)
-    dw = jax.jit(functools.partial(ops.spec_weight_grad, w_shape=w.shape, **kw))(x, g)
+    kw = dict(spec=spec, target=targets.get("v5e"), interpret=params)
+    y = jax.jit(lambda a, c: ops.spec_forward(a, c, blocks=blocks, **kw))(x, w)
+    dx = jax.jit(lambda a, c: ops.spec_input_grad(a, c, **kw))(g, w)
+    dw = jax.jit(lambda a, c: ops.spec_weight_grad(a, c, **kw))(x, g)
     assert tpu_interpret.races is not None and not tpu_interpret.races.races_found
     assert_close(y, y_ref, np.float32, what="forward")
     assert_close(dx, dx_ref, np.float32, factor=2, what="dx")
@@ -214,12 +219,12 @@ def test_race_detector_catches_a_parallel_reduction(monkeypatch):
     cores write the same output block) is reported as a race, so the test above can fail."""
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
 
-    real = ops._call_kwargs
-    monkeypatch.setattr(ops, "_call_kwargs", lambda t, i, sem: real(t, i, ("parallel",) * len(sem)))
+    real = calls.call_kwargs
+    monkeypatch.setattr(calls, "call_kwargs", lambda t, i, sem: real(t, i, ("parallel",) * len(sem)))
     params = pltpu.InterpretParams(detect_races=True, out_of_bounds_reads="raise", num_cores_or_threads=2)
     pltpu.reset_tpu_interpret_mode_state()
-    spec = _exec_spec(parse_conv2d((2, 6, 5, 3), "float32", (3, 3, 3, 8), "float32", padding=1))
-    fn = functools.partial(ops.spec_weight_grad, w_shape=(3, 3, 3, 8), spec=spec, target="tpu", interpret=params)
+    spec = parse_conv2d((2, 6, 5, 3), "float32", (3, 3, 3, 8), "float32", padding=1).execute_spec()
+    fn = functools.partial(ops.spec_weight_grad, spec=spec, target=targets.get("v5e"), interpret=params)
     jax.block_until_ready(jax.jit(fn)(jnp.ones((2, 6, 5, 3)), jnp.ones((2, 6, 5, 8))))
     assert tpu_interpret.races.races_found
     pltpu.reset_tpu_interpret_mode_state()
@@ -288,10 +293,9 @@ def test_block_sizes_triton_powers_of_two():
 @pytest.mark.parametrize("name", list(SUITES["default"]) + ["mnist_conv2", "tiny_grouped_s2_nchw"])
 def test_default_tiles_cover_every_layer(name):
     case = CASES[name]
-    spec = _exec_spec(case.spec(2))
-    problem = Problem.from_spec(spec)
+    problem = case.spec(2).execute_spec().valid_spec()
     ho, wo = problem.out_size
-    for target in ("tpu", "cuda", "cpu"):
+    for target in (targets.get("v5e"), targets.get("v4"), targets.get("l4"), targets.CPU):
         tl = make_tiling(problem, get_default(problem, target), target)
         b = tl.blocks
         assert tl.out_rows >= ho and tl.out_rows - tl.rows < ho  # covers, no empty tile
@@ -300,6 +304,8 @@ def test_default_tiles_cover_every_layer(name):
         g = problem.groups
         assert tl.bundles * tl.group_bundle >= g or tl.depthwise
         assert len(tl.taps) == problem.taps
+        assert tiling_mod.fits(tl, target) is None
+        target = target.platform
         if target == "tpu":
             assert b.block_ci % 128 == 0 and b.block_co % 128 == 0 and tl.out_w % 8 == 0
         if target == "cuda":
@@ -409,3 +415,79 @@ def test_vmap():
 
     for got, want in zip(grads(f), grads(ref)):
         assert_close(got, want, np.float32, factor=2)
+
+
+# ------------------------------------------------------------------------------------------
+# the Triton kernel forms, interpreted on the CPU with a GPU target's tiles (the deviceless
+# compile in test_aot_cuda.py checks they compile; this checks what they compute)
+# ------------------------------------------------------------------------------------------
+
+TRITON_CASES = [
+    # (x shape, w shape, conv kwargs): dense strided, grouped, depthwise x2, 1x1, dilated
+    ((3, 9, 7, 5), (3, 3, 5, 6), dict(stride=2, padding=1)),
+    ((2, 6, 6, 8), (3, 3, 2, 8), dict(groups=4, padding="SAME")),
+    ((2, 7, 6, 3), (3, 2, 1, 6), dict(groups=3, padding=((1, 0), (2, 1)))),
+    ((2, 5, 5, 40), (1, 1, 40, 24), dict()),
+    ((1, 9, 9, 4), (3, 3, 4, 4), dict(dilation=2, padding=2)),
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", TRITON_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_triton_kernel_forms_interpreted(xs, ws, kw):
+    spec = parse_conv2d(xs, "float32", ws, "float32", precision="highest", **kw).execute_spec()
+    rng = np.random.default_rng(1)
+    x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ws))
+    y_ref, vjp = jax.vjp(lambda a, c: xla.forward(a, c, spec), x, w)
+    g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    dx_ref, dw_ref = vjp(g)
+    # l4 / h100: their SM counts split each weight-gradient reduction over several programs;
+    # "few_sms": two programs share an odd number of steps (the clamped, masked last step)
+    few_sms = dataclasses.replace(targets.get("l4"), sm_count=1)
+    for name, target in (("l4", targets.get("l4")), ("h100", targets.get("h100")), ("few_sms", few_sms)):
+        kwargs = dict(spec=spec, target=target, interpret=True)
+        assert_close(ops.spec_forward(x, w, **kwargs), y_ref, np.float32, what=f"{name} forward")
+        assert_close(ops.spec_input_grad(g, w, **kwargs), dx_ref, np.float32, factor=2, what=f"{name} dx")
+        assert_close(ops.spec_weight_grad(x, g, **kwargs), dw_ref, np.float32, factor=2, what=f"{name} dw")
+
+
+def test_a_batch_over_the_memory_budget_runs_in_chunks():
+    """A target whose memory holds one example's operands per call: the batch runs in chunks
+    (forward, input gradient, weight gradient alike; 3 examples: one padded example), with the
+    same results; one example too big for the device is a clear error."""
+    xs, ws, kw = TRITON_CASES[0]
+    spec = parse_conv2d(xs, "float32", ws, "float32", precision="highest", **kw).execute_spec()
+    l4 = targets.get("l4")
+    one = calls.working_set(dataclasses.replace(spec.valid_spec(), batch=1), l4, "fwd", jnp.float32)
+    small = dataclasses.replace(l4, memory_bytes=int(1.5 * one / calls.HBM_BUDGET))
+    assert calls.batch_chunk(spec.valid_spec(), small, "fwd", jnp.float32) == 1
+    rng = np.random.default_rng(2)
+    x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ws))
+    y_ref, vjp = jax.vjp(lambda a, c: xla.forward(a, c, spec), x, w)
+    g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    dx_ref, dw_ref = vjp(g)
+    kwargs = dict(spec=spec, target=small, interpret=True)
+    fwd = jax.make_jaxpr(lambda a, c: ops.spec_forward(a, c, **kwargs))(x, w)
+    assert "scan" in str(fwd)  # lax.map over the chunks
+    assert_close(ops.spec_forward(x, w, **kwargs), y_ref, np.float32, what="forward")
+    assert_close(ops.spec_input_grad(g, w, **kwargs), dx_ref, np.float32, factor=2, what="dx")
+    assert_close(ops.spec_weight_grad(x, g, **kwargs), dw_ref, np.float32, factor=2, what="dw")
+    tiny = dataclasses.replace(l4, memory_bytes=one // 4)
+    with pytest.raises(KernelFitError, match=r"one example's operands take .* GiB"):
+        ops.spec_forward(x, w, spec=spec, target=tiny)
+
+
+def test_kernels_that_cannot_fit_are_clear_errors_at_trace_time():
+    """Tiles are sized from the target; when even the smallest do not fit, the error names the
+    target and the limit before anything is compiled. A GPU older than Triton's minimum is
+    refused the same way."""
+    spec = CASES["vgg16_conv4_2"].spec(2).execute_spec()
+    x = jax.ShapeDtypeStruct(spec.x_shape, jnp.float32)
+    w = jax.ShapeDtypeStruct(spec.w_shape, jnp.float32)
+    tiny_tpu = dataclasses.replace(targets.get("v5e"), vmem_bytes=1 << 20)
+    with pytest.raises(KernelFitError, match=r"TPU v5 lite \(1 MiB VMEM per core\).*VMEM"):
+        jax.eval_shape(lambda a, c: ops.forward(a, c, spec, tiny_tpu), x, w)
+    tiny_gpu = dataclasses.replace(targets.get("l4"), smem_per_block=2 << 10)
+    with pytest.raises(KernelFitError, match=r"NVIDIA L4 .*shared memory"):
+        jax.eval_shape(lambda a, c: ops.forward(a, c, spec, tiny_gpu), x, w)
+    with pytest.raises(NotImplementedError, match=r"compute capability 8.0 or newer; Tesla T4"):
+        jax.eval_shape(lambda a, c: ops.forward(a, c, spec, targets.get("t4")), x, w)

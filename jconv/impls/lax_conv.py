@@ -1,23 +1,21 @@
-"""Conv2D built from lax primitives (no ``lax.conv*`` but in ``xla_fwd``), each with its own backward.
+"""The ``lax`` backend: Conv2D built from lax primitives (no ``lax.conv*`` but in ``xla_fwd``).
 
 Every algorithm here runs on one engine: the convolution is enumerated as *taps* (kernel
 positions) grouped into *phases* (output sub-lattices), and each phase's taps are combined by
-one of three *contractions*:
+one of the contractions, named after the algorithms that use them:
 
-* ``gemm`` (algorithm ``taps``): one GEMM per tap, accumulated. Memory of one output.
+* ``taps``: one GEMM per tap, accumulated. Memory of one output.
 * ``im2col``: a phase's tap windows concatenated on the channel axis, then one GEMM; the patch
-  matrix is built in chunks of output rows so it never exceeds ``IM2COL_MAX_BLOWUP`` times the
-  input (``KH*KW`` times the output when unchunked).
-* ``mac_cf`` (algorithm ``mac_cf``): ``mac``'s forward on a channels-first copy of the input,
-  vectorised along W; for NCHW callers the layout changes cancel (2-7x faster than ``mac``
-  there), for NHWC callers they cost two transposes. Its backward is ``mac``'s.
-* ``xla`` (algorithm ``xla_fwd``): XLA's conv where it is strong (the forward, and the input
-  gradient, itself a conv), this engine's weight gradient (XLA computes it as a conv with an
-  Ho x Wo "kernel", slowly on the CPU, and with input dilation very slowly).
-* ``mac`` (algorithms ``depthwise`` and ``mac``): multiply-accumulate on the vector unit, no
-  matmul at all: for each tap and each input channel of a group, a broadcast multiply-add into
-  the output. The right thing when groups have few channels (depthwise, ResNeXt-style groups),
-  where a GEMM with K = C_in/groups wastes the machine.
+  matrix is built in chunks of output rows walked by a ``lax.scan``, so it never exceeds
+  ``IM2COL_MAX_BLOWUP`` times the input.
+* ``mac`` and ``depthwise``: multiply-accumulate on the vector unit, no matmul at all: for
+  each tap and each input channel of a group, a broadcast multiply-add into the output. The
+  right thing when groups have few channels (depthwise, ResNeXt-style groups), where a GEMM
+  with K = C_in/groups wastes the machine.
+* ``mac_cf``: ``mac``'s forward on a channels-first copy of the input, vectorised along W; for
+  NCHW callers the layout changes cancel, for NHWC callers they cost two transposes.
+* ``xla_fwd``: XLA's conv where it is strong (the forward, and the input gradient, itself a
+  conv), this engine's weight gradient (XLA computes it as a conv with an Ho x Wo "kernel").
 
 Phases make input dilation (transposed convolution) cost no more than an ordinary conv:
 with ``lhs_dilation`` l and stride s, an output position o only meets the non-zero (real)
@@ -25,28 +23,28 @@ inputs through taps i with ``(o*s + i*d - pad_lo) % l == 0``, which depends only
 ``o mod l/gcd(l, s)``. Each phase is then an ordinary strided conv of the *undilated* input with
 a sub-kernel, and the phase outputs are interleaved. No zero is ever multiplied.
 
-Backward (``jax.custom_vjp``): the input gradient of a conv with (stride s, input dilation l)
-is the conv of ``dy`` with the flipped, in/out-swapped kernel with (stride l, input dilation s)
--- the same engine again, so the transposed problem also skips every zero -- and the weight
-gradient is one reduction per tap of ``x``'s window against ``dy``'s phase (a GEMM contracting
-N*Ho*Wo, or a multiply-reduce for ``mac``). Both are written with differentiable lax ops and
-the bwd calls the custom_vjp function itself, so every order of reverse-mode derivative works.
-Forward-mode (``jax.jvp``) is not available through a custom_vjp; ``impl="xla"`` has it.
+Gradients: the input gradient of a conv with (stride s, input dilation l) is the conv of ``dy``
+with the flipped, in/out-swapped kernel with (stride l, input dilation s)
+(:meth:`ConvSpec.input_grad_spec`) -- the same engine again, so the transposed problem also
+skips every zero -- and the weight gradient is one reduction per tap of ``x``'s window against
+``dy``'s phase (a chunked GEMM contracting N*Ho*Wo, or a multiply-reduce for the ``mac``
+family). Each algorithm is these three functions of a spec; the convolution primitive
+(:mod:`jconv.primitive`) turns them into every transformation, forward mode included.
+
+Which algorithm ``impl="lax"`` and ``impl="auto"`` on the CPU run is decided by the rules at the
+end of this module; docs/performance.md has the measurements behind each.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jconv.geometry import ConvSpec
-from jconv.impls.common import acc_dtype, add_bias, transpose_kernel
+from jconv.impls import registry, xla
+from jconv.impls.common import acc_dtype, transpose_kernel
 
 Pair = tuple[int, int]
 
@@ -55,43 +53,6 @@ Pair = tuple[int, int]
 IM2COL_MAX_BLOWUP = 1
 #: ``mac`` unrolls C_in/groups * KH * KW multiply-adds per output; beyond this it is refused.
 MAC_MAX_TERMS = 1024
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration of one engine call (static, hashable)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-    stride: Pair
-    pad_lo: Pair          # may be negative (crop); the high side follows from out_size
-    dilation: Pair
-    lhs_dilation: Pair
-    groups: int
-    kernel: Pair
-    out_size: Pair
-    mode: str             # "gemm" | "im2col" | "mac"
-    precision: object
-    acc: str              # accumulator dtype name
-    out_dtype: str
-
-    def transposed(self, in_size: Pair, in_dtype: str) -> "_Cfg":
-        """The conv that computes this conv's input gradient from ``dy`` (see module doc)."""
-        lo = tuple((k - 1) * d - p for k, d, p in zip(self.kernel, self.dilation, self.pad_lo))
-        return dataclasses.replace(
-            self, stride=self.lhs_dilation, lhs_dilation=self.stride, pad_lo=lo,
-            out_size=in_size, out_dtype=in_dtype,
-        )
-
-
-def _cfg_of(spec: ConvSpec, mode: str) -> _Cfg:
-    return _Cfg(
-        stride=spec.stride, pad_lo=(spec.padding[0][0], spec.padding[1][0]), dilation=spec.dilation,
-        lhs_dilation=spec.lhs_dilation, groups=spec.groups, kernel=spec.kernel_size,
-        out_size=spec.out_size, mode=mode, precision=spec.precision,
-        acc=jnp.dtype(acc_dtype(spec)).name, out_dtype=spec.out_dtype,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,10 +76,10 @@ def _axis_phases(out: int, k: int, s: int, d: int, l: int, lo: int):
     return big_l, xs, phases
 
 
-def _plan_taps(cfg: _Cfg, in_size: Pair):
+def _plan_taps(spec: ConvSpec, in_size: Pair):
     """Both axes' phases plus the zero padding of ``x`` that keeps every window in range."""
-    axes = [_axis_phases(cfg.out_size[a], cfg.kernel[a], cfg.stride[a], cfg.dilation[a],
-                         cfg.lhs_dilation[a], cfg.pad_lo[a]) for a in range(2)]
+    axes = [_axis_phases(spec.out_size[a], spec.kernel_size[a], spec.stride[a], spec.dilation[a],
+                         spec.lhs_dilation[a], spec.padding[a][0]) for a in range(2)]
     pads = []
     for a, (_, xs, phases) in enumerate(axes):
         starts = [st for _, _, taps in phases for _, st in taps]
@@ -156,11 +117,11 @@ def _interleave(blocks, big_l: Pair, out: Pair):
 # --------------------------------------------------------------------------------------------
 
 
-def _dot(a, b, dims, cfg: _Cfg):
-    return lax.dot_general(a, b, dims, precision=cfg.precision, preferred_element_type=jnp.dtype(cfg.acc))
+def _dot(a, b, dims, spec: ConvSpec):
+    return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc_dtype(spec))
 
 
-def _gemm_phase(xp, wt, taps, count, xs, cfg: _Cfg):
+def _gemm_phase(xp, wt, taps, count, xs, spec: ConvSpec):
     """Sum over taps of window @ w[tap]; wt is (KH, KW, Cg, G, Cog)."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n = xp.shape[0]
@@ -168,17 +129,17 @@ def _gemm_phase(xp, wt, taps, count, xs, cfg: _Cfg):
     for (i, j), st in taps:
         win = _window(xp, st, count, xs)
         if g == 1:
-            t = _dot(win, wt[i, j, :, 0], (((3,), (0,)), ((), ())), cfg)  # (N, a, b, Co)
+            t = _dot(win, wt[i, j, :, 0], (((3,), (0,)), ((), ())), spec)  # (N, a, b, Co)
         else:
             win = win.reshape(n, count[0], count[1], g, cg)
-            t = _dot(win, wt[i, j], (((4,), (0,)), ((3,), (1,))), cfg)  # (G, N, a, b, Cog)
+            t = _dot(win, wt[i, j], (((4,), (0,)), ((3,), (1,))), spec)  # (G, N, a, b, Cog)
         acc = t if acc is None else acc + t
     if g > 1:
         acc = jnp.transpose(acc, (1, 2, 3, 0, 4)).reshape(n, count[0], count[1], g * cog)
     return acc
 
 
-def _im2col_phase(xp, wt, taps, count, xs, cfg: _Cfg):
+def _im2col_phase(xp, wt, taps, count, xs, spec: ConvSpec):
     """Concatenate the taps' windows on channels and do one (grouped) GEMM, in row chunks.
 
     Chunks are walked in a ``lax.scan`` writing into the output, so one chunk of patches
@@ -198,9 +159,9 @@ def _im2col_phase(xp, wt, taps, count, xs, cfg: _Cfg):
         wins = [_chunk_window(xr, st, base, rc, cols, xs) for _, st in taps]
         p = jnp.stack(wins, axis=3).reshape(n, rc, cols, t, g, cg)  # (N, a, b, T, G, Cg)
         if g == 1:
-            return _dot(p.reshape(n, rc, cols, t * cg), wg[0], (((3,), (0,)), ((), ())), cfg)
+            return _dot(p.reshape(n, rc, cols, t * cg), wg[0], (((3,), (0,)), ((), ())), spec)
         p = jnp.transpose(p, (4, 0, 1, 2, 3, 5)).reshape(g, n, rc, cols, t * cg)
-        y = _dot(p, wg, (((4,), (1,)), ((0,), (0,))), cfg)  # (G, N, a, b, Cog)
+        y = _dot(p, wg, (((4,), (1,)), ((0,), (0,))), spec)  # (G, N, a, b, Cog)
         return jnp.transpose(y, (1, 2, 3, 0, 4)).reshape(n, rc, cols, g * cog)
 
     xp, chunks, span = _row_chunks(xp, taps, rows, xs, r)
@@ -211,16 +172,16 @@ def _im2col_phase(xp, wt, taps, count, xs, cfg: _Cfg):
         xr = lax.dynamic_slice_in_dim(xp, base + k * (r * xs[0]), span, axis=1)
         return lax.dynamic_update_slice_in_dim(y, chunk(xr, r), k * r, axis=1), None
 
-    y0 = jnp.zeros((n, chunks * r, cols, g * cog), jnp.dtype(cfg.acc))
+    y0 = jnp.zeros((n, chunks * r, cols, g * cog), acc_dtype(spec))
     y, _ = lax.scan(body, y0, jnp.arange(chunks))
     return y[:, :rows]
 
 
-def _mac_phase(xp, wt, taps, count, xs, cfg: _Cfg):
+def _mac_phase(xp, wt, taps, count, xs, spec: ConvSpec):
     """Elementwise: out[..., g, o] += x[..., g, c] * w[tap, c, g, o] for every tap and c."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n = xp.shape[0]
-    acc_t = jnp.dtype(cfg.acc)
+    acc_t = acc_dtype(spec)
     acc = None
     for (i, j), st in taps:
         win = _window(xp, st, count, xs).astype(acc_t).reshape(n, count[0], count[1], g, cg)
@@ -231,11 +192,11 @@ def _mac_phase(xp, wt, taps, count, xs, cfg: _Cfg):
     return acc.reshape(n, count[0], count[1], g * cog)
 
 
-def _mac_phase_cf(xc, wt, taps, count, xs, cfg: _Cfg):
+def _mac_phase_cf(xc, wt, taps, count, xs, spec: ConvSpec):
     """``mac`` on a channels-first (N, C, H, W) input: vectors run along W, not along C."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n, c = xc.shape[0], xc.shape[1]
-    acc_t = jnp.dtype(cfg.acc)
+    acc_t = acc_dtype(spec)
     acc = None
     for (i, j), st in taps:
         lim = (n, c, st[0] + xs[0] * (count[0] - 1) + 1, st[1] + xs[1] * (count[1] - 1) + 1)
@@ -249,79 +210,65 @@ def _mac_phase_cf(xc, wt, taps, count, xs, cfg: _Cfg):
     return jnp.transpose(acc.reshape(n, g * cog, count[0], count[1]), (0, 2, 3, 1))
 
 
-_PHASE_FNS = {"gemm": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase, "mac_cf": _mac_phase_cf}
+_PHASE_FNS = {"taps": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase, "depthwise": _mac_phase,
+              "mac_cf": _mac_phase_cf}
+#: the modes whose weight gradient is a multiply-reduce (no GEMM)
+MAC_FAMILY = ("mac", "depthwise", "mac_cf")
 
 
-def _xla_forward(x, w, cfg: _Cfg):
-    """``xla_fwd``: XLA's own conv (input dilation included)."""
-    pads = []
-    for a in range(2):
-        keff = (cfg.kernel[a] - 1) * cfg.dilation[a] + 1
-        dil_in = (x.shape[1 + a] - 1) * cfg.lhs_dilation[a] + 1
-        hi = (cfg.out_size[a] - 1) * cfg.stride[a] + keff - dil_in - cfg.pad_lo[a]
-        pads.append((cfg.pad_lo[a], hi))
-    pet = None if jnp.dtype(cfg.out_dtype) == x.dtype else jnp.dtype(cfg.out_dtype)
-    y = lax.conv_general_dilated(
-        x, w, cfg.stride, pads, lhs_dilation=cfg.lhs_dilation, rhs_dilation=cfg.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=cfg.groups, precision=cfg.precision, preferred_element_type=pet,
-    )
-    return y.astype(cfg.out_dtype)
-
-
-def _forward(x, w, cfg: _Cfg):
-    """The conv of NHWC ``x`` (undilated, unpadded) with HWIO ``w``, as ``cfg`` says."""
-    if cfg.mode == "xla":
-        return _xla_forward(x, w, cfg)
+def _forward(x, w, spec: ConvSpec, mode: str):
+    """The conv of NHWC ``x`` (zero padding and input dilation of ``spec`` still to do) with
+    HWIO ``w``, by the contraction ``mode`` (an algorithm name)."""
+    if mode == "xla_fwd":
+        return xla.forward(x, w, spec)
     n, h, wd, _ = x.shape
     kh, kw, cg, co = w.shape
-    g = cfg.groups
+    g = spec.groups
     wt = w.reshape(kh, kw, cg, g, co // g)
-    axes, pads = _plan_taps(cfg, (h, wd))
+    axes, pads = _plan_taps(spec, (h, wd))
     (lh, xsh, ph), (lw, xsw, pw) = axes
     xp = x
-    if cfg.mode == "mac_cf":  # cancels against a caller's NCHW -> NHWC transpose
+    if mode == "mac_cf":  # cancels against a caller's NCHW -> NHWC transpose
         xp = jnp.transpose(x, (0, 3, 1, 2))
         if any(v for pr in pads for v in pr):
             xp = lax.pad(xp, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0)))
     elif any(v for pr in pads for v in pr):
         xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
-    fn = _PHASE_FNS[cfg.mode]
+    fn = _PHASE_FNS[mode]
     blocks = []
     for p, cnt_h, taps_h in ph:
         row = []
         for q, cnt_w, taps_w in pw:
             taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
             if taps:
-                yb = fn(xp, wt, taps, (cnt_h, cnt_w), (xsh, xsw), cfg)
+                yb = fn(xp, wt, taps, (cnt_h, cnt_w), (xsh, xsw), spec)
             else:  # every tap of this phase lands on an inserted zero
-                yb = jnp.zeros((n, cnt_h, cnt_w, co), jnp.dtype(cfg.acc))
+                yb = jnp.zeros((n, cnt_h, cnt_w, co), acc_dtype(spec))
             row.append(yb)
         blocks.append(row)
-    y = _interleave(blocks, (lh, lw), cfg.out_size)
-    return y.astype(cfg.out_dtype)
+    y = _interleave(blocks, (lh, lw), spec.out_size)
+    return y.astype(spec.out_dtype)
 
 
-def _weight_grad(x, dy, cfg: _Cfg, w_shape):
+def _weight_grad(x, dy, spec: ConvSpec, mode: str):
     """dL/dw: for each tap, x's window contracted with dy's phase over (N, rows, cols)."""
-    if cfg.lhs_dilation != (1, 1) and cfg.stride == (1, 1):
+    if spec.lhs_dilation != (1, 1) and spec.stride == (1, 1):
         # A transposed conv's phases split dw into small per-phase GEMMs. Its adjoint (the conv
         # that computes dx: stride l, no input dilation) has none, and since
         # <conv(x, w), dy> = <x, conv(dy, T(w))> with T = transpose_kernel (a permutation and
         # its own inverse), dw = T(weight gradient of that conv with input dy, cotangent x).
-        kh, kw, cg, co = w_shape
-        tcfg = cfg.transposed((x.shape[1], x.shape[2]), jnp.dtype(x.dtype).name)
-        dwt = _weight_grad(dy.astype(x.dtype), x, tcfg, (kh, kw, co // cfg.groups, cfg.groups * cg))
-        return transpose_kernel(dwt, cfg.groups)
+        dwt = _weight_grad(dy.astype(x.dtype), x, spec.input_grad_spec(), mode)
+        return transpose_kernel(dwt, spec.groups)
     n, h, wd, _ = x.shape
-    kh, kw, cg, co = w_shape
-    g, cog = cfg.groups, co // cfg.groups
-    axes, pads = _plan_taps(cfg, (h, wd))
+    kh, kw, cg, co = spec.kernel_shape
+    g, cog = spec.groups, co // spec.groups
+    axes, pads = _plan_taps(spec, (h, wd))
     (lh, xsh, ph), (lw, xsw, pw) = axes
     xp = x
     if any(v for pr in pads for v in pr):
         xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
-    acc_t = jnp.dtype(cfg.acc)
-    mac = cfg.mode in ("mac", "mac_cf")
+    acc_t = acc_dtype(spec)
+    mac = mode in MAC_FAMILY
     dy = dy.astype(x.dtype) if not mac else dy
     grads: dict = {}
     for p, cnt_h, taps_h in ph:
@@ -334,11 +281,11 @@ def _weight_grad(x, dy, cfg: _Cfg, w_shape):
             if mac:
                 part = _mac_weight_grad(xp, dyp, taps, count, xs, g, acc_t)
             elif g == 1:  # dense, every mode: chunked patches^T @ dy
-                part = {ij: t[None] for ij, t in _im2col_weight_grad(xp, dyp, taps, count, xs, cfg).items()}
+                part = {ij: t[None] for ij, t in _im2col_weight_grad(xp, dyp, taps, count, xs, spec).items()}
             else:  # grouped GEMM modes: one batched GEMM per tap
                 dyg = dyp.reshape(n, cnt_h, cnt_w, g, cog)
                 part = {ij: _dot(_window(xp, st, count, xs).reshape(n, cnt_h, cnt_w, g, cg), dyg,
-                                 (((0, 1, 2), (0, 1, 2)), ((3,), (3,))), cfg)  # (G, Cg, Cog)
+                                 (((0, 1, 2), (0, 1, 2)), ((3,), (3,))), spec)  # (G, Cg, Cog)
                         for ij, st in taps}
             for ij, t in part.items():
                 grads[ij] = t if ij not in grads else grads[ij] + t
@@ -444,7 +391,7 @@ def _mac_weight_grad(xp, dy, taps, count, xs, g: int, acc_t):
     return {ij: total[k] for k, (ij, _) in enumerate(taps)}
 
 
-def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
+def _im2col_weight_grad(xp, dy, taps, count, xs, spec: ConvSpec):
     """Dense dw of one phase: patches^T @ dy (K = N*rows*cols), walked over row chunks of
     about ``IM2COL_DW_CHUNK_BYTES`` of patches. A single tap (1x1) is one GEMM, unchunked.
 
@@ -456,7 +403,7 @@ def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
     rows, cols = count
     if t == 1:
         win = _window(xp, taps[0][1], count, xs)
-        return {taps[0][0]: _dot(win, dy, (((0, 1, 2), (0, 1, 2)), ((), ())), cfg)}
+        return {taps[0][0]: _dot(win, dy, (((0, 1, 2), (0, 1, 2)), ((), ())), spec)}
     # a chunk must also be long enough (K >= 8 * C_out) that re-reading and writing the
     # (T*Cg, C_out) accumulator per chunk stays small next to the patches it contracts
     r_min = -(-IM2COL_DW_MIN_K_PER_COUT * co // (n * cols))
@@ -472,114 +419,186 @@ def _im2col_weight_grad(xp, dy, taps, count, xs, cfg: _Cfg):
             wins = [lax.slice(xr, (0, 0, st[0] - base, st[1]), (cg, n, st[0] - base + rr, st[1] + cols))
                     for _, st in taps]
             p = jnp.stack(wins, axis=0).reshape(t * cg, n * rr * cols)
-            return _dot(p, dr.reshape(n * rr * cols, co), (((1,), (0,)), ((), ())), cfg)
+            return _dot(p, dr.reshape(n * rr * cols, co), (((1,), (0,)), ((), ())), spec)
         wins = [_chunk_window(xr, st, base, rr, cols, xs) for _, st in taps]
         p = jnp.concatenate(wins, axis=3)  # (N, r, cols, T*Cg)
-        return _dot(p, dr, (((0, 1, 2), (0, 1, 2)), ((), ())), cfg)  # (T*Cg, Co)
+        return _dot(p, dr, (((0, 1, 2), (0, 1, 2)), ((), ())), spec)  # (T*Cg, Co)
 
-    init = jnp.zeros((t * cg, co), jnp.dtype(cfg.acc))
+    init = jnp.zeros((t * cg, co), acc_dtype(spec))
     acc = _scan_row_chunks(xp, dy, taps, count, xs, r, chunk, init, channels_first=kmajor)
     acc = acc.reshape(t, cg, -1)
     return {ij: acc[k] for k, (ij, _) in enumerate(taps)}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x, w, cfg: _Cfg):
-    return _forward(x, w, cfg)
-
-
-def _conv_fwd(x, w, cfg: _Cfg):
-    return _forward(x, w, cfg), (x, w)
-
-
-def _conv_bwd(cfg: _Cfg, res, dy):
-    x, w = res
-    tcfg = cfg.transposed((x.shape[1], x.shape[2]), jnp.dtype(x.dtype).name)
-    # materialised once: fused into mac's unrolled loop every output element re-gathered it
-    # (grouped dx 2.9x slower); a GEMM or XLA conv reads a materialised kernel anyway
-    wt = lax.optimization_barrier(transpose_kernel(w, cfg.groups))
-    dx = _conv(dy.astype(w.dtype), wt, tcfg)
-    dw = _weight_grad(x, dy, cfg, w.shape)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 # --------------------------------------------------------------------------------------------
-# The algorithms (execute contract)
+# The algorithms: three functions of a spec each (the primitive makes every transformation)
 # --------------------------------------------------------------------------------------------
 
 
-def _run(x, w, b, spec: ConvSpec, mode: str):
-    y = _conv(x, w, _cfg_of(spec, mode))
-    return add_bias(y, b).astype(spec.out_dtype)
+def _kernels(mode: str):
+    def forward(x, w, spec: ConvSpec, target=None):
+        return _forward(x, w, spec, mode)
 
+    def input_grad(dy, w, spec: ConvSpec, target=None):
+        # the same engine on the transposed problem (every inserted zero skipped again). The
+        # transposed kernel is materialised once: fused into mac's unrolled loop every output
+        # element re-gathered it (grouped dx 2.9x slower); a GEMM or XLA conv reads a
+        # materialised kernel anyway
+        wt = lax.optimization_barrier(transpose_kernel(w, spec.groups))
+        return _forward(dy.astype(w.dtype), wt, spec.input_grad_spec(), mode).astype(spec.dtype)
 
-def conv_taps(x, w, b, spec: ConvSpec):
-    """One GEMM per kernel tap (per phase), accumulated."""
-    return _run(x, w, b, spec, "gemm")
+    def weight_grad(x, dy, spec: ConvSpec, target=None):
+        return _weight_grad(x, dy, spec, mode).astype(spec.dtype)
 
-
-def conv_im2col(x, w, b, spec: ConvSpec):
-    """Patches (chunked) + one grouped GEMM per phase."""
-    return _run(x, w, b, spec, "im2col")
-
-
-def conv_xla_fwd(x, w, b, spec: ConvSpec):
-    """XLA's conv for the forward and the input gradient; the lax engine's weight gradient
-    (one chunked GEMM per phase). The one algorithm here that calls
-    ``lax.conv_general_dilated``; ``impl="lax"`` never picks it."""
-    return _run(x, w, b, spec, "xla")
-
-
-def _run_mac(x, w, b, spec: ConvSpec, name: str):
-    if not supports(name, spec):
-        raise NotImplementedError(
-            f"conv2d: the '{name}' lax algorithm unrolls C_in/groups*KH*KW (={_mac_terms(spec)}) "
-            f"multiply-adds per output, more than {MAC_MAX_TERMS}; use 'taps' or 'im2col'"
-        )
-    return _run(x, w, b, spec, name)
-
-
-def conv_mac(x, w, b, spec: ConvSpec):
-    """Per-tap, per-channel multiply-accumulate on the vector unit (no matmul)."""
-    return _run_mac(x, w, b, spec, "mac")
-
-
-def conv_mac_cf(x, w, b, spec: ConvSpec):
-    """``mac`` computed channels-first (for NCHW callers: the layout changes cancel)."""
-    return _run_mac(x, w, b, spec, "mac_cf")
-
-
-def conv_depthwise(x, w, b, spec: ConvSpec):
-    """``mac`` for groups == C_in (depthwise, any depth multiplier)."""
-    if not spec.is_depthwise:
-        raise NotImplementedError(
-            f"conv2d: the 'depthwise' lax algorithm needs groups == C_in (got groups={spec.groups}, "
-            f"C_in={spec.in_channels})"
-        )
-    return _run(x, w, b, spec, "mac")
-
-
-ALGORITHMS: dict[str, Callable] = {
-    "im2col": conv_im2col,
-    "taps": conv_taps,
-    "depthwise": conv_depthwise,
-    "mac": conv_mac,
-    "mac_cf": conv_mac_cf,
-    "xla_fwd": conv_xla_fwd,
-}
+    return forward, input_grad, weight_grad
 
 
 def _mac_terms(spec: ConvSpec) -> int:
     return spec.group_in_channels * spec.kernel_size[0] * spec.kernel_size[1]
 
 
+def _supports_mac(spec: ConvSpec) -> str | None:
+    if _mac_terms(spec) > MAC_MAX_TERMS:
+        return (f"it unrolls C_in/groups*KH*KW (={_mac_terms(spec)}) multiply-adds per output, more than "
+                f"{MAC_MAX_TERMS}; use 'taps' or 'im2col'")
+    return None
+
+
+def _supports_depthwise(spec: ConvSpec) -> str | None:
+    if not spec.is_depthwise:
+        return f"it needs groups == C_in (got groups={spec.groups}, C_in={spec.in_channels})"
+    return _supports_mac(spec)
+
+
+_SUMMARIES = {
+    "im2col": "patches (chunked) and one grouped GEMM per phase",
+    "taps": "one GEMM per kernel tap (per phase), accumulated",
+    "depthwise": "per-tap multiply-accumulate on the vector unit, groups == C_in",
+    "mac": "per-tap, per-channel multiply-accumulate (grouped, few channels per group)",
+    "mac_cf": "mac computed channels-first (NCHW callers: the layout changes cancel)",
+    "xla_fwd": "XLA's conv forward and input gradient, this engine's weight gradient",
+}
+_SUPPORTS = {"depthwise": _supports_depthwise, "mac": _supports_mac, "mac_cf": _supports_mac}
+
+ALGORITHMS: dict[str, registry.Algorithm] = {
+    name: registry.Algorithm(name, *_kernels(name), supports=_SUPPORTS.get(name, lambda spec: None),
+                             summary=summary)
+    for name, summary in _SUMMARIES.items()
+}
+
+
 def supports(name: str, spec: ConvSpec) -> bool:
     """Whether lax algorithm ``name`` can run ``spec``."""
-    if name == "depthwise":
-        return spec.is_depthwise
-    if name in ("mac", "mac_cf"):
-        return _mac_terms(spec) <= MAC_MAX_TERMS
-    return name in ALGORITHMS
+    return name in ALGORITHMS and ALGORITHMS[name].supports(spec) is None
+
+
+# --------------------------------------------------------------------------------------------
+# The rules: impl="lax" and impl="auto" on the CPU. Each says what it does; the measurements
+# behind it are in docs/performance.md ("The auto rules"), regenerated from committed results.
+# --------------------------------------------------------------------------------------------
+
+#: ``mac`` for grouped convs with at most this many input channels per group.
+MAC_GROUP_CHANNELS = 16
+#: ``xla_fwd`` for dense, undilated convs from this many output pixels (28x28) on ...
+XLA_FWD_MIN_OUT_PIXELS = 28 * 28
+#: ... and from this many output positions (N*Ho*Wo) on, with ``XLA_FWD_MIN_CHANNELS`` to
+#: ``XLA_FWD_MAX_CHANNELS`` input channels and at most that many output channels.
+XLA_FWD_MIN_POSITIONS = 4096
+XLA_FWD_MIN_CHANNELS = 16
+XLA_FWD_MAX_CHANNELS = 128
+#: ``taps`` for dense, undilated bfloat16 convs with at least this many input channels.
+BF16_TAPS_MIN_CHANNELS = 128
+#: ``im2col`` (not ``taps``) below this many input channels per group.
+IM2COL_MAX_CHANNELS = 16
+
+
+def _channels_first(name: str, why: str, layout: str) -> tuple[str, str]:
+    if layout == "NCHW" and name in ("mac", "depthwise"):
+        return "mac_cf", why + "; channels-first for the NCHW input (the layout changes cancel)"
+    return name, why
+
+
+def lax_rule(spec: ConvSpec, layout: str = "NHWC") -> tuple[str, str]:
+    """``(algorithm, reason)`` for ``impl="lax"``: never XLA's conv."""
+    if spec.is_depthwise:
+        name, why = "depthwise", "groups == C_in: per-tap multiply-accumulate, no matmul"
+    elif spec.groups > 1 and spec.group_in_channels <= MAC_GROUP_CHANNELS and supports("mac", spec):
+        name, why = "mac", (f"grouped, {spec.group_in_channels} input channels per group: multiply-accumulate "
+                            "on the vector unit")
+    elif spec.group_in_channels < IM2COL_MAX_CHANNELS and not spec.is_pointwise:
+        name, why = "im2col", "few input channels: one GEMM over the (chunked) patches, K = KH*KW*C_in"
+    elif spec.lhs_dilation != (1, 1):
+        name, why = "taps", "input dilation: per-phase tap GEMMs, inserted zeros skipped"
+    else:
+        name, why = "taps", "dense: one GEMM per kernel tap, accumulated"
+    return _channels_first(name, why, layout)
+
+
+def auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> registry.Choice | None:
+    """``impl="auto"`` on the CPU (None elsewhere: XLA's rule applies). In order:
+
+    1. depthwise -> ``depthwise``; grouped with few channels per group -> ``mac`` (NCHW callers:
+       ``mac_cf``): XLA's CPU conv runs these as generic grouped convs, slowly, above all backward.
+    2. input dilation (transposed conv) -> ``xla_fwd``: XLA's forward, this engine's weight
+       gradient (XLA's is a conv with a dilated Ho x Wo kernel).
+    3. 1x1, channels-last caller -> ``taps`` (one GEMM each way); NCHW caller -> ``xla_fwd``.
+    4. dense bfloat16, undilated, >= ``BF16_TAPS_MIN_CHANNELS`` input channels -> ``taps``: the
+       GEMMs use the CPU's bfloat16 units, XLA's conv runs bfloat16 at float32 speed.
+    5. dense, undilated, output >= ``XLA_FWD_MIN_OUT_PIXELS`` -> ``xla_fwd``: XLA's weight
+       gradient (a conv with an Ho x Wo "kernel") is the slow part there.
+    6. dense, undilated, N*Ho*Wo >= ``XLA_FWD_MIN_POSITIONS`` with 16-128 channels -> ``xla_fwd``.
+    7. everything else -> XLA's conv.
+    """
+    if platform != "cpu":
+        return None
+    name, why = lax_rule(spec, layout)
+    if spec.is_depthwise or name in ("mac", "mac_cf"):
+        return registry.Choice("lax", name, why)
+    if spec.lhs_dilation != (1, 1):
+        return registry.Choice("lax", "xla_fwd", "input dilation: XLA's conv forward and input gradient, the "
+                               "weight gradient as GEMMs (XLA's is a conv with a dilated Ho x Wo kernel)")
+    if spec.is_pointwise and layout == "NHWC":
+        return registry.Choice("lax", "taps", "1x1, channels-last: one GEMM forward and backward")
+    if spec.is_pointwise:
+        return registry.Choice("lax", "xla_fwd", "1x1, NCHW caller: XLA's conv forward (no layout change), the "
+                               "weight gradient as one GEMM")
+    if spec.dilation == (1, 1):
+        ho, wo = spec.out_size
+        positions = spec.batch * ho * wo
+        if spec.dtype == "bfloat16" and spec.group_in_channels >= BF16_TAPS_MIN_CHANNELS:
+            return registry.Choice("lax", "taps", f"dense bfloat16, {spec.group_in_channels} input channels: one "
+                                   "bfloat16 GEMM per tap (XLA's CPU conv computes bfloat16 at float32 speed)")
+        if ho * wo >= XLA_FWD_MIN_OUT_PIXELS:
+            return registry.Choice("lax", "xla_fwd", f"dense, {ho}x{wo} output: XLA's conv forward and input "
+                                   "gradient, the weight gradient as chunked patch GEMMs")
+        if (positions >= XLA_FWD_MIN_POSITIONS
+                and XLA_FWD_MIN_CHANNELS <= spec.group_in_channels
+                and max(spec.group_in_channels, spec.out_channels) <= XLA_FWD_MAX_CHANNELS):
+            return registry.Choice("lax", "xla_fwd", f"dense, {positions} output positions, "
+                                   f"{XLA_FWD_MIN_CHANNELS}-{XLA_FWD_MAX_CHANNELS} channels: XLA's conv forward "
+                                   "and input gradient, the weight gradient as chunked patch GEMMs")
+    return registry.Choice("xla", "xla", "dense, small output or dilated kernel: XLA's CPU convolution, "
+                           "forward and backward")
+
+
+def tune_candidates(spec: ConvSpec, layout: str, platform: str) -> list[str]:
+    """The lax algorithms the tuner measures (CPU only: they are CPU formulations)."""
+    if platform != "cpu":
+        return []
+    out = []
+    for name in ALGORITHMS:
+        if name == "mac" and spec.is_depthwise:
+            continue  # the same code as "depthwise"
+        if name == "mac_cf" and not (spec.groups > 1 or layout == "NCHW"):
+            continue  # a dense conv as per-channel multiply-adds: never close
+        if supports(name, spec):
+            out.append(f"lax:{name}")
+    return out
+
+
+BACKEND = registry.register(registry.Backend(
+    name="lax", algorithms=ALGORITHMS, default=lax_rule, auto=auto_rule, auto_priority=0,
+    tune_candidates=tune_candidates, summary="Conv2D from lax primitives (one tap/phase engine)",
+))

@@ -1,11 +1,14 @@
-"""The Pallas Conv2D (forward, and a custom_vjp whose backward is Pallas too).
+"""The Pallas Conv2D backend (``impl="pallas"``).
 
-``conv_pallas(x, w, b, spec)`` follows the execute contract of :mod:`jconv.impls`. The kernels
-live in :mod:`.kernels`, the pallas_call wrappers, custom_vjp and platform dispatch in
-:mod:`.ops`, the tile sizes per target in :mod:`.tiling`. docs/pallas.md describes the design.
+``kernels.py`` (kernel bodies), ``layout.py`` (XLA-side operand layout), ``tiling.py`` (tile
+sizes per target), ``calls.py`` (the ``pallas_call``s), ``sharding.py`` (batch partitioning),
+``ops.py`` (the three functions of a spec, registered as the backend). docs/pallas.md describes
+the design.
 """
 
-from jconv.impls.pallas.ops import conv_pallas, forward_valid, weight_grad_valid
-from jconv.impls.pallas.tiling import BlockSizes, Problem, get_default, make_tiling
+from jconv.impls.pallas.calls import forward_valid, weight_grad_valid
+from jconv.impls.pallas.ops import BACKEND
+from jconv.impls.pallas.tiling import BlockSizes, KernelFitError, get_default, make_tiling
 
-__all__ = ["BlockSizes", "Problem", "conv_pallas", "forward_valid", "get_default", "make_tiling", "weight_grad_valid"]
+__all__ = ["BACKEND", "BlockSizes", "KernelFitError", "forward_valid", "get_default", "make_tiling",
+           "weight_grad_valid"]

@@ -1,14 +1,15 @@
-"""Kernel bodies of the Pallas Conv2D (no pallas_call here: see ops.py).
+"""Kernel bodies of the Pallas Conv2D (no pallas_call here: see calls.py).
 
-Refs arrive with squeezed leading block dims (the BlockSpecs in ops.py use ``None``):
+Refs arrive with squeezed leading block dims (the BlockSpecs in calls.py use ``None``):
 
 * ``x_ref``: (P, rows_in, in_w, C) -- the stride's phases of one row tile of the padded input;
   tap t reads the unit-stride window ``x_ref[p_t, u_t:u_t+rows, v_t:v_t+out_w, :]``.
 * ``w_ref``: (T, C_in_block, C_out_block) for dense/grouped, (T, C_block) for depthwise.
 * ``o_ref``: (rows, out_w, C_out_block) output tile, or the weight-gradient block.
 
-Accumulation is in float32: in a VMEM scratch ref when the target has one (TPU, and the CPU
-interpreter), in values carried through the unrolled taps on Triton.
+Accumulation is in float32: in a VMEM scratch ref on TPU (and the CPU interpreter), across the
+grid's "arbitrary" reduction axes; on Triton, whose programs run concurrently and have no
+scratch, in values inside one program (the ``*_triton`` kernels loop over the reduction).
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ def _window(x_ref, tap, rows, out_w, c0=None, width=None):
     return x_ref[p, pl.ds(u, rows), pl.ds(v, out_w), cs]
 
 
+def _first_last(red_axes):
+    first = (pl.program_id(red_axes[0]) == 0) & (pl.program_id(red_axes[1]) == 0)
+    last = (pl.program_id(red_axes[0]) == pl.num_programs(red_axes[0]) - 1) & (
+        pl.program_id(red_axes[1]) == pl.num_programs(red_axes[1]) - 1)
+    return first, last
+
+
 # ------------------------------------------------------------------------------------------
 # dense / grouped (groups bundled block-diagonally): matmuls of shifted windows
 # ------------------------------------------------------------------------------------------
 
 
-def conv_fwd_kernel(x_ref, w_ref, b_ref, o_ref, *scratch, taps, rows, out_w, chunk, k_axis, nk, precision):
-    """o = sum over taps and input-channel chunks of window @ w[tap] (+ bias at the end)."""
+def conv_fwd_kernel(x_ref, w_ref, o_ref, *scratch, taps, rows, out_w, chunk, k_axis, nk, precision):
+    """o = sum over taps and input-channel chunks of window @ w[tap]."""
     bci = x_ref.shape[-1]
     bco = o_ref.shape[-1]
     m = rows * out_w
@@ -42,14 +50,16 @@ def conv_fwd_kernel(x_ref, w_ref, b_ref, o_ref, *scratch, taps, rows, out_w, chu
         return jnp.dot(win, w_ref[t, pl.ds(c0, chunk), :], preferred_element_type=F32, precision=precision)
 
     def finish(acc):
-        o_ref[...] = (acc + b_ref[...].astype(F32)).reshape(rows, out_w, bco).astype(o_ref.dtype)
+        o_ref[...] = acc.reshape(rows, out_w, bco).astype(o_ref.dtype)
 
-    if not scratch:  # Triton: accumulate in values, one write
-        acc = None
+    if not scratch:  # Triton: accumulate in values, one write; the chunks a loop (code size:
+        # unrolled, a 512-channel 3x3 layer was 144 dots and ~200 s of ptxas)
+        acc = jnp.zeros((m, bco), F32)
         for t, tap in enumerate(taps):
-            for c0 in range(0, bci, chunk):
-                part = partial_sum(t, tap, c0)
-                acc = part if acc is None else acc + part
+            def body(c, acc, t=t, tap=tap):
+                return acc + partial_sum(t, tap, pl.multiple_of(c * chunk, chunk))
+
+            acc = lax.fori_loop(0, bci // chunk, body, acc)
         finish(acc)
         return
 
@@ -69,8 +79,7 @@ def conv_fwd_kernel(x_ref, w_ref, b_ref, o_ref, *scratch, taps, rows, out_w, chu
         finish(acc_ref[...])
 
 
-def _dw_contrib(x_tile, g, tap, rows, out_w, precision):
-    win = x_tile(tap).reshape(rows * out_w, -1)
+def _dw_contrib(win, g, precision):
     # (M, Ci)^T @ (M, Co): contract the pixel dimension of both
     return lax.dot_general(win, g, (((0,), (0,)), ((), ())), preferred_element_type=F32, precision=precision)
 
@@ -78,38 +87,52 @@ def _dw_contrib(x_tile, g, tap, rows, out_w, precision):
 def conv_dw_kernel(x_ref, g_ref, o_ref, acc_ref, *, taps, rows, out_w, precision, red_axes):
     """Weight gradient, one (C_in block, C_out block) per output block; the grid reduces over
     (batch, row tiles) on its last two ("arbitrary") axes: acc[t] += window_t^T @ g."""
-    first = (pl.program_id(red_axes[0]) == 0) & (pl.program_id(red_axes[1]) == 0)
-    last = (pl.program_id(red_axes[0]) == pl.num_programs(red_axes[0]) - 1) & (
-        pl.program_id(red_axes[1]) == pl.num_programs(red_axes[1]) - 1)
+    first, last = _first_last(red_axes)
 
     @pl.when(first)
     def _init():
         acc_ref[...] = jnp.zeros(acc_ref.shape, F32)
 
-    g = g_ref[...].reshape(rows * out_w, g_ref.shape[-1])
+    m = rows * out_w
+    g = g_ref[...].reshape(m, g_ref.shape[-1])
     for t, tap in enumerate(taps):
-        acc_ref[t] += _dw_contrib(lambda tp: _window(x_ref, tp, rows, out_w), g, tap, rows, out_w, precision)
+        acc_ref[t] += _dw_contrib(_window(x_ref, tap, rows, out_w).reshape(m, -1), g, precision)
 
     @pl.when(last)
     def _done():
         o_ref[...] = acc_ref[...].astype(o_ref.dtype)
 
 
-def conv_dw_kernel_loop(x_ref, g_ref, o_ref, *, taps, rows, out_w, precision, batch, row_tiles):
-    """Triton form of :func:`conv_dw_kernel`: the (batch, row tile) reduction is a loop inside
-    the kernel (Triton programs run concurrently, so they cannot share an output block)."""
-    bco = g_ref.shape[-1]
+def _split_steps(split_axis: int, steps: int, splits: int):
+    """The reduction steps of this program: ``per`` steps from ``lo``; steps past the end are
+    clamped (in-bounds loads) and masked by ``valid``."""
+    per = -(-steps // splits)
+    lo = pl.program_id(split_axis) * per
 
-    def body(step, accs):
-        n, r = lax.div(step, jnp.int32(row_tiles)), lax.rem(step, jnp.int32(row_tiles))
-        g = g_ref[n, pl.ds(r * rows, rows), :, :].reshape(rows * out_w, bco)
-        xt = lambda tp: x_ref[n, r, tp[0], pl.ds(tp[1], rows), pl.ds(tp[2], out_w), :]
-        return tuple(a + _dw_contrib(xt, g, tap, rows, out_w, precision) for a, tap in zip(accs, taps))
+    def step(i):
+        s = lo + i
+        return jnp.minimum(s, steps - 1), (s < steps).astype(F32)
 
-    zeros = tuple(jnp.zeros((x_ref.shape[-1], bco), F32) for _ in taps)
-    accs = lax.fori_loop(0, batch * row_tiles, body, zeros)
-    for t, a in enumerate(accs):
-        o_ref[t] = a.astype(o_ref.dtype)
+    return per, step
+
+
+def conv_dw_kernel_triton(x_ref, g_ref, o_ref, *, taps, rows, out_w, precision, steps, row_tiles, splits,
+                          split_axis):
+    """Triton form of :func:`conv_dw_kernel`: one (C_in block, C_out block) per program, one tap
+    at a time (one accumulator in registers), the (batch, row tile) reduction a loop inside the
+    kernel over this program's share of it (``splits`` programs share it; XLA adds them up)."""
+    m = rows * out_w
+    bci, bco = x_ref.shape[-1], g_ref.shape[-1]
+    per, step = _split_steps(split_axis, steps, splits)
+    for t, (p, u, v) in enumerate(taps):
+        def body(i, acc, p=p, u=u, v=v):
+            s, valid = step(i)
+            n, r = lax.div(s, jnp.int32(row_tiles)), lax.rem(s, jnp.int32(row_tiles))
+            g = g_ref[n, pl.ds(r * rows, rows), :, :].reshape(m, bco).astype(F32) * valid
+            win = x_ref[n, r, p, pl.ds(u, rows), pl.ds(v, out_w), :].reshape(m, bci)
+            return acc + _dw_contrib(win.astype(F32), g, precision)
+
+        o_ref[t] = lax.fori_loop(0, per, body, jnp.zeros((bci, bco), F32)).astype(o_ref.dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,9 +140,9 @@ def conv_dw_kernel_loop(x_ref, g_ref, o_ref, *, taps, rows, out_w, precision, ba
 # ------------------------------------------------------------------------------------------
 
 
-def depthwise_fwd_kernel(x_ref, w_ref, b_ref, o_ref, *, taps, rows, out_w):
+def depthwise_fwd_kernel(x_ref, w_ref, o_ref, *, taps, rows, out_w):
     c = o_ref.shape[-1]
-    acc = jnp.broadcast_to(b_ref[...].astype(F32).reshape(1, 1, c), (rows, out_w, c))
+    acc = jnp.zeros((rows, out_w, c), F32)
     for t, tap in enumerate(taps):
         wt = w_ref[pl.ds(t, 1), :].astype(F32).reshape(1, 1, c)
         acc = acc + _window(x_ref, tap, rows, out_w).astype(F32) * wt
@@ -128,9 +151,7 @@ def depthwise_fwd_kernel(x_ref, w_ref, b_ref, o_ref, *, taps, rows, out_w):
 
 def depthwise_dw_kernel(x_ref, g_ref, o_ref, acc_ref, *, taps, rows, out_w, red_axes):
     """dw[t, c] = sum over pixels of window_t[.., c] * g[.., c]; grid reduces over (n, r)."""
-    first = (pl.program_id(red_axes[0]) == 0) & (pl.program_id(red_axes[1]) == 0)
-    last = (pl.program_id(red_axes[0]) == pl.num_programs(red_axes[0]) - 1) & (
-        pl.program_id(red_axes[1]) == pl.num_programs(red_axes[1]) - 1)
+    first, last = _first_last(red_axes)
     c = g_ref.shape[-1]
 
     @pl.when(first)
@@ -147,25 +168,24 @@ def depthwise_dw_kernel(x_ref, g_ref, o_ref, acc_ref, *, taps, rows, out_w, red_
         o_ref[...] = acc_ref[...].astype(o_ref.dtype)
 
 
-def depthwise_dw_kernel_loop(x_ref, g_ref, o_ref, *, taps, rows, out_w, batch, row_tiles):
-    """Triton form of :func:`depthwise_dw_kernel` (reduction loop inside the kernel)."""
+def depthwise_dw_kernel_triton(x_ref, g_ref, o_ref, *, taps, rows, out_w, steps, row_tiles, splits, split_axis):
+    """Triton form of :func:`depthwise_dw_kernel` (one tap at a time, the reduction a loop over
+    this program's share of (batch, row tiles))."""
     c = g_ref.shape[-1]
+    m = rows * out_w
+    per, step = _split_steps(split_axis, steps, splits)
+    for t, (p, u, v) in enumerate(taps):
+        def body(i, acc, p=p, u=u, v=v):
+            s, valid = step(i)
+            n, r = lax.div(s, jnp.int32(row_tiles)), lax.rem(s, jnp.int32(row_tiles))
+            g = g_ref[n, pl.ds(r * rows, rows), :, :].astype(F32).reshape(m, c) * valid
+            win = x_ref[n, r, p, pl.ds(u, rows), pl.ds(v, out_w), :].astype(F32).reshape(m, c)
+            return acc + jnp.sum(win * g, axis=0)
 
-    def body(step, accs):
-        n, r = lax.div(step, jnp.int32(row_tiles)), lax.rem(step, jnp.int32(row_tiles))
-        g = g_ref[n, pl.ds(r * rows, rows), :, :].astype(F32).reshape(rows * out_w, c)
-        out = []
-        for a, (p, u, v) in zip(accs, taps):
-            win = x_ref[n, r, p, pl.ds(u, rows), pl.ds(v, out_w), :].astype(F32).reshape(rows * out_w, c)
-            out.append(a + jnp.sum(win * g, axis=0))
-        return tuple(out)
-
-    accs = lax.fori_loop(0, batch * row_tiles, body, tuple(jnp.zeros((c,), F32) for _ in taps))
-    for t, a in enumerate(accs):
-        o_ref[t, :] = a.astype(o_ref.dtype)
+        o_ref[t, :] = lax.fori_loop(0, per, body, jnp.zeros((c,), F32)).astype(o_ref.dtype)
 
 
 __all__ = [
-    "conv_fwd_kernel", "conv_dw_kernel", "conv_dw_kernel_loop",
-    "depthwise_fwd_kernel", "depthwise_dw_kernel", "depthwise_dw_kernel_loop",
+    "conv_fwd_kernel", "conv_dw_kernel", "conv_dw_kernel_triton",
+    "depthwise_fwd_kernel", "depthwise_dw_kernel", "depthwise_dw_kernel_triton",
 ]

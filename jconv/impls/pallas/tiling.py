@@ -1,29 +1,57 @@
-"""Tile sizes as data: :class:`BlockSizes` per target, and the tiled geometry they imply.
+"""Tile sizes as data: :class:`BlockSizes` per target, sized from the target's memory, and the
+tiled geometry they imply. Nothing here touches an array.
 
-A Pallas convolution here always runs on an already zero-padded ("VALID") input, described by
-a :class:`Problem`. :func:`get_default` picks :class:`BlockSizes` for a problem and a target
-(``"tpu"``, ``"cuda"`` (Triton) or ``"cpu"`` (interpreted)); :func:`make_tiling` turns both into
-a :class:`Tiling`: padded channel counts, group bundles, row tiles, the phase decomposition of
-the stride and the static list of kernel taps. Nothing here touches an array.
+A Pallas convolution always runs on an already zero-padded ("VALID") input: a
+:class:`~jconv.geometry.ConvSpec` from :meth:`ConvSpec.valid_spec` (no padding, no input dilation).
+:func:`get_default` picks :class:`BlockSizes` for such a spec and a
+:class:`~jconv.targets.Target`; :func:`make_tiling` turns both into a :class:`Tiling`: padded
+channel counts, group bundles, row tiles, the phase decomposition of the stride and the static
+list of kernel taps.
 
-Rules per target (docs/pallas.md explains them):
+Rules per platform (docs/pallas.md explains them):
 
 * TPU: channels padded to multiples of 128 (the lane dimension); the last two dims of every
-  block are multiples of (8, 128) or the full array dims; output width padded to a multiple of
-  the sublane count (8 for 32-bit, 16 for 16-bit types) so ``(rows, width, C) -> (rows*width,
-  C)`` is a free reshape for Mosaic.
-* Triton: every array a kernel touches has power-of-2 dims, dots at least 16 wide: channels,
-  output rows and widths padded to powers of 2 (>= 16 for channels).
+  block are multiples of (8, 128) or the full array dims; output width padded to the sublane
+  count (8 for 32-bit, 16 for 16-bit types). Blocks are shrunk until the kernel's VMEM footprint
+  (:func:`vmem_bytes`: double-buffered blocks, scratch, one relayout copy of a window) is at most
+  ``VMEM_BUDGET`` of the target generation's VMEM per core; the kernel is given
+  ``VMEM_LIMIT`` of it as its scoped limit.
+* Triton (CUDA): every array a kernel loads has power-of-2 dims, dots at least 16 wide. Tiles
+  are sized so the shared memory the compiler allocates (:func:`smem_bytes`, a bound fitted to
+  what ptxas reports for these kernels) is at most ``SMEM_BUDGET`` of the target's opt-in
+  shared memory per block, and the per-program accumulators stay within the registers.
 * CPU (interpret mode, a correctness tool): no lane padding, small blocks.
+
+A layer that cannot fit even at the smallest tiles raises :class:`KernelFitError` naming the
+target and the limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from jconv.geometry import output_size
+from jconv.geometry import ConvSpec
+from jconv.targets import Target
 
-TARGETS = ("tpu", "cuda", "cpu")
+PLATFORMS = ("tpu", "cuda", "cpu")
+
+#: TPU: blocks are shrunk until a kernel's footprint is at most this fraction of VMEM per core ...
+VMEM_BUDGET = 0.7
+#: ... and each kernel's scoped VMEM limit is this fraction of it.
+VMEM_LIMIT = 0.9
+#: CUDA: tiles use at most this fraction of the opt-in shared memory per block.
+SMEM_BUDGET = 0.75
+#: CUDA: float32 accumulator elements per program (num_warps=4: 128 threads; 16384 floats are
+#: 128 registers per thread, half the 255 a thread can have).
+TRITON_ACC_ELEMENTS = 16384
+#: CUDA: output pixels (rows x width) per program, the M of the kernels' dots.
+TRITON_PIXELS = 128
+TRITON_NUM_WARPS = 4
+TRITON_NUM_STAGES = 2
+
+
+class KernelFitError(NotImplementedError):
+    """A Pallas kernel cannot be tiled to fit the target's memory."""
 
 
 def cdiv(a: int, b: int) -> int:
@@ -42,60 +70,22 @@ def _is_pow2(a: int) -> bool:
     return a >= 1 and a & (a - 1) == 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """A VALID convolution of an NHWC input already zero-padded / input-dilated.
-
-    ``in_size`` is the padded spatial size; the kernel is HWIO ``(KH, KW, C_in/groups, C_out)``.
-    """
-
-    batch: int
-    in_size: tuple[int, int]
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-    dtype: str = "float32"
-
-    @property
-    def out_size(self) -> tuple[int, int]:
-        return tuple(  # type: ignore[return-value]
-            output_size(p, k, stride=s, dilation=d)
-            for p, k, d, s in zip(self.in_size, self.kernel_size, self.dilation, self.stride)
-        )
-
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.in_channels
-
-    @property
-    def taps(self) -> int:
-        return self.kernel_size[0] * self.kernel_size[1]
-
-    @property
-    def flops(self) -> int:
-        ho, wo = self.out_size
-        return 2 * self.batch * ho * wo * self.out_channels * (self.in_channels // self.groups) * self.taps
-
-    @classmethod
-    def from_spec(cls, spec, dtype: str | None = None) -> "Problem":
-        return cls(spec.batch, spec.padded_size, spec.in_channels, spec.out_channels, spec.kernel_size,
-                   spec.stride, spec.dilation, spec.groups, dtype or spec.dtype)
+def itemsize(dtype: str) -> int:
+    return {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}[dtype]
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tile sizes for one target. All channel sizes are in the padded channel space.
+    """Tile sizes for one platform. All channel sizes are in the padded channel space.
 
     block_h:   output rows per grid step (forward) / per reduction step (weight gradient).
     block_ci:  input channels per grid step (the "arbitrary" reduction axis; Triton: all).
-    chunk_ci:  input channels per matmul inside a step (TPU: = block_ci; Triton: <= 64).
+    chunk_ci:  input channels per matmul inside a step (TPU: = block_ci; Triton: <= 64, and the
+               input-channel block of the Triton weight gradient).
     block_co:  output channels per grid step.
     lane:      channel padding multiple (TPU 128; Triton: channels padded to a power of 2 >= it).
     w_multiple: output width padded to a multiple of this (TPU sublanes; Triton: power of 2).
-    target:    "tpu" | "cuda" | "cpu".
+    target:    "tpu" | "cuda" | "cpu" (the platform).
     """
 
     block_h: int
@@ -107,8 +97,8 @@ class BlockSizes:
     target: str = "tpu"
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise ValueError(f"BlockSizes: target (={self.target!r}) must be one of {TARGETS}")
+        if self.target not in PLATFORMS:
+            raise ValueError(f"BlockSizes: target (={self.target!r}) must be one of {PLATFORMS}")
         for name in ("block_h", "block_ci", "chunk_ci", "block_co", "lane", "w_multiple"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -131,9 +121,9 @@ class BlockSizes:
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """The tiled geometry of a :class:`Problem` under :class:`BlockSizes` (all static ints)."""
+    """The tiled geometry of a VALID spec under :class:`BlockSizes` (all static ints)."""
 
-    problem: Problem
+    spec: ConvSpec
     blocks: BlockSizes
     depthwise: bool
     group_bundle: int          # groups packed block-diagonally into one channel block
@@ -160,9 +150,13 @@ class Tiling:
     def j_blocks(self) -> int:
         return self.cout_block_total // self.blocks.block_co
 
+    @property
+    def pixels(self) -> int:
+        return self.rows * self.out_w
 
-def _pad_channels(c: int, lane: int, target: str) -> int:
-    if target == "cuda":
+
+def _pad_channels(c: int, lane: int, platform: str) -> int:
+    if platform == "cuda":
         return max(lane, next_pow2(c))
     return round_up(c, lane)
 
@@ -176,99 +170,198 @@ def _largest_block(total: int, unit: int, cap: int) -> int:
     return best
 
 
-def _bundle(problem: Problem, lane: int, target: str) -> int:
-    if problem.groups == 1:
+def _bundle(spec: ConvSpec, lane: int, platform: str) -> int:
+    if spec.groups == 1:
         return 1
-    cg = problem.in_channels // problem.groups
-    cog = problem.out_channels // problem.groups
-    gb = max(1, lane // max(cg, cog))
-    if target == "cuda":
+    gb = max(1, lane // max(spec.group_in_channels, spec.group_out_channels))
+    if platform == "cuda":
         gb = 1 << (gb.bit_length() - 1)  # keep bundles power-of-2 friendly
-    return min(gb, problem.groups)
+    return min(gb, spec.groups)
 
 
-def get_default(problem: Problem, target: str) -> BlockSizes:
-    """Default tile sizes of ``problem`` for ``target`` (see module docstring)."""
-    if target not in TARGETS:
-        raise ValueError(f"get_default: target (={target!r}) must be one of {TARGETS}")
-    ho, wo = problem.out_size
-    itemsize = 2 if problem.dtype in ("bfloat16", "float16") else 4
-    if target == "tpu":
-        lane, w_mult = 128, (16 if itemsize == 2 and problem.dtype == "bfloat16" else 8)
-        gb = 1 if problem.is_depthwise else _bundle(problem, lane, target)
-        cin_b = round_up(gb * problem.in_channels // problem.groups, lane)
-        cout_b = round_up(gb * problem.out_channels // problem.groups, lane)
-        if problem.is_depthwise:
-            cin_b = cout_b = round_up(problem.out_channels, lane)
-        block_ci = _largest_block(cin_b, 128, 512)
-        block_co = _largest_block(cout_b, 128, 256 if cin_b >= 256 else 128)
-        out_w = round_up(wo, w_mult)
-        # about 1024 output pixels per step (few halo rows re-read, few grid steps), bounded by
-        # the input block's VMEM footprint (~4 MiB; double-buffered)
-        bh = max(1, min(ho, 1024 // out_w if out_w <= 1024 else 1))
-        in_w = out_w + ((problem.kernel_size[1] - 1) * problem.dilation[1]) // problem.stride[1]
-        phases = problem.stride[0] * problem.stride[1]
-        while bh > 1 and phases * (bh + problem.kernel_size[0]) * in_w * block_ci * itemsize > 4 << 20:
-            bh //= 2
-        return BlockSizes(bh, block_ci, block_ci, block_co, lane, w_mult, "tpu")
-    if target == "cuda":
-        lane = 16
-        gb = 1 if problem.is_depthwise else _bundle(problem, lane, target)
-        cin_b = _pad_channels(gb * problem.in_channels // problem.groups, lane, target)
-        cout_b = _pad_channels(gb * problem.out_channels // problem.groups, lane, target)
-        if problem.is_depthwise:
-            cin_b = cout_b = _pad_channels(problem.out_channels, lane, target)
-        out_w = next_pow2(wo)
-        bh = next_pow2(max(1, min(ho, 128 // out_w if out_w <= 128 else 1)))
+def _channel_totals(spec: ConvSpec, lane: int, platform: str) -> tuple[int, int]:
+    """Padded (input, output) channels of one bundle."""
+    if spec.is_depthwise:
+        c = _pad_channels(spec.out_channels, lane, platform)
+        return c, c
+    gb = _bundle(spec, lane, platform)
+    return (_pad_channels(gb * spec.group_in_channels, lane, platform),
+            _pad_channels(gb * spec.group_out_channels, lane, platform))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory models: what one pallas_call needs, from its Tiling
+# --------------------------------------------------------------------------------------------
+
+
+def vmem_bytes(tl: Tiling, kernel: str = "both") -> int:
+    """TPU VMEM of the forward (``"fwd"``) or weight-gradient (``"dw"``) kernel, or the larger:
+    double-buffered in/out blocks, the f32 scratch, and one relayout copy of a tap's window."""
+    b, item = tl.blocks, itemsize(tl.spec.dtype)
+    nt = len(tl.taps)
+    bci = b.block_co if tl.depthwise else b.block_ci
+    x = len(tl.phases) * tl.rows_in * tl.in_w * bci * item
+    px = tl.pixels
+    win = px * bci * 4
+    if tl.depthwise:
+        fwd = 2 * (x + nt * b.block_co * item + px * b.block_co * 4) + px * b.block_co * 4 + win
+        dw = 2 * (x + px * b.block_co * item + nt * b.block_co * 4) + nt * b.block_co * 4 + win
+    else:
+        fwd = 2 * (x + nt * bci * b.block_co * item + px * b.block_co * 4) + px * b.block_co * 4 + win
+        dw = 2 * (x + px * b.block_co * item + nt * bci * b.block_co * 4) + nt * bci * b.block_co * 4 + win
+    return {"fwd": fwd, "dw": dw}.get(kernel, max(fwd, dw))
+
+
+def smem_bytes(tl: Tiling, kernel: str = "both") -> int:
+    """Triton shared memory of the forward or weight-gradient kernel (or the larger): an upper
+    bound fitted to the bytes ptxas requests for these kernels (``jconv.aot.probe_smem``
+    measures them; docs/pallas.md has the table). Dots stage their operands through shared
+    memory in float32 layouts, one dot at a time."""
+    b = tl.blocks
+    px = tl.pixels
+    if tl.depthwise:
+        fwd = px * b.block_co * 4
+        dw = px * b.block_co * 4 * 2
+    else:
+        fwd = px * max(b.chunk_ci, b.block_co) * 4
+        dw = px * (b.chunk_ci + b.block_co) * 4
+    return {"fwd": fwd, "dw": dw}.get(kernel, max(fwd, dw))
+
+
+def accumulator_elements(tl: Tiling) -> int:
+    """Triton: float32 accumulator elements one program keeps in registers (the larger kernel)."""
+    b = tl.blocks
+    if tl.depthwise:
+        return max(tl.pixels * b.block_co, len(tl.taps) * b.block_co)
+    return max(tl.pixels * b.block_co, b.chunk_ci * b.block_co)
+
+
+def fits(tl: Tiling, target: Target) -> str | None:
+    """None when ``tl``'s kernels fit ``target``, else what does not (for error messages)."""
+    if target.platform == "tpu":
+        need, cap = vmem_bytes(tl), int(VMEM_BUDGET * target.vmem_bytes)
+        if need > cap:
+            return f"{need / 2**20:.1f} MiB of VMEM, over the {cap / 2**20:.1f} MiB budget"
+    if target.platform == "cuda":
+        need, cap = smem_bytes(tl), int(SMEM_BUDGET * target.smem_per_block)
+        if need > cap:
+            return f"{need // 1024} KiB of shared memory, over the {cap // 1024} KiB budget"
+        acc = accumulator_elements(tl)
+        if acc > TRITON_ACC_ELEMENTS:
+            return f"{acc} accumulator elements per program, over {TRITON_ACC_ELEMENTS}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults per target
+# --------------------------------------------------------------------------------------------
+
+
+def _tpu_candidates(spec: ConvSpec):
+    """TPU block sizes from the largest (few grid steps, few halo re-reads) to the smallest."""
+    ho, wo = spec.out_size
+    item = itemsize(spec.dtype)
+    lane, w_mult = 128, (16 if item == 2 and spec.dtype == "bfloat16" else 8)
+    cin_b, cout_b = _channel_totals(spec, lane, "tpu")
+    out_w = round_up(wo, w_mult)
+    # about 1024 output pixels per step, the input block at most ~4 MiB; at least twice the halo
+    # rows (each tile re-reads them: a 7x7 kernel over 4-row tiles materialised 2.5x its input)
+    halo = ((spec.kernel_size[0] - 1) * spec.dilation[0]) // spec.stride[0]
+    bh = max(1, min(ho, max(1024 // out_w if out_w <= 1024 else 1, 2 * halo)))
+    in_w = out_w + ((spec.kernel_size[1] - 1) * spec.dilation[1]) // spec.stride[1]
+    phases = spec.stride[0] * spec.stride[1]
+    block_ci = _largest_block(cin_b, 128, 512)
+    block_co = _largest_block(cout_b, 128, 256 if cin_b >= 256 else 128)
+    while bh > 1 and phases * (bh + spec.kernel_size[0]) * in_w * block_ci * item > 4 << 20:
+        bh //= 2
+    ci_options = [c for c in range(block_ci, 127, -128) if cin_b % c == 0]
+    co_options = [c for c in range(block_co, 127, -128) if cout_b % c == 0]
+    for ci in ci_options:
+        for co in co_options:
+            h = bh
+            while True:
+                yield BlockSizes(h, ci, ci, co, lane, w_mult, "tpu")
+                if h == 1:
+                    break
+                h = max(1, h // 2)
+
+
+def _cuda_candidates(spec: ConvSpec):
+    ho, wo = spec.out_size
+    lane = 16
+    cin_b, cout_b = _channel_totals(spec, lane, "cuda")
+    out_w = next_pow2(wo)
+    for pixels in (TRITON_PIXELS, TRITON_PIXELS // 2, TRITON_PIXELS // 4):
+        bh = next_pow2(max(1, min(ho, pixels // out_w if out_w <= pixels else 1)))
         if bh * out_w < 16:
             bh = 16 // out_w
-        return BlockSizes(bh, cin_b, min(cin_b, 32), min(cout_b, 64), lane, out_w, "cuda")
-    # cpu: interpret mode; a few rows per step so row tiling is exercised
-    return BlockSizes(max(1, min(ho, 4)), 1 << 30, 1 << 30, 1 << 30, 1, 1, "cpu")
+        for chunk in (32, 16):
+            for co in (64, 32, 16):
+                yield BlockSizes(bh, cin_b, min(cin_b, chunk), min(cout_b, co), lane, out_w, "cuda")
 
 
-def fold_taps(problem: Problem, target: str) -> bool:
+def get_default(spec: ConvSpec, target: Target) -> BlockSizes:
+    """Default tile sizes of VALID ``spec`` for ``target``: the largest candidate whose kernels
+    fit the target's memory (:func:`fits`). Raises :class:`KernelFitError` when none does."""
+    platform = target.platform
+    if platform not in PLATFORMS:
+        raise ValueError(f"get_default: target platform (={platform!r}) must be one of {PLATFORMS}")
+    if platform == "cpu":  # interpret mode; a few rows per step so row tiling is exercised
+        return BlockSizes(max(1, min(spec.out_size[0], 4)), 1 << 30, 1 << 30, 1 << 30, 1, 1, "cpu")
+    last = None
+    for blocks in (_tpu_candidates(spec) if platform == "tpu" else _cuda_candidates(spec)):
+        tl = make_tiling(spec, blocks, target)
+        last = fits(tl, target)
+        if last is None:
+            return blocks
+    raise KernelFitError(
+        f"conv2d: impl='pallas' cannot tile this convolution (input {spec.in_size}, kernel "
+        f"{spec.kernel_size}, {spec.in_channels}->{spec.out_channels} channels, groups {spec.groups}, "
+        f"{spec.dtype}) for {target.describe()}: even the smallest tiles need {last}; use impl='xla'"
+    )
+
+
+def fold_taps(spec: ConvSpec, platform: str) -> bool:
     """Whether to fold the kernel taps into the contraction (an XLA im2col, then a 1x1 kernel).
 
     Worth it when few input channels would leave most of each per-tap matmul as lane padding:
-    a 3-channel stem pads 3 -> 128 per tap (x43 the work), while its 7x7x3 = 147 folded
-    channels pad to 256 (x1.7). Dense (ungrouped) convolutions only; never on CPU (no lanes).
+    a 3-channel stem pads 3 -> 128 per tap, while its 7x7x3 = 147 folded channels pad to 256.
+    Dense (ungrouped) convolutions only; never on CPU (no lanes). The caller also bounds the
+    patches' memory (:func:`jconv.impls.pallas.calls.FOLD_MAX_BLOWUP`).
     """
-    if problem.groups != 1 or problem.taps == 1 or target == "cpu":
+    if spec.groups != 1 or spec.taps == 1 or platform == "cpu":
         return False
-    if target == "tpu":
+    if platform == "tpu":
         pad = lambda c: round_up(c, 128)  # noqa: E731
     else:
         pad = lambda c: max(16, next_pow2(c))  # noqa: E731
-    return pad(problem.taps * problem.in_channels) < problem.taps * pad(problem.in_channels)
+    return pad(spec.taps * spec.in_channels) < spec.taps * pad(spec.in_channels)
 
 
-def folded(problem: Problem) -> Problem:
-    """The 1x1 problem that :func:`fold_taps` turns ``problem`` into."""
-    return Problem(problem.batch, problem.out_size, problem.taps * problem.in_channels, problem.out_channels,
-                   (1, 1), (1, 1), (1, 1), 1, problem.dtype)
+def folded(spec: ConvSpec) -> ConvSpec:
+    """The 1x1 VALID spec that :func:`fold_taps` turns ``spec`` into."""
+    return dataclasses.replace(spec, in_size=spec.out_size, in_channels=spec.taps * spec.in_channels,
+                               kernel_size=(1, 1), stride=(1, 1), dilation=(1, 1), groups=1,
+                               padding=((0, 0), (0, 0)), lhs_dilation=(1, 1))
 
 
-def make_tiling(problem: Problem, blocks: BlockSizes | None = None, target: str = "tpu") -> Tiling:
-    """The :class:`Tiling` of ``problem`` with ``blocks`` (default: :func:`get_default`)."""
+def make_tiling(spec: ConvSpec, blocks: BlockSizes | None = None, target: Target | None = None) -> Tiling:
+    """The :class:`Tiling` of VALID ``spec`` with ``blocks`` (default: :func:`get_default`)."""
     if blocks is None:
-        blocks = get_default(problem, target)
+        if target is None:
+            raise ValueError("make_tiling: give blocks or a target")
+        blocks = get_default(spec, target)
     t = blocks.target
-    kh, kw = problem.kernel_size
-    sh, sw = problem.stride
-    dh, dw = problem.dilation
-    ho, wo = problem.out_size
+    kh, kw = spec.kernel_size
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    ho, wo = spec.out_size
     if ho < 1 or wo < 1:
         raise NotImplementedError(f"conv2d: impl='pallas' needs a non-empty output (got {ho}x{wo})")
-    depthwise = problem.is_depthwise
-    if depthwise:
-        gb, nb = 1, 1
-        cin_b = cout_b = _pad_channels(problem.out_channels, blocks.lane, t)
-    else:
-        gb = _bundle(problem, blocks.lane, t)
-        nb = cdiv(problem.groups, gb)
-        cin_b = _pad_channels(gb * problem.in_channels // problem.groups, blocks.lane, t)
-        cout_b = _pad_channels(gb * problem.out_channels // problem.groups, blocks.lane, t)
+    depthwise = spec.is_depthwise
+    cin_b, cout_b = _channel_totals(spec, blocks.lane, t)
+    gb = 1 if depthwise else _bundle(spec, blocks.lane, t)
+    nb = 1 if depthwise else cdiv(spec.groups, gb)
     if t == "cpu":  # one block of each: interpret mode has no lanes to fill
         blocks = dataclasses.replace(blocks, block_ci=cin_b, chunk_ci=cin_b, block_co=cout_b)
     block_ci, block_co = min(blocks.block_ci, cin_b), min(blocks.block_co, cout_b)
@@ -291,32 +384,8 @@ def make_tiling(problem: Problem, blocks: BlockSizes | None = None, target: str 
     taps = tuple((phases.index((a, b)), u, v) for a, b, u, v in raw)
     halo_h = max(u for _, u, _ in taps)
     halo_w = max(v for _, _, v in taps)
-    return Tiling(problem, blocks, depthwise, gb, nb, cin_b, cout_b, rows, row_tiles, out_w,
+    return Tiling(spec, blocks, depthwise, gb, nb, cin_b, cout_b, rows, row_tiles, out_w,
                   rows + halo_h, out_w + halo_w, phases, taps)
-
-
-def vmem_bytes(tiling: Tiling) -> int:
-    """Approximate VMEM footprint of one forward step (double-buffered blocks + scratch)."""
-    b = tiling.blocks
-    item = 2 if tiling.problem.dtype in ("bfloat16", "float16") else 4
-    x = len(tiling.phases) * tiling.rows_in * tiling.in_w * b.block_ci * item
-    w = len(tiling.taps) * b.block_ci * b.block_co * item
-    o = tiling.rows * tiling.out_w * b.block_co * 4
-    acc = tiling.rows * tiling.out_w * b.block_co * 4
-    return 2 * (x + w + o) + acc
-
-
-__all__ = ["BlockSizes", "Problem", "Tiling", "get_default", "make_tiling", "vmem_bytes"]
-
-
-# ------------------------------------------------------------------------------------------
-# cost model: what one forward pallas_call moves and computes (used for pl.CostEstimate and
-# the roofline table in docs/pallas.md)
-# ------------------------------------------------------------------------------------------
-
-
-def _itemsize(dtype: str) -> int:
-    return {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}[dtype]
 
 
 def forward_cost(tiling: Tiling, out_itemsize: int | None = None) -> dict:
@@ -326,8 +395,8 @@ def forward_cost(tiling: Tiling, out_itemsize: int | None = None) -> dict:
     output-channel block only when the reduction axis has several blocks; weights once, or per
     row tile when there are several weight blocks; the output is written once.
     """
-    p, b = tiling.problem, tiling.blocks
-    item = _itemsize(p.dtype)
+    p, b = tiling.spec, tiling.blocks
+    item = itemsize(p.dtype)
     out_item = item if out_itemsize is None else out_itemsize
     n, r, t = p.batch, tiling.row_tiles, len(tiling.taps)
     x_block = len(tiling.phases) * tiling.rows_in * tiling.in_w * tiling.cin_block_total * tiling.bundles
@@ -347,79 +416,14 @@ def forward_cost(tiling: Tiling, out_itemsize: int | None = None) -> dict:
                 x_bytes=x_bytes, w_bytes=w_bytes, out_bytes=o_bytes)
 
 
-def ideal_bytes(problem: Problem) -> int:
+def ideal_bytes(spec: ConvSpec) -> int:
     """Each operand read or written exactly once, unpadded."""
-    ho, wo = problem.out_size
-    h, w = problem.in_size
-    item = _itemsize(problem.dtype)
-    cg = problem.in_channels // problem.groups
-    return item * (problem.batch * (h * w * problem.in_channels + ho * wo * problem.out_channels)
-                   + problem.taps * cg * problem.out_channels)
+    ho, wo = spec.out_size
+    h, w = spec.in_size
+    item = itemsize(spec.dtype)
+    return item * (spec.batch * (h * w * spec.in_channels + ho * wo * spec.out_channels)
+                   + spec.taps * spec.group_in_channels * spec.out_channels)
 
 
-# Peak dense bf16 matmul rate (FLOP/s) and HBM bandwidth (B/s), from the vendors' data sheets.
-HARDWARE = {
-    "TPU v5e": dict(target="tpu", flops=197e12, bw=819e9),
-    "A100 SXM 80GB": dict(target="cuda", flops=312e12, bw=2039e9),
-    "H100 SXM": dict(target="cuda", flops=989e12, bw=3350e9),
-}
-
-
-def roofline_rows(cases, batch: int = 32, dtype: str = "bfloat16"):
-    """One dict per (case, hardware): flops, bytes (ideal and as tiled), intensity, bound, time."""
-    rows = []
-    for case in cases:
-        spec = case.spec(batch, dtype)
-        problem = Problem.from_spec(spec)
-        for hw, peak in HARDWARE.items():
-            run = folded(problem) if fold_taps(problem, peak["target"]) else problem
-            tl = make_tiling(run, get_default(run, peak["target"]), peak["target"])
-            cost = forward_cost(tl)
-            if run is not problem:  # the XLA im2col writes and the kernel reads the patches
-                cost["bytes"] += ideal_bytes(problem)  # the input read once by the im2col
-            t_flop = cost["flops_padded"] / peak["flops"]
-            t_mem = cost["bytes"] / peak["bw"]
-            rows.append(dict(
-                case=case.name, hardware=hw, gflop=problem.flops / 1e9,
-                gflop_padded=cost["flops_padded"] / 1e9, mb_ideal=ideal_bytes(problem) / 1e6,
-                mb_tiled=cost["bytes"] / 1e6, intensity=problem.flops / ideal_bytes(problem),
-                ridge=peak["flops"] / peak["bw"], bound="compute" if t_flop > t_mem else "memory",
-                us=1e6 * max(t_flop, t_mem),
-                us_ideal=1e6 * max(problem.flops / peak["flops"], ideal_bytes(problem) / peak["bw"]),
-            ))
-    return rows
-
-
-def roofline_markdown(suite: str = "default", batch: int = 32, dtype: str = "bfloat16") -> str:
-    """The roofline table of docs/pallas.md (``python -m jconv.impls.pallas.tiling``)."""
-    from jconv.suite import get_suite
-
-    cases = get_suite(suite)
-    lines = [
-        f"Forward, batch {batch}, {dtype}. GFLOP: useful / as executed on padded channels. "
-        "MB: ideal (each operand once) / as tiled (halo rows, padding, re-fetches). "
-        "Intensity: useful FLOP per ideal byte. Time: max(executed FLOP / peak, tiled bytes / "
-        "bandwidth), ideal in brackets.",
-        "",
-        "| layer | GFLOP | MB ideal / tiled (TPU) | FLOP/B | TPU v5e | A100 | H100 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    rows = roofline_rows(cases, batch, dtype)
-    by = {(r["case"], r["hardware"]): r for r in rows}
-    for case in cases:
-        tpu = by[(case.name, "TPU v5e")]
-        cells = []
-        for hw in HARDWARE:
-            r = by[(case.name, hw)]
-            cells.append(f"{r['us']:.0f} us {r['bound'][:3]} ({r['us_ideal']:.0f})")
-        lines.append(
-            f"| {case.name} | {tpu['gflop']:.2f} / {tpu['gflop_padded']:.2f} | "
-            f"{tpu['mb_ideal']:.1f} / {tpu['mb_tiled']:.1f} | {tpu['intensity']:.0f} | " + " | ".join(cells) + " |"
-        )
-    ridge = ", ".join(f"{hw} {v['flops'] / v['bw']:.0f}" for hw, v in HARDWARE.items())
-    lines += ["", f"Ridge points (FLOP/B): {ridge}."]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(roofline_markdown())
+__all__ = ["BlockSizes", "Tiling", "KernelFitError", "get_default", "make_tiling", "fold_taps", "folded",
+           "vmem_bytes", "smem_bytes", "fits", "forward_cost", "ideal_bytes"]

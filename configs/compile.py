@@ -1,0 +1,32 @@
+"""The compile matrix: the accelerator configs' work, compiled for real GPU and TPU targets.
+
+    python -m experiments --config=configs/compile.py --workdir=runs/compile
+    python -m experiments --config=configs/compile.py --workdir=runs/compile_h100 --config.targets=h100
+
+Compiles, without a GPU or TPU (``JAX_PLATFORMS=cpu`` is fine), every program that
+``configs/tpu.py`` and ``configs/colab_tpu.py`` run on TPU v4, v5e, v5p and v6e (libtpu's
+compile-only topologies) and that ``configs/gpu.py`` runs on A100, H100 and L4 (the CUDA
+plugin's deviceless compiler): their suite, batch, dtypes, impls and passes. One row per
+(target, layer, impl, dtype, pass, batch): compiled or the error, compile seconds, Pallas
+kernels and XLA convolutions in the program, the compiler's cost and memory analysis.
+Needs ``pip install -e ".[tpu,cuda]"`` (``make install`` does it). Resumable.
+
+Measured: the whole matrix (4,200 rows, 2 workers) in about 3 hours on the 2-core
+development VM (see docs/pallas.md, "What compiles where", for the rows and the command).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.experiment = "compile_matrix"
+    c.targets = "v4,v5e,v5p,v6e,a100,h100,l4"   # jconv.targets names
+    c.configs = "tpu,colab_tpu,gpu"             # whose work is compiled (each on its platform's targets)
+    c.suite = ""                                # "" = each config's suite; or a suite name / "all"
+    c.impls = ""                                # "" = each config's impls (peers skipped)
+    c.workers = 2                               # compiler processes
+    c.timeout_s = 1800                          # per compile
+    c.retry_errors = False                      # True: compile the failed rows again
+    c.report = True
+    return c

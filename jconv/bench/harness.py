@@ -1,0 +1,291 @@
+"""Measuring one layer: accuracy and time of several implementations, timed together.
+
+:func:`measure_group` runs one layer (:class:`jconv.suite.Case`) at one batch, dtype and pass
+for several implementations: accuracy against a float64 reference (XLA at HIGHEST under
+``jax.enable_x64``; HIGHEST float32 for layers above a FLOP budget, recorded in the row's
+``reference`` field) and against XLA itself, time, GFLOP/s, memory, one row each.
+
+Implementations (``impl`` of a row):
+
+* ``"xla"``: ``lax.conv_general_dilated`` called directly in the layer's own layout (the
+  baseline every speedup is relative to);
+* any jconv impl string (``"lax"``, ``"auto"``, ``"pallas"``, ``"lax:im2col"`` ...), run through
+  the public :func:`jconv.conv2d` by :meth:`Case.apply`; a backend that runs interpreted on this
+  platform (Pallas on CPU) gets ``interpreted: true`` and is timed apart (not a speed figure);
+* a peer (:mod:`jconv.bench.peers`): ``"torch"``, ``"gemm_peak"``.
+
+FLOPs: ``2 * multiply-adds`` of the forward (bias not counted); ``fwd+bwd`` (the gradient of
+``sum(y * ct)`` with respect to x, w and b) counts 3x the forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jconv.bench.peers import PEERS
+from jconv.bench.timing import compile_timed, time_fields, time_interleaved
+from jconv.conv import plan_for
+from jconv.suite import Case
+from jconv.testing import max_errors, scaled_error, tolerance
+
+PASSES = ("fwd", "fwd+bwd")
+#: row impls that are not jconv's own: the XLA baseline and the peers
+PEER_NAMES = ("xla",) + tuple(PEERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How :func:`measure_group` measures (the compare config's timing/accuracy fields)."""
+
+    warmup: int = 1
+    iters: int = 10
+    min_iters: int = 3
+    max_time_s: float = 10.0          # per group, for the interleaved rounds
+    block: int = 3                    # calls per candidate per round (first not recorded)
+    interpreted_iters: int = 1        # Pallas on CPU: timed apart, this many calls
+    precision: str | None = None      # None: each impl's default ("default" in configs)
+    x64_reference_max_gflop: float = 2.0  # float64 reference up to this many GFLOP (the pass's)
+    grad_tol_factor: float = 4.0      # gradients are longer reductions: tolerance x this
+    torch_threads: int = 0            # 0: os.cpu_count()
+    seed: int = 0
+
+
+def _np_dtype(dtype: str):
+    return np.dtype(jnp.dtype(dtype))
+
+
+def make_inputs(case: Case, batch: int, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for ``case``: x ~ N(0,1), w ~ N(0, 1/fan_in), b ~ N(0,1), and a
+    cotangent ct ~ N(0,1) shaped like the output; NumPy arrays of ``dtype``."""
+    rng = np.random.default_rng([seed, zlib.crc32(case.name.encode())])
+    spec = case.spec(batch, "float32")
+    fan_in = spec.group_in_channels * spec.kernel_size[0] * spec.kernel_size[1]
+    dt = _np_dtype(dtype)
+    out = {
+        "x": rng.standard_normal(case.x_shape(batch), dtype=np.float32).astype(dt),
+        "w": (rng.standard_normal(case.w_shape(), dtype=np.float32) / math.sqrt(fan_in)).astype(dt),
+        "ct": rng.standard_normal(spec.out_shape, dtype=np.float32).astype(dt),
+    }
+    if case.bias:
+        out["b"] = rng.standard_normal(case.b_shape(), dtype=np.float32).astype(dt)
+    return out
+
+
+def _layer_fn(case: Case, impl: str, precision):
+    if impl == "xla":
+        return lambda x, w, b: case.reference(x, w, b, precision=precision)
+    return lambda x, w, b: case.apply(x, w, b, impl=impl, precision=precision)
+
+
+def pass_fn(case: Case, impl: str, pass_: str, precision=None) -> Callable:
+    """``f(x, w, b)``: the forward, or the gradients of ``sum(y * ct)`` (``f(x, w, b, ct)``)."""
+    return layer_pass(_layer_fn(case, impl, precision), pass_, has_bias=case.bias)
+
+
+def layer_pass(layer: Callable, pass_: str, *, has_bias: bool) -> Callable:
+    """``layer(x, w, b)`` for ``pass_ == "fwd"``; for ``"fwd+bwd"`` ``f(x, w, b, ct)``, the
+    gradients of ``sum(y * ct)`` for x, w (and b). ``ct`` is an argument, never a captured
+    constant: XLA would fold a constant into the program (the tuner once measured 47 ms for a
+    program whose real counterpart takes 78)."""
+    if pass_ == "fwd":
+        return layer
+
+    def loss(x, w, b, ct):
+        y = layer(x, w, b)
+        return jnp.sum(y.astype(jnp.float32) * ct.astype(jnp.float32))
+
+    return jax.grad(loss, argnums=(0, 1, 2) if has_bias else (0, 1))
+
+
+def _args(case: Case, pass_: str, arrays: dict) -> tuple:
+    b = arrays.get("b")
+    return (arrays["x"], arrays["w"], b) + ((arrays["ct"],) if pass_ != "fwd" else ())
+
+
+def reference_outputs(case: Case, pass_: str, arrays: dict, *, use_x64: bool) -> tuple[list[np.ndarray], str]:
+    """The reference result(s) as float64 NumPy arrays, and which reference it was.
+
+    ``use_x64``: XLA at HIGHEST in float64 on the host CPU (where the CPU backend is available);
+    else XLA at HIGHEST in float32 on the default device."""
+    fn = pass_fn(case, "xla", pass_, precision="highest")
+    if use_x64:
+        try:  # float64 on the host: accelerators emulate it slowly or not at all (TPU)
+            host = jax.devices("cpu")[0]
+        except RuntimeError:
+            host = None
+        with jax.enable_x64(True), jax.default_device(host):
+            args = tuple(None if a is None else np.asarray(a, np.float64) for a in _args(case, pass_, arrays))
+            if pass_ != "fwd":  # the loss in float64 too
+                layer = _layer_fn(case, "xla", "highest")
+                argnums = (0, 1, 2) if case.bias else (0, 1)
+                fn = jax.grad(lambda x, w, b, ct: jnp.sum(layer(x, w, b) * ct), argnums=argnums)
+            out = jax.jit(fn)(*args)
+            outs = [np.asarray(o, np.float64) for o in jax.tree_util.tree_leaves(out)]
+        return outs, "float64"
+    args = tuple(None if a is None else np.asarray(a, np.float32) for a in _args(case, pass_, arrays))
+    out = jax.jit(fn)(*args)
+    return [np.asarray(o, np.float64) for o in jax.tree_util.tree_leaves(out)], "float32-highest"
+
+
+def compare_outputs(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> dict:
+    """max abs, max relative and scaled error (see jconv.testing) over all outputs."""
+    if len(actual) != len(expected):
+        raise ValueError(f"compare_outputs: {len(actual)} outputs vs {len(expected)} expected")
+    abs_e = rel_e = sc = 0.0
+    for a, e in zip(actual, expected):
+        ab, re = max_errors(a, e)
+        abs_e, rel_e = max(abs_e, ab), max(rel_e, re)
+        sc = max(sc, scaled_error(a, e))
+    return {"max_abs_err": abs_e, "max_rel_err": rel_e, "scaled_err": sc}
+
+
+def effective_tolerance(dtype: str, platform_: str, precision: str | None, pass_: str,
+                        grad_factor: float) -> float:
+    """tolerance(dtype), widened where the default precision computes float32 in fewer bits:
+    TPU (bfloat16 passes: bfloat16's tolerance) and GPU (TF32: float16's tolerance)."""
+    eff = dtype
+    if dtype == "float32" and precision in (None, "default"):
+        eff = {"tpu": "bfloat16", "gpu": "float16", "cuda": "float16", "rocm": "float16"}.get(platform_, dtype)
+    return tolerance(eff) * (grad_factor if pass_ != "fwd" else 1.0)
+
+
+def _layer_bytes(case: Case, batch: int, dtype: str, pass_: str) -> int:
+    """Minimum memory traffic: every tensor touched once (fwd: x, w, b, y; fwd+bwd: those,
+    plus ct, dx, dw, db)."""
+    spec = case.spec(batch, "float32")
+    item = _np_dtype(dtype).itemsize
+    n = math.prod(spec.x_shape) + math.prod(spec.w_shape) + math.prod(spec.out_shape)
+    n += case.out_channels if case.bias else 0
+    return int(item * (n if pass_ == "fwd" else 2 * n))
+
+
+def measure_group(
+    case: Case,
+    batch: int,
+    dtype: str,
+    pass_: str,
+    impls: Iterable[str],
+    settings: Settings = Settings(),
+    *,
+    compare_to_xla: bool = True,
+) -> list[dict]:
+    """One row per impl for ``case`` at ``batch``/``dtype``/``pass_``, timed together.
+
+    An impl that fails (e.g. one not implemented yet) gets a row with ``error`` set and no
+    numbers; it is never replaced by another implementation. ``compare_to_xla`` also runs the
+    XLA baseline (untimed unless "xla" is in ``impls``) so every row has ``scaled_err_vs_xla``.
+    """
+    impls = list(dict.fromkeys(impls))
+    platform_ = jax.default_backend()
+    device_kind = jax.devices()[0].device_kind
+    precision = None if settings.precision in (None, "default") else settings.precision
+    arrays = make_inputs(case, batch, dtype, settings.seed)
+    dev_arrays = {k: jax.device_put(v) for k, v in arrays.items()}
+    args = _args(case, pass_, dev_arrays)
+    spec = case.spec(batch, dtype)
+    flops = spec.flops * (1 if pass_ == "fwd" else 3)
+    nbytes = _layer_bytes(case, batch, dtype, pass_)
+    tol = effective_tolerance(dtype, platform_, settings.precision, pass_, settings.grad_tol_factor)
+
+    use_x64 = flops / 1e9 <= settings.x64_reference_max_gflop
+    ref, ref_kind = reference_outputs(case, pass_, arrays, use_x64=use_x64)
+
+    base = {
+        "case": case.name, "pass": pass_, "dtype": dtype, "batch": batch, "layout": case.layout,
+        "platform": platform_, "device_kind": device_kind,
+        "precision": settings.precision or "default", "reference": ref_kind,
+        "flops": flops, "bytes": nbytes, "intensity": flops / nbytes, "tol": tol,
+        # not every impl has these (PyTorch: no XLA executable): None where not applicable
+        "compile_s": None, "temp_bytes": None, "argument_bytes": None, "output_bytes": None,
+    }
+    rows: dict[str, dict] = {}
+    runners: dict[str, Callable[[], Any]] = {}
+    interpreted_runners: dict[str, Callable[[], Any]] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    slow: set[str] = set()
+
+    want = list(impls)
+    if compare_to_xla and "xla" not in want:
+        want.append("xla")  # for scaled_err_vs_xla only: no row, not timed
+    for impl in want:
+        row = dict(base, impl=impl, error=None, interpreted=False, plan=None)
+        try:
+            if impl in PEERS:
+                peer = PEERS[impl]
+                if not peer.applies(case, pass_):
+                    continue
+                cand = peer.make(case, batch, pass_, arrays, dtype, precision, settings, platform_)
+                row.update(cand.fields)
+                runners[impl] = cand.run
+                outs = cand.outputs
+            else:
+                if impl != "xla":
+                    p = plan_for(spec, impl)
+                    row["plan"] = f"{p.impl}:{p.algorithm}"
+                    row["plan_reason"] = p.reason
+                    row["interpreted"] = platform_ in p.interpreted_on
+                fn = pass_fn(case, impl, pass_, precision)
+                exe, csec, mem = compile_timed(fn, *args)
+                t0 = time.perf_counter()
+                out = jax.block_until_ready(exe(*args))
+                if time.perf_counter() - t0 > settings.max_time_s / max(1, settings.iters):
+                    slow.add(impl)  # this first call was its warm-up
+                outs = [np.asarray(o, np.float64) for o in jax.tree_util.tree_leaves(out)]
+                row.update(mem, compile_s=csec)
+                call = (lambda exe=exe: jax.block_until_ready(exe(*args)))
+                (interpreted_runners if row["interpreted"] else runners)[impl] = call
+        except Exception as e:  # noqa: BLE001 - recorded in the row, never swapped for another impl
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+            rows[impl] = row
+            continue
+        if outs is not None:
+            outputs[impl] = outs
+            row.update(compare_outputs(outs, ref))
+            row["within_tol"] = bool(row["scaled_err"] <= tol)
+        rows[impl] = row
+
+    if "xla" not in impls:
+        runners.pop("xla", None)
+        rows.pop("xla", None)
+    for impl, row in rows.items():
+        if impl in outputs and "xla" in outputs:
+            row["scaled_err_vs_xla"] = max(scaled_error(a, e) for a, e in zip(outputs[impl], outputs["xla"]))
+            row["agrees_with_xla"] = bool(row["scaled_err_vs_xla"] <= tol)
+
+    if runners:
+        times = time_interleaved(runners, warmup=settings.warmup, iters=settings.iters,
+                                 min_iters=settings.min_iters, max_time_s=settings.max_time_s,
+                                 no_warmup=slow, block=settings.block)
+        for impl, ts in times.items():
+            rows[impl].update(time_fields(ts, rows[impl]["flops"]))
+        if "xla" in times:  # same rounds: the ratio the report uses
+            for impl in times:
+                if impl != "xla" and impl in outputs:  # a convolution (not the GEMM peak)
+                    rows[impl]["speedup_vs_xla"] = rows["xla"]["time_median_s"] / rows[impl]["time_median_s"]
+    if interpreted_runners:
+        times = time_interleaved(interpreted_runners, warmup=0, iters=settings.interpreted_iters,
+                                 min_iters=1, max_time_s=0.0)
+        for impl, ts in times.items():
+            rows[impl].update(time_fields(ts, rows[impl]["flops"]))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return [dict(rows[i], time_utc=stamp) for i in impls if i in rows]
+
+
+def geomean(values: Iterable[float]) -> float | None:
+    vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not vals:
+        return None
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+__all__ = ["Settings", "make_inputs", "pass_fn", "layer_pass", "reference_outputs", "compare_outputs",
+           "effective_tolerance", "measure_group", "geomean", "PASSES", "PEER_NAMES"]

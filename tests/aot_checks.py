@@ -1,0 +1,102 @@
+"""Compile-only checks of impl="pallas" for real targets, run in a subprocess per platform:
+
+    JAX_PLATFORMS=cpu python tests/aot_checks.py tpu|cuda
+
+One program per (target, layer, dtype): the forward and both gradients together
+(``jax.value_and_grad`` of ``sum(y * ct)``), so the forward, input-gradient and weight-gradient
+kernels are all compiled; at the batch of the platform's config (configs/tpu.py: 64,
+configs/gpu.py: 32). The layers cover every kernel kind and the largest tiles and temporaries of
+the suite. Prints one JSON line per program (``ok``, ``msg``, ``seconds``). The subprocess keeps
+libtpu and the CUDA plugin out of the pytest workers and pays their start-up once.
+"""
+
+import json
+import sys
+import time
+
+LAYERS = (
+    "vgg16_conv4_2",            # dense 3x3, 512 channels: the largest weight tiles
+    "resnet50_s4_3x3",          # dense 3x3, 256 channels
+    "resnet50_s3_3x3s2",        # strided (phases)
+    "resnet50_s3_1x1_reduce",   # 1x1, 512 -> 128
+    "resnet50_stem_7x7s2",      # 7x7 stride 2, 3 channels: folded taps, the largest temporaries
+    "mobilenetv2_dw3x3_s1",     # depthwise
+    "resnext_g32_3x3",          # grouped (bundles)
+    "unet_up_transposed",       # transposed (input dilation)
+)
+TARGETS = {"tpu": ("v5e", "v6e"), "cuda": ("h100", "l4")}
+BATCH = {"tpu": 64, "cuda": 32}
+DTYPES = ("float32", "bfloat16")
+
+
+def programs(platform: str):
+    import jax
+    import jax.numpy as jnp
+
+    from jconv import aot, targets
+    from jconv.suite import CASES
+
+    for tname in TARGETS[platform]:
+        target = targets.get(tname)
+        for name in LAYERS:
+            case = CASES[name]
+            for dtype in DTYPES:
+                spec = case.spec(BATCH[platform], dtype)
+                args = [aot.shape_struct(s, dtype, target) for s in (spec.x_shape, spec.w_shape, spec.out_shape)]
+
+                def step(x, w, ct, case=case):
+                    def loss(x_, w_):
+                        return jnp.sum(case.apply(x_, w_, impl="pallas").astype(jnp.float32) * ct.astype(jnp.float32))
+                    return jax.value_and_grad(loss, argnums=(0, 1))(x, w)
+
+                t0 = time.time()
+                r = aot.compile_for(target, step, *args)
+                ok = bool(r["compiled"]) and r.get("pallas_kernels") == 3 and r.get("xla_convolutions") == 0
+                msg = r["error"] or f"{r.get('pallas_kernels')} kernels, {r.get('xla_convolutions')} XLA convolutions"
+                yield dict(target=tname, name=name, dtype=dtype, ok=ok, msg=msg, seconds=round(time.time() - t0, 1))
+
+
+def sharded_tpu(name: str = "mnist_conv2", batch: int = 8):
+    """A batch-sharded input on the 4 devices of v5e:2x2 inside ``jax.set_mesh`` (Mosaic
+    kernels must sit in a shard_map): the kernels, and no all-gather of the batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from jconv import aot, targets
+    from jconv.suite import CASES
+
+    topo = aot.topology(targets.get("v5e"))
+    mesh = Mesh(np.array(topo.devices), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    case = CASES[name]
+    xs = jax.ShapeDtypeStruct(case.x_shape(batch), "float32", sharding=NamedSharding(mesh, P("batch")))
+    ws = jax.ShapeDtypeStruct(case.w_shape(), "float32", sharding=NamedSharding(mesh, P()))
+
+    def fwd(x, w):
+        return case.apply(x, w, impl="pallas")
+
+    def grad(x, w):
+        return jax.grad(lambda a, b: jnp.sum(fwd(a, b) ** 2), argnums=(0, 1))(x, w)
+
+    for kind, fn, want in (("fwd", fwd, 1), ("grad", grad, 3)):
+        t0 = time.time()
+        try:
+            with jax.set_mesh(mesh):
+                text = jax.jit(fn).lower(xs, ws).compile().as_text()
+            n = aot.count_kernels(text, "tpu")
+            ok = n == want and "all-gather" not in text and aot.count_convolutions(text) == 0
+            msg = f"{n} kernels (want {want}); all-gather: {'all-gather' in text}"
+        except Exception as e:  # noqa: BLE001
+            ok, msg = False, aot.first_line(e)
+        yield dict(target="v5e:2x2", name=f"sharded_{name}_{kind}", dtype="float32", ok=ok, msg=msg,
+                   seconds=round(time.time() - t0, 1))
+
+
+if __name__ == "__main__":
+    platform = sys.argv[1]
+    for row in programs(platform):
+        print(json.dumps(row), flush=True)
+    if platform == "tpu":
+        for row in sharded_tpu():
+            print(json.dumps(row), flush=True)
