@@ -4,10 +4,15 @@ A result matches when ``max|actual - expected| <= tol(dtype) * max(1, max|expect
 relative to the output's scale, keyed by the dtype the computation ran in (the coarser of input
 and output dtypes). Accumulation is in float32 (float64 for float64), so the budget is set by
 the rounding of the inputs/outputs plus a reduction-length allowance.
+
+Tolerances follow the precision actually used: float32 at the default precision is computed in
+bfloat16 passes on a TPU and in TF32 on recent GPUs, so there it gets bfloat16's and float16's
+tolerance (:func:`effective_dtype`); at ``precision="highest"`` it keeps float32's.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 TOLERANCES = {
@@ -20,9 +25,25 @@ TOLERANCES = {
 _COARSENESS = ["float64", "float32", "float16", "bfloat16"]
 
 
-def tolerance(*dtypes) -> float:
-    """The tolerance for a computation involving ``dtypes`` (the coarsest wins)."""
-    names = [np.dtype(d).name for d in dtypes]
+#: what float32 at the default precision is computed in, per platform
+DEFAULT_PRECISION_DTYPE = {"tpu": "bfloat16", "gpu": "float16", "cuda": "float16", "rocm": "float16"}
+
+
+def effective_dtype(dtype, precision=None, platform: str | None = None) -> str:
+    """The dtype whose tolerance applies: ``dtype``, or the lower-precision type float32 runs in
+    at the default precision on ``platform`` (default: JAX's default backend)."""
+    name = np.dtype(dtype).name
+    if name != "float32" or precision not in (None, "default"):
+        return name
+    if platform is None:
+        platform = jax.default_backend()
+    return DEFAULT_PRECISION_DTYPE.get(platform, name)
+
+
+def tolerance(*dtypes, precision=None, platform: str | None = None) -> float:
+    """The tolerance for a computation involving ``dtypes`` (the coarsest wins), at
+    ``precision`` on ``platform`` (see :func:`effective_dtype`)."""
+    names = [effective_dtype(d, precision, platform) for d in dtypes]
     for n in names:
         if n not in TOLERANCES:
             raise ValueError(f"tolerance: dtype (={n}) has no tolerance; known: {sorted(TOLERANCES)}")
@@ -55,10 +76,11 @@ def max_errors(actual, expected) -> tuple[float, float]:
     return float(np.nanmax(abs_err)), float(np.nanmax(rel))
 
 
-def assert_close(actual, expected, *dtypes, factor: float = 1.0, what: str = "result") -> None:
-    """Raise AssertionError unless ``actual`` matches ``expected`` within ``tolerance(dtypes)``."""
+def assert_close(actual, expected, *dtypes, factor: float = 1.0, what: str = "result", precision=None) -> None:
+    """Raise AssertionError unless ``actual`` matches ``expected`` within ``tolerance(dtypes)``
+    (at ``precision``: None / "default" widens float32's on TPU and GPU, see the module doc)."""
     dtypes = dtypes or (np.asarray(actual).dtype,)
-    tol = tolerance(*dtypes) * factor
+    tol = tolerance(*dtypes, precision=precision) * factor
     err = scaled_error(actual, expected)
     if not err <= tol:
         raise AssertionError(f"{what}: scaled error {err:.3g} > tolerance {tol:.3g} for {dtypes}")

@@ -13,3 +13,10 @@ import sys  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/oracle.py as `oracle`
+
+
+def pytest_generate_tests(metafunc):
+    """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS."""
+    impls = getattr(metafunc.cls, "IMPLS", None)
+    if impls is not None and "impl" in metafunc.fixturenames:
+        metafunc.parametrize("impl", impls)

@@ -101,3 +101,22 @@ def test_batch_sharding_is_kept(impl):
     # and the gradient w.r.t. the input stays batch-sharded too
     gx = jax.jit(jax.grad(lambda xx: jnp.sum(f(xx, k) ** 2)))(x)
     assert gx.sharding.is_equivalent_to(sharding, gx.ndim)
+
+
+def test_forward_mode_through_auto_on_the_cpu():
+    """impl="auto" on the CPU picks lax algorithms (depthwise here); jax.jvp, jacfwd and hessian
+    go through them (the convolution primitive's rules), matching XLA's."""
+    rng = np.random.default_rng(21)
+    x = jnp.asarray(rng.normal(size=(1, 5, 5, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, 3)), jnp.float32)
+    kw = dict(groups=3, padding=1, precision="highest")
+    spec = jconv.parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, groups=3, padding=1)
+    assert jconv.plan_for(spec, "auto").impl == "lax"
+
+    def f(impl):
+        return lambda c: jnp.sum(jnp.tanh(jconv.conv2d(x, c, impl=impl, **kw)) ** 2)
+
+    t, t_ref = jax.jvp(f("auto"), (w,), (jnp.ones_like(w),))[1], jax.jvp(f("xla"), (w,), (jnp.ones_like(w),))[1]
+    assert_close(t, t_ref, np.float32, factor=2, precision="highest")
+    assert_close(jax.jacfwd(f("auto"))(w), jax.jacfwd(f("xla"))(w), np.float32, factor=2, precision="highest")
+    assert_close(jax.hessian(f("auto"))(w), jax.hessian(f("xla"))(w), np.float32, factor=8, precision="highest")

@@ -150,12 +150,9 @@ def compare_outputs(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]
 
 def effective_tolerance(dtype: str, platform_: str, precision: str | None, pass_: str,
                         grad_factor: float) -> float:
-    """tolerance(dtype), widened where the default precision computes float32 in fewer bits:
-    TPU (bfloat16 passes: bfloat16's tolerance) and GPU (TF32: float16's tolerance)."""
-    eff = dtype
-    if dtype == "float32" and precision in (None, "default"):
-        eff = {"tpu": "bfloat16", "gpu": "float16", "cuda": "float16", "rocm": "float16"}.get(platform_, dtype)
-    return tolerance(eff) * (grad_factor if pass_ != "fwd" else 1.0)
+    """The row's tolerance: :func:`jconv.testing.tolerance` at the precision actually used on
+    this platform, times ``grad_factor`` for gradients (longer reductions)."""
+    return tolerance(dtype, precision=precision, platform=platform_) * (grad_factor if pass_ != "fwd" else 1.0)
 
 
 def _layer_bytes(case: Case, batch: int, dtype: str, pass_: str) -> int:

@@ -1,0 +1,8 @@
+"""The conformance tests (tests/conformance.py) for impl="pallas": the Pallas kernels (interpreted on the CPU; compiled for GPU and TPU in test_aot_*.py)."""
+
+from conformance import BackendConformance, backend_impls
+
+
+class TestConformance(BackendConformance):
+    IMPLS = backend_impls("pallas")
+    FLOAT64 = False
