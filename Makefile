@@ -20,10 +20,19 @@ PLATFORMS_cpu := JAX_PLATFORMS=cpu
 
 .PHONY: run test install install-test clean
 
-$(VENV)/.installed-%: pyproject.toml
+# The optional native CPU backend (impl="onednn", plugins/onednn) is built where the machine can
+# (Linux x86-64, a C++17 compiler); where it cannot, the run goes on without it and says why.
+PLUGIN_cpu  := plugins/onednn
+PLUGIN_test := plugins/onednn
+
+$(VENV)/.installed-%: pyproject.toml $(wildcard plugins/onednn/pyproject.toml plugins/onednn/src/*.cc)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS_$*)]"
+	@if [ -n "$(PLUGIN_$*)" ]; then \
+	  $(PY) -m pip install -q ./$(PLUGIN_$*) \
+	  || echo "make: the jconv-onednn plugin could not be built here (pip's error above); jconv runs without impl='onednn'"; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed-$(ACCEL)
@@ -38,7 +47,7 @@ run: $(VENV)/.installed-$(ACCEL)
 # The whole suite on the CPU: Pallas interpreted; GPU (CUDA, deviceless) and TPU (libtpu)
 # compile-only, required here (a missing compiler fails the run instead of skipping).
 test: $(VENV)/.installed-test
-	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 $(PY) -m pytest -n 2 --dist=loadfile -q tests
+	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 $(PY) -m pytest -n 2 --dist=loadfile -q tests plugins/onednn/tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,8 +1,120 @@
 """The conformance tests (tests/conformance.py) for impl="onednn": oneDNN through XLA's FFI (skipped when the jconv-onednn plugin is not installed)."""
 
+import contextlib
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import jconv
 from conformance import BackendConformance, backend_impls
+from jconv.impls import registry
+from jconv.testing import assert_close
 
 
 class TestConformance(BackendConformance):
     IMPLS = backend_impls("onednn")
     FLOAT64 = False  # oneDNN computes float32 and bfloat16
+
+needs_plugin = pytest.mark.skipif("onednn" not in registry.names(),
+                                  reason="the jconv-onednn plugin is not installed here")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@needs_plugin
+@pytest.mark.parametrize("in_context", [False, True], ids=["xla_partitioner", "set_mesh"])
+def test_batch_sharding_is_kept(in_context):
+    """A batch-sharded input on 4 CPU devices stays split: XLA's partitioner splits the FFI
+    calls (custom_partitioning), or shard_map does inside jax.set_mesh; dw is summed."""
+    mesh = jax.make_mesh((4,), ("batch",), devices=jax.devices()[:4], axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = NamedSharding(mesh, P("batch"))
+    rng = np.random.default_rng(3)
+    x_np = rng.normal(size=(8, 7, 7, 4)).astype(np.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 2, 6)), jnp.float32)
+    x = jax.device_put(jnp.asarray(x_np), sharding)
+    f = functools.partial(jconv.conv2d, padding=1, stride=(2, 1), groups=2, impl="onednn")
+    ref = functools.partial(jconv.conv2d, padding=1, stride=(2, 1), groups=2, impl="xla", precision="highest")
+    grad = jax.jit(jax.grad(lambda a, c: jnp.sum(f(a, c) ** 2), argnums=(0, 1)))
+    ctx = jax.set_mesh(mesh) if in_context else contextlib.nullcontext()
+    with ctx:
+        y = jax.jit(f)(x, k)
+        gx, gk = grad(x, k)
+        hlo = grad.lower(x, k).compile().as_text()
+    assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
+    assert gx.sharding.is_equivalent_to(sharding, gx.ndim), gx.sharding
+    assert "all-gather" not in hlo
+    assert_close(y, ref(x_np, k), np.float32)
+    gx_ref, gk_ref = jax.grad(lambda a, c: jnp.sum(ref(a, c) ** 2), argnums=(0, 1))(x_np, k)
+    assert_close(gx, gx_ref, np.float32, factor=2)
+    assert_close(gk, gk_ref, np.float32, factor=2)
+
+
+@needs_plugin
+def test_export_says_a_native_call_is_not_portable():
+    f = jax.jit(functools.partial(jconv.conv2d, impl="onednn"))
+    args = (jax.ShapeDtypeStruct((1, 5, 5, 2), jnp.float32), jax.ShapeDtypeStruct((3, 3, 2, 2), jnp.float32))
+    with pytest.raises(NotImplementedError, match=r"impl='onednn' cannot be compiled for tpu.*native CPU library"):
+        jax.export.export(f, platforms=["tpu"])(*args)
+    with pytest.raises(ValueError, match=r"jconv_onednn_conv_fwd"):  # CPU: jax refuses the custom call
+        jax.export.export(f, platforms=["cpu"])(*args)
+
+
+def test_without_the_plugin_onednn_is_a_clear_error_and_auto_is_unchanged():
+    """A machine without the plugin (its import blocked): impl='onednn' says it is not installed
+    and how to install it; auto plans what the lax/xla rules plan."""
+    code = r"""
+import sys
+sys.modules["jconv_onednn"] = None  # the import fails as on a machine without the plugin
+import jconv
+from jconv.impls import registry
+from jconv.suite import CASES
+assert "onednn" not in registry.names() and "onednn" in registry.unavailable()
+try:
+    jconv.conv2d(__import__("jax.numpy").numpy.ones((1, 4, 4, 1)), __import__("jax.numpy").numpy.ones((3, 3, 1, 1)),
+                 impl="onednn")
+except ValueError as e:
+    print("ERROR", e)
+for name in ("mobilenetv2_dw3x3_s1", "resnet50_s2_3x3", "resnet50_s4_3x3", "resnext_g32_3x3"):
+    p = jconv.plan_for(CASES[name].spec(4), "auto", platform="cpu")
+    print("PLAN", name, p.impl, p.algorithm)
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ERROR conv2d: impl (='onednn') is not available here: the jconv-onednn plugin is not installed" in out.stdout
+    assert "pip install ./plugins/onednn" in out.stdout
+    plans = dict(line.split(" ", 2)[1:] for line in out.stdout.splitlines() if line.startswith("PLAN"))
+    assert plans == {"mobilenetv2_dw3x3_s1": "lax depthwise", "resnet50_s2_3x3": "lax xla_fwd",
+                     "resnet50_s4_3x3": "xla xla", "resnext_g32_3x3": "lax mac"}
+
+
+@needs_plugin
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_algorithm_grid(dtype):
+    """tests/test_algorithms.py's geometries (every engine path: stride, dilation, groups,
+    depthwise x2, asymmetric and negative padding, 1x1): forward and VJP against XLA."""
+    from test_algorithms import GEOMS, _inputs, _run, _xla
+
+    if dtype == "bfloat16" and not __import__("jconv_onednn").bf16_supported():
+        pytest.skip("no bfloat16 instructions on this CPU")
+    ran = 0
+    for geom in GEOMS:
+        x, w = _inputs(geom)
+        if geom[5] != (1, 1):
+            continue  # input dilation: not oneDNN's (supports() says so; see the conformance test)
+        xa, wa = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+        y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), xa.astype(jnp.float32), wa.astype(jnp.float32))
+        y, vjp = jax.vjp(functools.partial(_run, geom, "onednn"), xa, wa)
+        assert y.dtype == jnp.dtype(dtype)
+        assert_close(y, y_ref, dtype, precision="highest", what=f"{geom[0]} forward")
+        ct = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
+        for name, got, want in zip(("dx", "dw"), vjp(ct.astype(dtype)), vjp_ref(ct)):
+            assert_close(got, want, dtype, factor=2, precision="highest", what=f"{geom[0]} {name}")
+        ran += 1
+    assert ran >= 6

@@ -8,6 +8,6 @@ as unavailable, with the reason.
 """
 
 from jconv.impls import lax_conv, pallas, registry, xla  # noqa: F401  (registration order: report order)
-from jconv.impls import native  # noqa: F401  (optional native backends: absent with a reason)
+from jconv.impls import onednn  # noqa: F401  (optional: absent, with the reason, without its plugin)
 
 __all__ = ["registry"]

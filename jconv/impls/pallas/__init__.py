@@ -1,7 +1,7 @@
 """The Pallas Conv2D backend (``impl="pallas"``).
 
 ``kernels.py`` (kernel bodies), ``layout.py`` (XLA-side operand layout), ``tiling.py`` (tile
-sizes per target), ``calls.py`` (the ``pallas_call``s), ``sharding.py`` (batch partitioning),
+sizes per target), ``calls.py`` (the ``pallas_call``s), ``jconv.impls.partitioning`` (batch partitioning),
 ``ops.py`` (the three functions of a spec, registered as the backend). docs/pallas.md describes
 the design.
 """

@@ -11,7 +11,7 @@ The convolution primitive (:mod:`jconv.primitive`) lowers each for the platform 
 so a derivative of a Pallas op is again a Pallas op. Nothing falls back to XLA's convolution.
 
 On CPU and CUDA each op is a ``custom_partitioning`` function that XLA's partitioner splits along
-the batch (:mod:`.sharding`); on TPU a batch-sharded input is split by ``shard_map`` when the
+the batch (:mod:`jconv.impls.partitioning`); on TPU a batch-sharded input is split by ``shard_map`` when the
 mesh is known while tracing (``split_batch``; see docs/pallas.md, Sharding).
 """
 
@@ -25,7 +25,8 @@ from jax import lax
 from jconv.geometry import ConvSpec
 from jconv.impls import registry
 from jconv.impls.common import pad_input, transpose_kernel
-from jconv.impls.pallas import calls, sharding
+from jconv.impls import partitioning
+from jconv.impls.pallas import calls
 from jconv.targets import TRITON_MIN_CAPABILITY, Target
 
 
@@ -120,13 +121,13 @@ def _weight_grad(x, dy, spec, target):
     return spec_weight_grad(x, dy, spec, target)
 
 
-_forward_op = sharding.batch_op(_forward)
-_input_grad_op = sharding.batch_op(_input_grad)
-_weight_grad_op = sharding.batch_sum_op(_weight_grad)
+_forward_op = partitioning.batch_op(_forward)
+_input_grad_op = partitioning.batch_op(_input_grad)
+_weight_grad_op = partitioning.batch_sum_op(_weight_grad)
 
 
 def _partitioned(target: Target) -> bool:
-    return target.platform in sharding.PARTITIONED_PLATFORMS
+    return target.platform in partitioning.PARTITIONED_PLATFORMS
 
 
 def forward(x, w, spec: ConvSpec, target: Target):

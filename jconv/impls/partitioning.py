@@ -1,7 +1,8 @@
-"""XLA's SPMD partitioner splits the Pallas ops along the batch (``custom_partitioning``).
+"""XLA's SPMD partitioner splits a backend's custom calls along the batch (``custom_partitioning``).
 
-A ``pallas_call`` is a custom call XLA cannot split: on a batch-sharded input it would gather the
-whole batch on every device. On CPU and CUDA each op is therefore a ``custom_partitioning``
+A ``pallas_call`` (or a native FFI call) is a custom call XLA cannot split: on a batch-sharded
+input it would gather the whole batch on every device. On CPU and CUDA each op of such a backend
+(Pallas, oneDNN) is therefore a ``custom_partitioning``
 function: when XLA partitions the program (a jit over sharded arrays, the mesh known only from
 the arrays), it asks ``partition`` for a per-device program: the batch dim stays sharded as the
 input is (over the same mesh axes), everything else is replicated (XLA gathers any other

@@ -1,0 +1,106 @@
+"""The ``onednn`` backend: oneDNN's CPU convolutions through XLA's FFI, from the optional plugin
+package ``jconv-onednn`` (``plugins/onednn``; ``make install`` builds it where it can).
+
+Forward, input gradient and weight gradient are oneDNN primitives on channels-last data (the
+plugin's ``conv_forward``, ``conv_backward_data``, ``conv_backward_weights``); the convolution
+primitive (:mod:`jconv.primitive`) makes every transformation out of them. Float32 and bfloat16
+(bfloat16 where the CPU has bfloat16 instructions); what oneDNN does not run here (input
+dilation, float16/float64, an output dtype other than the input's) is a clear error naming the
+reason, never another implementation.
+
+A native custom call: it lowers for the CPU only, and ``jax.export`` refuses it as not portable
+(the primitive's lowering says so for other platforms). On a batch-sharded input, XLA's
+partitioner splits the calls along the batch (:mod:`jconv.impls.partitioning`), or ``shard_map``
+does when the mesh is known while tracing.
+
+Threads: oneDNN opens an OpenMP team (``OMP_NUM_THREADS``, default all cores) from the XLA thread
+that runs the call; XLA runs the custom calls of one program one after the other, so the two
+pools do not oversubscribe the cores (plugins/onednn/README.md has the measurements). When the
+plugin is not installed, or cannot load on this machine, the backend is registered as
+unavailable with the reason, and ``impl="onednn"`` says how to install it.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jconv.geometry import ConvSpec
+from jconv.impls import partitioning, registry
+
+NAME = "onednn"
+INSTALL_HINT = ("install the plugin: pip install ./plugins/onednn from a jconv checkout "
+                "(`make install` builds it; needs a C++17 compiler and Linux x86-64)")
+
+try:
+    import jconv_onednn
+except ImportError as e:  # not installed
+    jconv_onednn = None
+    _MISSING = f"the jconv-onednn plugin is not installed ({e}); {INSTALL_HINT}"
+else:
+    _MISSING = None if jconv_onednn.available() else (
+        f"the jconv-onednn plugin cannot load here: {jconv_onednn.unavailable_reason()}; {INSTALL_HINT}")
+
+
+def _geometry(spec: ConvSpec) -> dict:
+    return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
+
+
+def _forward(x, w, spec: ConvSpec, target=None):
+    return jconv_onednn.conv_forward(x.astype(spec.dtype), w.astype(spec.dtype), **_geometry(spec))
+
+
+def _input_grad(dy, w, spec: ConvSpec, target=None):
+    h, wd = spec.in_size
+    return jconv_onednn.conv_backward_data(dy.astype(spec.dtype), w.astype(spec.dtype),
+                                           x_shape=(spec.batch, h, wd, spec.in_channels), **_geometry(spec))
+
+
+def _weight_grad(x, dy, spec: ConvSpec, target=None):
+    """float32 (summed over batch shards in float32 by the partitioner); cast by the caller."""
+    dw = jconv_onednn.conv_backward_weights(x.astype(spec.dtype), dy.astype(spec.dtype), w_shape=spec.kernel_shape,
+                                            with_bias=False, **_geometry(spec))
+    return dw.astype(jnp.float32)
+
+
+_forward_op = partitioning.batch_op(_forward)
+_input_grad_op = partitioning.batch_op(_input_grad)
+_weight_grad_op = partitioning.batch_sum_op(_weight_grad)
+
+
+def forward(x, w, spec: ConvSpec, target=None):
+    return _forward_op(x, w, spec, target)
+
+
+def input_grad(dy, w, spec: ConvSpec, target=None):
+    return _input_grad_op(dy, w, spec, target)
+
+
+def weight_grad(x, dy, spec: ConvSpec, target=None):
+    return _weight_grad_op(x, dy, spec, target).astype(spec.dtype)
+
+
+def supports(spec: ConvSpec) -> str | None:
+    if spec.dtype not in ("float32", "bfloat16"):
+        return f"impl='onednn' computes float32 and bfloat16, not {spec.dtype}; use impl='lax' or impl='xla'"
+    if spec.out_dtype != spec.dtype:
+        return (f"impl='onednn' returns its input dtype ({spec.dtype}), not preferred_element_type "
+                f"{spec.out_dtype}; use impl='lax' or impl='xla'")
+    if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
+        return "impl='onednn' bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); this one has none"
+    if spec.lhs_dilation != (1, 1):
+        return "impl='onednn' does not run input dilation (transposed convolution); use impl='lax' or impl='xla'"
+    return None
+
+
+ONEDNN = registry.Algorithm("onednn", forward, input_grad, weight_grad, supports=supports,
+                            summary="oneDNN's CPU convolution primitives through XLA's FFI")
+
+if _MISSING is not None:
+    registry.register_unavailable(NAME, _MISSING)
+else:
+    BACKEND = registry.register(registry.Backend(
+        name=NAME, algorithms={"onednn": ONEDNN}, default=lambda spec, layout: ("onednn", "requested"),
+        tune_candidates=lambda spec, layout, platform: ["onednn"] if platform == "cpu" else [],
+        platforms=("cpu",), split_batch=True, native=True,
+        summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",
+    ))
