@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = "compile_matrix"
     c.targets = "v4,v5e,v5p,v6e,a100,h100,l4"   # jconv.targets names
-    c.configs = "tpu,colab_tpu,gpu"             # whose work is compiled (each on its platform's targets)
+    c.configs = "tpu,colab_tpu,gpu,colab_gpu"   # whose work is compiled (each on its platform's targets)
     c.suite = ""                                # "" = each config's suite; or a suite name / "all"
     c.impls = ""                                # "" = each config's impls (peers skipped)
     c.workers = 2                               # compiler processes

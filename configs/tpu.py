@@ -4,11 +4,15 @@
 
 The ``full`` suite at batch 64, float32 and bfloat16, fwd and fwd+bwd, impls xla/lax/auto/
 pallas (compiled, every layer)/gemm_peak (torch is not a TPU peer). float32 at the default
-precision runs bfloat16 passes on the MXU, so its tolerance is bfloat16's (see
-bench.effective_tolerance); set --config.precision=highest to hold float32 to float32's. The
+precision runs bfloat16 passes on the MXU, so its tolerance is bfloat16's
+(jconv.testing.effective_dtype); set --config.precision=highest to hold float32 to float32's. The
 float64 reference runs on the host CPU, so only up to 1 GFLOP per pass; larger layers are
 checked against HIGHEST-precision float32 on the TPU (each row's ``reference`` says which).
-Not run end to end by this project (no TPU here); expect several minutes, mostly compilation.
+
+Setup on a TPU VM: ``make run`` (it installs ``jconv[experiments,tpu]``) or
+``pip install -e ".[experiments,tpu]"`` first. Not run on a TPU by this project (none here):
+every program it runs compiles for TPU v4, v5e, v5p and v6e (the compile matrix,
+docs/pallas.md); expect several minutes, mostly compilation.
 """
 
 from configs.default import get_config as _default

@@ -1,4 +1,10 @@
-"""Strict test environment: CPU, 4 forced host devices, rank promotion raises."""
+"""Strict test environment: CPU, 4 forced host devices, rank promotion raises.
+
+On an accelerator (the notebook sets ``JAX_PLATFORMS=tpu,cpu`` or ``cuda,cpu`` and runs
+``pytest -m device``): the files in DEVICE_FILES are the device selection; a test marked
+``cpu_only`` (it asserts the CPU's ``auto`` choices, or runs interpret mode) is skipped there, and
+one marked ``multi_device`` is skipped with fewer than 4 devices (a v5e-1 has one chip).
+"""
 
 import os
 
@@ -20,3 +26,25 @@ def pytest_generate_tests(metafunc):
     impls = getattr(metafunc.cls, "IMPLS", None)
     if impls is not None and "impl" in metafunc.fixturenames:
         metafunc.parametrize("impl", impls)
+
+
+#: the device selection: correctness of every impl on the device's own compilers (Pallas compiled
+#: by Mosaic or Triton), the arguments and errors, transformations and the Flax modules
+DEVICE_FILES = {"test_geometry.py", "test_errors.py", "test_conv.py", "test_transforms.py", "test_backend_xla.py",
+                "test_backend_lax.py", "test_backend_pallas.py", "test_pallas.py", "test_linen.py", "test_nnx.py",
+                "test_models.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    platform = jax.default_backend()
+    devices = len(jax.devices())
+    for item in items:
+        cpu_only = item.get_closest_marker("cpu_only") is not None
+        if os.path.basename(str(item.fspath)) in DEVICE_FILES and not cpu_only:
+            item.add_marker(pytest.mark.device)
+        if cpu_only and platform != "cpu":
+            item.add_marker(pytest.mark.skip(reason=f"asserts CPU behaviour; this run is on {platform}"))
+        if item.get_closest_marker("multi_device") is not None and devices < 4:
+            item.add_marker(pytest.mark.skip(reason=f"needs 4 devices, this run has {devices}"))

@@ -28,14 +28,17 @@ def test_colab_notebook_executes_on_cpu(tmp_path, monkeypatch):
                    resources={"metadata": {"path": ROOT}}).execute()
     text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
     assert "install skipped" in text
-    assert "this notebook runs on CPU" in text
+    assert "this notebook runs on CPU" in text and "runtime: cpu" in text
     assert "tests passed: True" in text
     assert "config: configs/smoke.py" in text
     assert "## Verdict" in text  # the report's markdown was displayed
-    verdict = _text(nb.cells[-1])
-    assert "VERDICT" in verdict and "ran on CPU, not a TPU" in verdict
+    verdict = _text(nb.cells[-3])
+    assert "VERDICT" in verdict and "ran on CPU, not an accelerator" in verdict
     assert "all impls agree with XLA within tolerance:" in verdict
     assert "geometric-mean speedup over XLA" in verdict
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3
     assert (tmp_path / "nb_run" / "results.jsonl").exists()
+    archive = _text(nb.cells[-1])
+    assert "ARCHIVE" in archive and (tmp_path / "jconv_results_cpu_cpu.tar.gz").exists()
+    assert "attach it to a new issue" in archive

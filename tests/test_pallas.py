@@ -140,6 +140,7 @@ def test_second_order_matches_xla(kw, w_shape):
         assert_close(got, want, np.float32, factor=4)
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "windows"])
 def test_folded_taps_match_xla(fold):
     """Few input channels: taps folded into the contraction (XLA im2col + 1x1 kernel) or not."""
@@ -192,6 +193,7 @@ INTERPRET_CASES = [
 ]
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("xs,ws,kw,blocks", INTERPRET_CASES, ids=lambda v: str(v).replace(" ", ""))
 def test_tpu_interpret_races_and_bounds(xs, ws, kw, blocks):
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
@@ -214,6 +216,7 @@ def test_tpu_interpret_races_and_bounds(xs, ws, kw, blocks):
     assert_close(dw, dw_ref, np.float32, factor=2, what="dw")
 
 
+@pytest.mark.cpu_only
 def test_race_detector_catches_a_parallel_reduction(monkeypatch):
     """Negative control: marking the weight gradient's reduction axes "parallel" (two simulated
     cores write the same output block) is reported as a race, so the test above can fail."""
@@ -319,6 +322,7 @@ def test_default_tiles_cover_every_layer(name):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.multi_device
 @pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
 def test_batch_sharding_is_kept(axis_type):
     """Inside jax.set_mesh: explicit batch sharding, or auto sharding (split over the mesh)."""
@@ -349,6 +353,7 @@ def test_batch_sharding_is_kept(axis_type):
     assert_close(gk_closure, gk_ref, np.float32, factor=2)
 
 
+@pytest.mark.multi_device
 def test_auto_sharding_without_mesh_context_is_split_by_xla():
     """The common case: an auto-sharded input, no mesh in context (the mesh unknown when
     tracing). XLA's partitioner splits the Pallas ops (custom_partitioning) along the batch:
@@ -387,6 +392,7 @@ def test_auto_sharding_without_mesh_context_is_split_by_xla():
     assert_close(gk6, jax.grad(lambda c: jnp.sum(ref(x8_np[:6], c) ** 2))(k), np.float32, factor=2)
 
 
+@pytest.mark.multi_device
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_export_batch_sharded_inside_set_mesh(platform):
     """jax.export of a multi-device auto-sharded program: inside set_mesh (shard_map; without it
@@ -432,6 +438,7 @@ TRITON_CASES = [
 ]
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("xs,ws,kw", TRITON_CASES, ids=lambda v: str(v).replace(" ", ""))
 def test_triton_kernel_forms_interpreted(xs, ws, kw):
     spec = parse_conv2d(xs, "float32", ws, "float32", precision="highest", **kw).execute_spec()
@@ -450,6 +457,7 @@ def test_triton_kernel_forms_interpreted(xs, ws, kw):
         assert_close(ops.spec_weight_grad(x, g, **kwargs), dw_ref, np.float32, factor=2, what=f"{name} dw")
 
 
+@pytest.mark.cpu_only
 def test_a_batch_over_the_memory_budget_runs_in_chunks():
     """A target whose memory holds one example's operands per call: the batch runs in chunks
     (forward, input gradient, weight gradient alike; 3 examples: one padded example), with the

@@ -37,6 +37,7 @@ def test_vjp_matches_xla(c):
 SECOND_ORDER = [GRID[i] for i in (1, 6, 11, 17, 24, 33)]
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("impl", ["lax", "lax:im2col", "lax:taps"])
 @pytest.mark.parametrize("c", SECOND_ORDER, ids=_ids)
 def test_check_grads_second_order(c, impl):
@@ -47,6 +48,7 @@ def test_check_grads_second_order(c, impl):
         check_grads(f, args, order=2, modes=("rev",), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cpu_only
 def test_check_grads_depthwise_second_order():
     with jax.enable_x64(True):
         rng = np.random.default_rng(10)
@@ -82,6 +84,7 @@ def test_jit_of_conv_is_cached_per_spec():
     assert f._cache_size() == 1
 
 
+@pytest.mark.multi_device
 @pytest.mark.parametrize("impl", ["xla", "lax", "lax:im2col", "lax:taps", "lax:depthwise"])
 def test_batch_sharding_is_kept(impl):
     devices = jax.devices()
@@ -103,6 +106,7 @@ def test_batch_sharding_is_kept(impl):
     assert gx.sharding.is_equivalent_to(sharding, gx.ndim)
 
 
+@pytest.mark.cpu_only
 def test_forward_mode_through_auto_on_the_cpu():
     """impl="auto" on the CPU picks lax algorithms (depthwise here); jax.jvp, jacfwd and hessian
     go through them (the convolution primitive's rules), matching XLA's."""
