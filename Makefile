@@ -46,8 +46,9 @@ run: $(VENV)/.installed-$(ACCEL)
 
 # The whole suite on the CPU: Pallas interpreted; GPU (CUDA, deviceless) and TPU (libtpu)
 # compile-only, required here (a missing compiler fails the run instead of skipping).
+# JCONV_AOT_EARLY=1: those compiles start at once in the background (tests/aot_helpers.py).
 test: $(VENV)/.installed-test
-	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 $(PY) -m pytest -n 2 --dist=loadfile -q tests plugins/onednn/tests
+	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 JCONV_AOT_EARLY=1 $(PY) -m pytest -n 2 --dist=loadfile -q --durations=15 tests plugins/onednn/tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,7 +16,6 @@ import time
 
 LAYERS = (
     "vgg16_conv4_2",            # dense 3x3, 512 channels: the largest weight tiles
-    "resnet50_s4_3x3",          # dense 3x3, 256 channels
     "resnet50_s3_3x3s2",        # strided (phases)
     "resnet50_s3_1x1_reduce",   # 1x1, 512 -> 128
     "resnet50_stem_7x7s2",      # 7x7 stride 2, 3 channels: folded taps, the largest temporaries

@@ -21,6 +21,26 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/oracle.py as `oracle`
 
 
+_EARLY = []
+
+
+def pytest_configure(config):
+    """``JCONV_AOT_EARLY=1`` (``make test``): the pytest controller starts the compile-only
+    checks of tests/aot_checks.py at once, in the background (tests/aot_helpers.py)."""
+    if os.environ.get("JCONV_AOT_EARLY") == "1" and not hasattr(config, "workerinput"):
+        import tempfile
+
+        from aot_helpers import start_early
+
+        _EARLY.extend(start_early(tempfile.mkdtemp(prefix="jconv_aot_")))
+
+
+def pytest_unconfigure(config):
+    for proc in _EARLY:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def pytest_generate_tests(metafunc):
     """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS."""
     impls = getattr(metafunc.cls, "IMPLS", None)

@@ -103,7 +103,7 @@ def test_forward(name, dtype):
     assert y.dtype == jnp.dtype(dtype)
     _close(y, ref, tol, "forward")
     yb = jax.jit(lambda x, w, b: jo.conv_forward(x, w, b, **geo))(x, w, b)
-    _close(yb, ref + b.astype(jnp.float32), tol, "forward+bias")
+    _close(yb, ref + b.astype(jnp.float32).reshape(1, 1, 1, -1), tol, "forward+bias")
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -265,7 +265,7 @@ def test_vmap_sequential():
     xs = jnp.stack([x, 2 * x, -x])
     ys = jax.jit(jax.vmap(lambda x: jo.conv_forward(x, w, b, **geo)))(xs)
     for i in range(3):
-        _close(ys[i], _ref_conv(xs[i], w, geo) + b, 1e-5, f"vmap[{i}]")
+        _close(ys[i], _ref_conv(xs[i], w, geo) + b.reshape(1, 1, 1, -1), 1e-5, f"vmap[{i}]")
     ws = jnp.stack([w, 0.5 * w])
     yw = jax.vmap(lambda w: jo.conv_forward(x, w, **geo))(ws)
     _close(yw[1], _ref_conv(x, ws[1], geo), 1e-5, "vmap over weights")
