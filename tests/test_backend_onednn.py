@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import jconv
 from conformance import BackendConformance, backend_impls
 from jconv.impls import registry
+from jconv.suite import CASES
 from jconv.testing import assert_close
 
 
@@ -74,6 +75,7 @@ sys.modules["jconv_onednn"] = None  # the import fails as on a machine without t
 import jconv
 from jconv.impls import registry
 from jconv.suite import CASES
+from jconv.suite import CASES
 assert "onednn" not in registry.names() and "onednn" in registry.unavailable()
 try:
     jconv.conv2d(__import__("jax.numpy").numpy.ones((1, 4, 4, 1)), __import__("jax.numpy").numpy.ones((3, 3, 1, 1)),
@@ -118,3 +120,23 @@ def test_algorithm_grid(dtype):
             assert_close(got, want, dtype, factor=2, precision="highest", what=f"{geom[0]} {name}")
         ran += 1
     assert ran >= 6
+
+
+@needs_plugin
+def test_auto_on_the_cpu_runs_onednn_where_it_can_and_the_lax_rules_elsewhere():
+    """With the plugin, auto plans oneDNN for what it runs and says so; what it cannot run
+    (input dilation, float16) keeps the lax/XLA rules; other platforms are untouched; and
+    registry.auto_excluded / JCONV_AUTO_EXCLUDE give back the plans without it."""
+    for name in ("mobilenetv2_dw3x3_s1", "resnet50_s2_3x3", "resnet50_s4_3x3", "resnext_g32_3x3",
+                 "resnet50_s2_1x1_expand", "convnext_dw7x7"):
+        p = jconv.plan_for(CASES[name].spec(4), "auto", platform="cpu")
+        assert (p.impl, p.algorithm) == ("onednn", "onednn"), (name, p)
+        assert p.reason.startswith("auto: ") and "oneDNN" in p.reason
+        assert jconv.plan_for(CASES[name].spec(4), "auto", platform="tpu").impl == "xla"
+    p = jconv.plan_for(CASES["unet_up_transposed"].spec(1), "auto", platform="cpu")
+    assert p.impl == "lax", p
+    p = jconv.plan_for(CASES["resnet50_s2_3x3"].spec(2, "float16"), "auto", platform="cpu")
+    assert p.impl != "onednn", p
+    with registry.auto_excluded("onednn"):
+        assert jconv.plan_for(CASES["resnext_g32_3x3"].spec(4), "auto", platform="cpu").algorithm == "mac"
+    assert jconv.plan_for(CASES["resnext_g32_3x3"].spec(4), "auto", platform="cpu").impl == "onednn"

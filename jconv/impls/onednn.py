@@ -22,6 +22,8 @@ unavailable with the reason, and ``impl="onednn"`` says how to install it.
 
 from __future__ import annotations
 
+import importlib
+
 import jax.numpy as jnp
 
 from jconv.geometry import ConvSpec
@@ -31,8 +33,8 @@ NAME = "onednn"
 INSTALL_HINT = ("install the plugin: pip install ./plugins/onednn from a jconv checkout "
                 "(`make install` builds it; needs a C++17 compiler and Linux x86-64)")
 
-try:
-    import jconv_onednn
+try:  # the optional plugin package (not a jconv module)
+    jconv_onednn = importlib.import_module("jconv_onednn")
 except ImportError as e:  # not installed
     jconv_onednn = None
     _MISSING = f"the jconv-onednn plugin is not installed ({e}); {INSTALL_HINT}"
@@ -92,6 +94,19 @@ def supports(spec: ConvSpec) -> str | None:
     return None
 
 
+def auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> registry.Choice | None:
+    """``impl="auto"`` on the CPU, before the lax engine's rules: oneDNN for every convolution
+    it runs (float32 and bfloat16, no input dilation, bfloat16 only on a CPU with bfloat16
+    instructions); anything else falls through to the lax/XLA rules. Measured on the whole
+    suite against those rules, XLA and PyTorch: docs/performance.md (the oneDNN section)."""
+    if platform != "cpu" or supports(spec) is not None:
+        return None
+    kind = ("depthwise" if spec.is_depthwise else "grouped" if spec.groups > 1
+            else "1x1" if spec.is_pointwise else "dense")
+    return registry.Choice(NAME, "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed), "
+                           "measured faster than the lax/XLA plans on the CPU")
+
+
 ONEDNN = registry.Algorithm("onednn", forward, input_grad, weight_grad, supports=supports,
                             summary="oneDNN's CPU convolution primitives through XLA's FFI")
 
@@ -100,6 +115,7 @@ if _MISSING is not None:
 else:
     BACKEND = registry.register(registry.Backend(
         name=NAME, algorithms={"onednn": ONEDNN}, default=lambda spec, layout: ("onednn", "requested"),
+        auto=auto_rule, auto_priority=10,
         tune_candidates=lambda spec, layout, platform: ["onednn"] if platform == "cpu" else [],
         platforms=("cpu",), split_batch=True, native=True,
         summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",

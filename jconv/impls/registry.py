@@ -17,7 +17,9 @@ the harness, the experiment runner, the report) reads this registry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -172,10 +174,28 @@ def check_impl(fn: str, impl: Any) -> str:
     return impl
 
 
+_NO_AUTO: list[str] = []
+
+
+@contextlib.contextmanager
+def auto_excluded(*names: str):
+    """Within the block, ``impl="auto"`` ignores these backends' rules (they stay callable by
+    name): what auto plans without them, e.g. without the oneDNN plugin. The environment
+    variable ``JCONV_AUTO_EXCLUDE=onednn,...`` does the same for a whole process."""
+    _NO_AUTO.extend(names)
+    try:
+        yield
+    finally:
+        for n in names:
+            _NO_AUTO.remove(n)
+
+
 def auto_rules() -> list[Backend]:
-    """Backends with an ``auto`` rule, highest priority first."""
-    return sorted((b for b in _BACKENDS.values() if b.auto is not None), key=lambda b: -b.auto_priority)
+    """Backends with an ``auto`` rule, highest priority first (less the excluded ones)."""
+    excluded = set(_NO_AUTO) | {n.strip() for n in os.environ.get("JCONV_AUTO_EXCLUDE", "").split(",") if n.strip()}
+    return sorted((b for b in _BACKENDS.values() if b.auto is not None and b.name not in excluded),
+                  key=lambda b: -b.auto_priority)
 
 
 __all__ = ["Algorithm", "Backend", "Choice", "register", "register_unavailable", "unregister", "names",
-           "unavailable", "backends", "get", "parse_impl", "check_impl", "auto_rules", "impl_names"]
+           "unavailable", "backends", "get", "parse_impl", "check_impl", "auto_rules", "auto_excluded", "impl_names"]
