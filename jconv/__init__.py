@@ -1,7 +1,7 @@
 """jconv: an accelerator-portable Conv2D for JAX.
 
-    import jconv
-    y = jconv.conv2d(x, w, b, stride=2, padding="SAME", groups=4, impl="auto")
+  import jconv
+  y = jconv.conv2d(x, w, b, stride=2, padding="SAME", groups=4, impl="auto")
 
 Public API: :func:`conv2d`, :func:`conv_general_dilated` (drop-in for
 ``lax.conv_general_dilated``), :func:`plan_for`, the seed's arithmetic (:func:`output_size`,

@@ -110,6 +110,19 @@ def conv2d(
       impl: ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``), ``"lax"`` (built from lax
         primitives; ``"lax:<algorithm>"`` forces one), ``"pallas"``.
       precision, preferred_element_type: as in ``lax.conv_general_dilated``.
+
+    Example (the seed's first MNIST layer, and the same call through XLA's own convolution):
+
+    >>> import jax.numpy as jnp, numpy as np, jconv
+    >>> x = jnp.arange(2 * 28 * 28, dtype=jnp.float32).reshape(2, 28, 28, 1) / 784
+    >>> w = jnp.ones((3, 3, 1, 32)) / 9
+    >>> y = jconv.conv2d(x, w, jnp.zeros(32))
+    >>> y.shape
+    (2, 26, 26, 32)
+    >>> bool(np.allclose(y, jconv.conv2d(x, w, jnp.zeros(32), impl="xla"), atol=1e-5))
+    True
+    >>> jconv.conv2d(x, w, stride=2, padding="SAME").shape
+    (2, 14, 14, 32)
     """
     fn = "conv2d"
     check_array(fn, "x", x)

@@ -2,11 +2,11 @@
 
 Swap one class name::
 
-    import flax.linen as nn
-    import jconv.linen
+  import flax.linen as nn
+  import jconv.linen
 
-    nn.Conv(32, (3, 3), padding="VALID")          # before
-    jconv.linen.Conv2D(32, 3, padding="VALID")    # after: same params, same init, same output
+  nn.Conv(32, (3, 3), padding="VALID")          # before
+  jconv.linen.Conv2D(32, 3, padding="VALID")    # after: same params, same init, same output
 
 Same fields, defaults, parameter names (``kernel`` HWIO, ``bias``), shapes and initialisers as
 ``flax.linen.Conv``, so checkpoints load unchanged; plus ``padding_mode``, ``flip_kernel``,
@@ -152,7 +152,19 @@ class Conv2D(nn.Module):
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` for numeric padding.
       flip_kernel: True computes true convolution.
       preferred_element_type: output dtype of the convolution.
-      impl: ``"auto"``, ``"xla"``, ``"lax"``, ``"lax:<algorithm>"`` or ``"pallas"``.
+      impl: ``"auto"``, ``"xla"``, ``"lax"``, ``"lax:<algorithm>"``, ``"pallas"`` or ``"onednn"``.
+
+    Example: in place of ``nn.Conv(32, (3, 3))``, with the same parameters:
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, numpy as np
+    >>> from jconv.linen import Conv2D
+    >>> x = jnp.ones((1, 28, 28, 1))
+    >>> params = Conv2D(32, (3, 3), padding="VALID").init(jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, params)
+    {'params': {'bias': (32,), 'kernel': (3, 3, 1, 32)}}
+    >>> y = Conv2D(32, (3, 3), padding="VALID").apply(params, x)
+    >>> bool(np.allclose(y, nn.Conv(32, (3, 3), padding="VALID").apply(params, x), atol=1e-5))
+    True
     """
 
     features: int

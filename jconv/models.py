@@ -33,8 +33,8 @@ def max_pool(x, p: int):
     The same values and gradients as ``nn.max_pool(x, (p, p), strides=(p, p))``: each window's
     gradient goes to its first maximum in row-major order. Computed as a reshape and a max, with
     an elementwise backward: XLA's CPU gradient of ``nn.max_pool`` (``select_and_scatter`` and
-    an index-tracking ``reduce_window``) took about 30 of the 75 ms of the seed's training step
-    at batch 128; with this one that step takes 34-46 ms (docs/performance.md).
+    an index-tracking ``reduce_window``) took a large share of the seed's training step on the
+    CPU; this one removes it (measurements: docs/performance.md, the MNIST step).
     """
     return _max_pool_fwd(x, p)[0]
 

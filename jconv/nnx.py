@@ -1,10 +1,10 @@
 """``jconv.nnx.Conv2D``: a drop-in for ``flax.nnx.Conv`` that runs :func:`jconv.conv2d`.
 
-    from flax import nnx
-    import jconv.nnx
+  from flax import nnx
+  import jconv.nnx
 
-    nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)          # before
-    jconv.nnx.Conv2D(1, 32, 3, padding="VALID", rngs=rngs)       # after
+  nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)          # before
+  jconv.nnx.Conv2D(1, 32, 3, padding="VALID", rngs=rngs)       # after
 
 A subclass of ``flax.nnx.Conv``: the same constructor arguments, defaults, parameters
 (``kernel`` HWIO, ``bias``), shapes and initialisation (the same keys drawn from ``rngs`` in the
@@ -36,6 +36,21 @@ class Conv2D(nnx.Conv):
     """2-D convolution with ``flax.nnx.Conv``'s arguments, computed by :func:`jconv.conv2d`.
 
     See :class:`jconv.linen.Conv2D` for the meaning of every argument.
+
+    Example: in place of ``nnx.Conv(1, 32, (3, 3), rngs=rngs)``:
+
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from flax import nnx
+    >>> from jconv.nnx import Conv2D
+    >>> conv = Conv2D(1, 32, (3, 3), padding="VALID", rngs=nnx.Rngs(0))
+    >>> conv.kernel[...].shape, conv.bias[...].shape
+    ((3, 3, 1, 32), (32,))
+    >>> y = conv(jnp.ones((1, 28, 28, 1)))
+    >>> y.shape
+    (1, 26, 26, 32)
+    >>> ref = nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=nnx.Rngs(0))
+    >>> bool(np.allclose(y, ref(jnp.ones((1, 28, 28, 1))), atol=1e-5))
+    True
     """
 
     def __init__(

@@ -1,24 +1,25 @@
 """The tuner: measure the candidate implementations of one convolution on this machine, keep
 the fastest in a cache file, and let ``impl="auto"`` read it.
 
-    import jconv
-    jconv.tune(x, w, b, padding=1, groups=32, cache="tune.json")  # once, on the user's shapes
-    y = jconv.conv2d(x, w, b, padding=1, groups=32)               # auto now runs the winner
+  import jconv
+  jconv.tune(x, w, b, padding=1, groups=32, cache="tune.json")  # once, on the user's shapes
+  y = jconv.conv2d(x, w, b, padding=1, groups=32)               # auto now runs the winner
 
-    JCONV_TUNE_CACHE=tune.json python train.py                     # or: jconv.use_tune_cache(path)
+  JCONV_TUNE_CACHE=tune.json python train.py                     # or: jconv.use_tune_cache(path)
 
 Why: the rules in :mod:`jconv.select` are static, but some choices depend on more than the
-rules look at. XLA's CPU weight gradient for a big, thin dense layer (U-Net 3x3, 32 channels,
-256x256) is 2.3x slower than ``lax:xla_fwd``'s at batch 3 and 2.5x faster at batch 1
-(docs/performance.md). Only a measurement on the user's shapes settles those.
+rules look at: which algorithm wins a big, thin dense layer's weight gradient on the CPU
+changes with the batch (docs/performance.md, the tuner). Only a measurement on the user's
+shapes settles those.
 
-What is measured: every candidate (``"xla"`` and each lax algorithm that can run the spec on
-the CPU; ``"xla"`` and ``"pallas"`` on GPU/TPU) is compiled and called twice; candidates whose
+What is measured: every candidate (each registered backend's ``tune_candidates`` that can run
+the spec on the platform: on the CPU ``"xla"``, each lax algorithm and ``"onednn"`` where its
+plugin is installed; ``"xla"`` and ``"pallas"`` on GPU/TPU) is compiled and called twice; candidates whose
 second call is more than ``prune`` times slower than the best are dropped; the rest are timed together
 by :func:`jconv.bench.time_interleaved` (blocks of calls, medians); the rules' choice stays
 unless another candidate beats it by more than ``margin``. Every array, the cotangent too, is an
-argument of the timed program (a captured one would be folded into it as a constant: a
-measured 47 ms for ``lax:im2col`` on a ResNet 3x3 whose real program takes 78 ms). The objective is
+argument of the timed program (a captured one would be folded into it as a constant and the
+measurement would not be the real program's). The objective is
 ``"fwd+bwd"`` (the gradient of ``sum(y * ct)`` for x, w and b: training) or ``"fwd"``
 (inference). One algorithm runs both passes of a call (each has its own backward), so there
 is one entry per convolution, for the objective it was tuned for.

@@ -49,7 +49,7 @@ from jconv.impls.common import acc_dtype, transpose_kernel
 Pair = tuple[int, int]
 
 #: im2col builds its patch matrix in row chunks no larger than this multiple of the input (a
-#: number; 1 measured faster than 4 as well as smaller: ResNet-50 3x3 fwd 12.6 vs 31.8 ms).
+#: number; 1 is both smaller and faster than larger blow-ups: docs/performance.md, the algorithms).
 IM2COL_MAX_BLOWUP = 1
 #: ``mac`` unrolls C_in/groups * KH * KW multiply-adds per output; beyond this it is refused.
 MAC_MAX_TERMS = 1024
@@ -302,12 +302,12 @@ IM2COL_DW_CHUNK_BYTES = 1 << 18
 IM2COL_DW_MIN_K_PER_COUT = 8
 #: stride 1: build the patches K-major, ``(KH*KW*Cg, rows)``, from one channels-first copy of
 #: x, in chunks of about this many bytes (0 disables it). XLA's CPU GEMM runs ``(K, M) @ (M, N)``
-#: about twice as fast as the contraction over M of ``patches^T @ dy`` (576x64 output: 217 vs
-#: 113 GFLOP/s), and each chunk is a stack of plain slices of that copy.
+#: faster than the contraction over M of ``patches^T @ dy``, and each chunk is a stack of plain
+#: slices of that copy (measurements: docs/performance.md, the algorithms).
 IM2COL_DW_KMAJOR_CHUNK_BYTES = 1 << 22
 #: ... when the output is at least this many columns wide: each window row is then a contiguous
-#: run of that many elements. Narrower outputs keep the row-major chunks: in the seed's MNIST
-#: training step (conv2, 11 columns, batch 128) the K-major ones made the step 26 -> 34 ms.
+#: run of that many elements. Narrower outputs keep the row-major chunks, which measured faster
+#: there (the seed's MNIST training step: docs/performance.md).
 IM2COL_DW_KMAJOR_MIN_COLS = 28
 
 
@@ -330,9 +330,8 @@ def _scan_row_chunks(xp, dy, taps, count, xs, r: int, chunk_fn, init, *, channel
     ``dr`` is ``r`` rows of ``dy`` (one phase, (N, rows, cols, C_out)); ``xr`` the rows of
     ``xp`` those outputs read, so a tap's window in it starts at row ``st[0] - base`` (``base``:
     the smallest tap row). Rows past the end are zeros of ``dy`` and contribute nothing. One
-    chunk's temporaries are alive at a time and stay in cache: the weight gradients here were
-    2-3.6x slower built in a few big chunks, mostly from writing (and page-faulting) the
-    patches, than walked like this. ``channels_first``: ``xp`` is transposed once, before the
+    chunk's temporaries are alive at a time and stay in cache: built in a few big chunks the
+    weight gradients were slower, mostly from writing (and page-faulting) the patches. ``channels_first``: ``xp`` is transposed once, before the
     chunks, and ``xr`` is (C, N, span, W).
     """
     rows = count[0]
@@ -444,7 +443,7 @@ def _kernels(mode: str):
     def input_grad(dy, w, spec: ConvSpec, target=None):
         # the same engine on the transposed problem (every inserted zero skipped again). The
         # transposed kernel is materialised once: fused into mac's unrolled loop every output
-        # element re-gathered it (grouped dx 2.9x slower); a GEMM or XLA conv reads a
+        # element re-gathered it (slower); a GEMM or XLA conv reads a
         # materialised kernel anyway
         wt = lax.optimization_barrier(transpose_kernel(w, spec.groups))
         return _forward(dy.astype(w.dtype), wt, spec.input_grad_spec(), mode).astype(spec.dtype)

@@ -1,7 +1,7 @@
 """Reports from a workdir's ``results.jsonl`` (+ ``env.json``): ``report.md`` and PNG plots.
 
-    from jconv import report
-    report.build_report("runs/default")   # -> "runs/default/report.md"
+  from jconv import report
+  report.build_report("runs/default")   # -> "runs/default/report.md"
 
 Everything is derived from the rows, so a report can be rebuilt at any time:
 ``python -m experiments report --workdir=DIR``. The comparison (:mod:`.compare`) and the compile
