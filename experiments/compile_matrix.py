@@ -214,6 +214,22 @@ def _program_key(work: aot.Work) -> tuple:
     return (work.target, work.case, impl, work.dtype, work.pass_, work.batch, work.precision)
 
 
+def _order(works: list[aot.Work]) -> list[aot.Work]:
+    """The order to compile in: the Pallas kernels first, then XLA, then the lax engine, and
+    within each the targets taken in turn, so a run stopped early has covered every target."""
+    rank: dict[tuple, int] = {}
+    keyed = []
+    for w in works:
+        slot = (w.impl, w.target)
+        keyed.append((IMPL_ORDER.get(w.impl, len(IMPL_ORDER)), w.impl, rank.get(slot, 0), w.target, w))
+        rank[slot] = rank.get(slot, 0) + 1
+    return [k[-1] for k in sorted(keyed, key=lambda k: k[:4])]
+
+
+#: kernels first (where the bugs were), then XLA's own convolution, then the lax engine.
+IMPL_ORDER = {"pallas": 0, "xla": 1, "lax": 2}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     from tqdm import tqdm
 
@@ -260,7 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                 f" {'ok' if row.get('compiled') else 'FAILED'}")
 
         pool = _Pool(int(config.workers), float(config.timeout_s))
-        firsts = sorted((v[0] for v in by_impl_first.values()), key=lambda w: w.impl != "pallas")  # kernels first
+        firsts = _order([v[0] for v in by_impl_first.values()])
         try:
             pool.run(firsts, on_row)
         finally:
