@@ -97,10 +97,13 @@ def supports(spec: ConvSpec) -> str | None:
 def auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> registry.Choice | None:
     """``impl="auto"`` on the CPU, before the lax engine's rules: oneDNN for every convolution
     it runs (float32 and bfloat16, no input dilation, bfloat16 only on a CPU with bfloat16
-    instructions); anything else falls through to the lax/XLA rules. Measured on the whole
-    suite against those rules, XLA and PyTorch: docs/performance.md (the oneDNN section)."""
+    instructions), except strided bfloat16 depthwise; anything else falls through to the lax/XLA
+    rules. Measured on the whole suite against those rules, XLA and PyTorch: docs/performance.md
+    (the oneDNN section)."""
     if platform != "cpu" or supports(spec) is not None:
         return None
+    if spec.is_depthwise and spec.dtype == "bfloat16" and spec.stride != (1, 1):
+        return None  # oneDNN 3.2's strided bfloat16 depthwise backward is slower than the lax engine's
     kind = ("depthwise" if spec.is_depthwise else "grouped" if spec.groups > 1
             else "1x1" if spec.is_pointwise else "dense")
     return registry.Choice(NAME, "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed), "
