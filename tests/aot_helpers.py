@@ -66,9 +66,13 @@ def run_checks(platform: str) -> list[dict]:
         while not os.path.exists(base + ".rc"):
             assert time.monotonic() < deadline, f"aot_checks.py {platform} did not finish in {TIMEOUT_S} s"
             time.sleep(2)
-        rc = int(open(base + ".rc").read().strip() or 1)
-        assert rc == 0, open(base + ".err").read()[-4000:]
-        return _read(open(base + ".jsonl").read())
+        with open(base + ".rc") as f:
+            rc = int(f.read().strip() or 1)
+        with open(base + ".err") as f:
+            err = f.read()
+        assert rc == 0, err[-4000:]
+        with open(base + ".jsonl") as f:
+            return _read(f.read())
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_checks.py"), platform],
                           capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
