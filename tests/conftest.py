@@ -41,6 +41,19 @@ def pytest_unconfigure(config):
             proc.kill()
 
 
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def lax_rules():
+    """auto planned by the lax/XLA rules alone (the oneDNN plugin's rule excluded), for tests
+    that assert those rules' choices whether or not the plugin is installed."""
+    from jconv.impls import registry
+
+    with registry.auto_excluded("onednn"):
+        yield
+
+
 def pytest_generate_tests(metafunc):
     """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS."""
     impls = getattr(metafunc.cls, "IMPLS", None)

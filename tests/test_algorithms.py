@@ -18,7 +18,7 @@ from jax.test_util import check_grads
 import jconv
 from jconv import select
 from jconv.geometry import parse_conv2d
-from jconv.impls import lax_conv, registry
+from jconv.impls import lax_conv
 from jconv.impls.lax_conv import ALGORITHMS, supports
 from jconv.suite import CASES
 from jconv.testing import assert_close
@@ -198,11 +198,7 @@ def test_mac_refuses_huge_unrolls():
 # these are the lax engine's rules: what auto plans without the oneDNN plugin (with it, its own
 # rule goes first: tests/test_backend_onednn.py)
 
-
-@pytest.fixture
-def lax_rules():
-    with registry.auto_excluded("onednn"):
-        yield
+# (the lax_rules fixture: tests/conftest.py)
 
 
 def _plan(name, batch=4, platform="cpu"):

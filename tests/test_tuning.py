@@ -10,7 +10,6 @@ import pytest
 
 import jconv
 from jconv import primitive, tune_cache, tuning
-from jconv.impls import registry
 from jconv.conv import _execute
 
 X = jax.ShapeDtypeStruct((2, 12, 12, 16), jnp.float32)
@@ -18,11 +17,8 @@ W = jax.ShapeDtypeStruct((3, 3, 4, 16), jnp.float32)  # 4 groups of 4 channels
 KW = dict(padding=1, groups=4)
 
 
-@pytest.fixture(autouse=True)
-def _lax_rules():
-    """These tests read the lax engine's rules as auto's untuned choice (without the plugin's)."""
-    with registry.auto_excluded("onednn"):
-        yield
+# these tests read the lax rules as auto's untuned choice (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("lax_rules")
 
 
 @pytest.fixture(autouse=True)
