@@ -94,8 +94,9 @@ def work_items(config) -> list[aot.Work]:
         impls = [i for i in impls if i.partition(":")[0] not in registry.unavailable()]
         precision = None if sub.precision == "default" else sub.precision
         cases = _suite(config.suite or sub.suite)
+        own = _names(f"configs.{name}.compile_targets", sub.get("compile_targets", "")) or None
         for t in chosen:
-            if targets.get(t).platform != platform:
+            if targets.get(t).platform != platform or (own is not None and t not in own):
                 continue
             for case in cases:
                 batch = _batch_for(CASES[case], sub)
