@@ -200,6 +200,15 @@ def compile_work(work: Work) -> dict:
         except (ValueError, NotImplementedError) as e:
             row.update(compiled=False, error=first_line(e), error_kind="jconv", compile_s=0.0)
             return row
+    row.update(compile_for(target, *_program(work)))
+    return row
+
+
+def _program(work: Work) -> tuple:
+    """``(fn, *args)``: the work's pass as a function of ShapeDtypeStructs on its target."""
+    target = targets.get(work.target)
+    case = CASES[work.case]
+    spec = case.spec(work.batch, work.dtype)
     args = [shape_struct(spec.x_shape, work.dtype, target), shape_struct(spec.w_shape, work.dtype, target)]
     args.append(shape_struct((spec.out_channels,), work.dtype, target) if case.bias else None)
     if work.pass_ != "fwd":
@@ -209,8 +218,22 @@ def compile_work(work: Work) -> dict:
         fn_ = fn
         fn = (lambda x, w, *rest: fn_(x, w, None, *rest))
         args = [a for a in args if a is not None]
-    row.update(compile_for(target, fn, *args))
-    return row
+    return (fn, *args)
+
+
+def kernel_tiles(work: Work) -> list[dict]:
+    """The tiles each Pallas kernel of ``work``'s program gets on its target (lowered, not
+    compiled: :func:`jconv.impls.pallas.calls.recording_tiles`), or one dict with ``error`` when
+    jconv refuses the program while tracing."""
+    from jconv.impls.pallas import calls
+
+    fn, *args = _program(work)
+    with calls.recording_tiles() as log:
+        try:
+            jax.jit(fn).lower(*args)
+        except (KernelFitError, NotImplementedError, ValueError) as e:
+            return [{"error": first_line(e)}]
+    return log
 
 
 @functools.lru_cache(maxsize=None)
@@ -245,5 +268,5 @@ def probe_smem(fn: Callable, *shapes: tuple, base: str = "h100") -> int | str:
     return 0
 
 
-__all__ = ["compile_for", "compile_work", "Work", "MATRIX_KEY", "probe_smem", "compiler_available", "topology", "shape_struct", "one_device_sharding",
+__all__ = ["compile_for", "compile_work", "kernel_tiles", "Work", "MATRIX_KEY", "probe_smem", "compiler_available", "topology", "shape_struct", "one_device_sharding",
            "count_kernels", "count_convolutions", "first_line", "KERNEL_MARKERS"]

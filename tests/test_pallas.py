@@ -499,3 +499,46 @@ def test_kernels_that_cannot_fit_are_clear_errors_at_trace_time():
         jax.eval_shape(lambda a, c: ops.forward(a, c, spec, tiny_gpu), x, w)
     with pytest.raises(NotImplementedError, match=r"compute capability 8.0 or newer; Tesla T4"):
         jax.eval_shape(lambda a, c: ops.forward(a, c, spec, targets.get("t4")), x, w)
+
+
+def test_recording_tiles_reports_each_kernel_as_chosen():
+    """``calls.recording_tiles`` reads back, while lowering, the tiles every kernel got (the
+    table in docs/tiles.md): its role, kernel, blocks equal to ``get_default``'s for that
+    target, the im2col fold and the batch chunks; nothing is recorded outside the block."""
+    v5e, l4 = targets.get("v5e"), targets.get("l4")
+    dense = CASES["resnet50_s3_3x3"].spec(4).execute_spec()
+    dw_spec = CASES["mobilenetv2_dw3x3_s2"].spec(4).execute_spec()
+    stem = CASES["resnet50_stem_7x7s2"].spec(4).execute_spec()
+
+    def record(spec, target, which):
+        x = jax.ShapeDtypeStruct(spec.x_shape, jnp.float32)
+        w = jax.ShapeDtypeStruct(spec.w_shape, jnp.float32)
+        g = jax.ShapeDtypeStruct(spec.out_shape, jnp.float32)
+        fn, args = {"forward": (ops.spec_forward, (x, w)), "input gradient": (ops.spec_input_grad, (g, w)),
+                    "weight gradient": (ops.spec_weight_grad, (x, g))}[which]
+        with calls.recording_tiles() as log:
+            jax.eval_shape(lambda *a: fn(*a, spec=spec, target=target), *args)
+        return log
+
+    for target in (v5e, l4):
+        (fwd,) = record(dense, target, "forward")
+        want = get_default(dense.valid_spec(), target)
+        assert (fwd["role"], fwd["kernel"], fwd["examples"], fwd["folded"]) == ("forward", "conv_fwd", 4, False)
+        assert (fwd["block_h"], fwd["block_ci"], fwd["block_co"]) == (want.block_h, want.block_ci, want.block_co)
+        mem = "vmem" if target.platform == "tpu" else "smem"
+        assert 0 < fwd[f"{mem}_model"] <= fwd[f"{mem}_budget"]
+        (dx,) = record(dense, target, "input gradient")
+        assert (dx["role"], dx["kernel"]) == ("input gradient", "conv_fwd")
+        (dw,) = record(dw_spec, target, "weight gradient")
+        assert (dw["role"], dw["kernel"]) == ("weight gradient", "depthwise_dw")
+    (folded_fwd,) = record(stem, v5e, "forward")
+    assert calls._should_fold(stem.valid_spec(), v5e, jnp.float32)
+    assert folded_fwd["folded"] is True and folded_fwd["block_h"] >= 1
+    one = calls.working_set(dataclasses.replace(dense.valid_spec(), batch=1), l4, "fwd", jnp.float32)
+    small = dataclasses.replace(l4, memory_bytes=int(1.5 * one / calls.HBM_BUDGET))
+    (chunked,) = record(dense, small, "forward")
+    assert chunked["examples"] == 1
+    x = jax.ShapeDtypeStruct(dense.x_shape, jnp.float32)
+    w = jax.ShapeDtypeStruct(dense.w_shape, jnp.float32)
+    jax.eval_shape(lambda a, c: ops.spec_forward(a, c, spec=dense, target=v5e), x, w)  # not recorded
+    assert calls._TILE_LOG.get() is None

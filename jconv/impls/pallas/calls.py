@@ -17,6 +17,8 @@ call that cannot fit raises :class:`.tiling.KernelFitError` before anything is c
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Any
@@ -35,8 +37,8 @@ from jconv.impls.pallas.layout import (
     unpack_weight_grad,
 )
 from jconv.impls.pallas.tiling import (
-    TRITON_NUM_STAGES, TRITON_NUM_WARPS, VMEM_LIMIT, BlockSizes, KernelFitError, Tiling, fold_taps, folded,
-    itemsize, make_tiling,
+    SMEM_BUDGET, TRITON_NUM_STAGES, TRITON_NUM_WARPS, VMEM_BUDGET, VMEM_LIMIT, BlockSizes, KernelFitError, Tiling,
+    fold_taps, folded, itemsize, make_tiling, smem_bytes, vmem_bytes,
 )
 from jconv.targets import Target
 
@@ -48,6 +50,54 @@ HBM_BUDGET = 0.25
 #: Fold the taps (im2col) only when the patches are at most this many times the bytes of the
 #: phase tiles they replace (the stem's input gradient would otherwise materialise 20 GB).
 FOLD_MAX_RATIO = 2.0
+
+
+# what each lowered kernel got: read by the compile matrix and benchmarks/tile_table.py
+# ------------------------------------------------------------------------------------------
+
+_TILE_LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("jconv_pallas_tile_log", default=None)
+_ROLE: contextvars.ContextVar[str] = contextvars.ContextVar("jconv_pallas_role", default="forward")
+
+
+@contextlib.contextmanager
+def recording_tiles():
+    """Collect, while lowering inside the block, one dict per Pallas kernel: its role (forward,
+    input gradient, weight gradient), kernel, examples per call, whether the taps were folded,
+    the tiles (``BlockSizes``), the grid's tile counts, and the kernel's modelled VMEM or shared
+    memory beside the budget it was sized against. Nothing is collected outside the block."""
+    log: list = []
+    token = _TILE_LOG.set(log)
+    try:
+        yield log
+    finally:
+        _TILE_LOG.reset(token)
+
+
+@contextlib.contextmanager
+def role(name: str):
+    """The role (``forward``, ``input gradient``, ``weight gradient``) of the kernels lowered in
+    the block, for :func:`recording_tiles`."""
+    token = _ROLE.set(name)
+    try:
+        yield
+    finally:
+        _ROLE.reset(token)
+
+
+def _note(kernel: str, tl: Tiling, target: Target, folded_: bool) -> None:
+    log = _TILE_LOG.get()
+    if log is None:
+        return
+    b, which = tl.blocks, ("dw" if kernel.endswith("_dw") else "fwd")
+    entry = {"role": _ROLE.get(), "kernel": kernel, "examples": tl.spec.batch, "folded": folded_,
+             "block_h": b.block_h, "block_ci": b.block_ci, "chunk_ci": b.chunk_ci, "block_co": b.block_co,
+             "row_tiles": tl.row_tiles, "k_blocks": tl.k_blocks, "j_blocks": tl.j_blocks, "bundles": tl.bundles,
+             "cin_padded": tl.cin_block_total, "cout_padded": tl.cout_block_total}
+    if target.platform == "tpu":
+        entry.update(vmem_model=vmem_bytes(tl, which), vmem_budget=int(VMEM_BUDGET * target.vmem_bytes))
+    elif target.platform == "cuda":
+        entry.update(smem_model=smem_bytes(tl, which), smem_budget=int(SMEM_BUDGET * target.smem_per_block))
+    log.append(entry)
 
 
 def compute_dtype(dtype, target: Target):
@@ -178,7 +228,8 @@ def _with_dtype(spec: ConvSpec, dtype) -> ConvSpec:
 
 
 def forward_valid(xp, w, spec: ConvSpec, *, target: Target, out_dtype, precision=None,
-                  blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None):
+                  blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None,
+                  _folded: bool = False):
     """Pallas forward of a VALID conv: ``xp`` NHWC already padded, ``w`` HWIO.
 
     ``fold`` (default: :func:`_should_fold`) folds the taps into the contraction first; the
@@ -189,8 +240,9 @@ def forward_valid(xp, w, spec: ConvSpec, *, target: Target, out_dtype, precision
         kh, kw, cg, co = w.shape
         return forward_valid(im2col(xp, spec, channels_first=target.platform == "tpu"), w.reshape(1, 1, kh * kw * cg, co), folded(spec),
                              target=target, out_dtype=out_dtype, precision=precision, blocks=blocks,
-                             interpret=interpret, fold=False)
+                             interpret=interpret, fold=False, _folded=True)
     tl = make_tiling(_with_dtype(spec, cdt), blocks, target)
+    _note("depthwise_fwd" if tl.depthwise else "conv_fwd", tl, target, _folded)
     n = spec.batch
     r, rows, ow, rin, iw = tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
     npx = len(tl.phases)
@@ -261,15 +313,18 @@ def _splits(target: Target, base_programs: int, steps: int) -> int:
 
 
 def weight_grad_valid(xp, g, w_shape, spec: ConvSpec, *, target: Target, precision=None,
-                      blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None):
+                      blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None,
+                      _folded: bool = False):
     """dL/dw (HWIO, float32) of a VALID conv given padded input ``xp`` and cotangent ``g``."""
     cdt = compute_dtype(jnp.promote_types(xp.dtype, g.dtype), target)
     if fold if fold is not None else (blocks is None and _should_fold(spec, target, cdt)):
         kh, kw, cg, co = w_shape
         dw = weight_grad_valid(im2col(xp, spec, channels_first=target.platform == "tpu"), g, (1, 1, kh * kw * cg, co), folded(spec), target=target,
-                               precision=precision, blocks=blocks, interpret=interpret, fold=False)
+                               precision=precision, blocks=blocks, interpret=interpret, fold=False,
+                               _folded=True)
         return dw.reshape(w_shape)
     tl = make_tiling(_with_dtype(spec, cdt), blocks, target)
+    _note("depthwise_dw" if tl.depthwise else "conv_dw", tl, target, _folded)
     n = spec.batch
     r, rows, ow, rin, iw = tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
     npx, nt = len(tl.phases), len(tl.taps)

@@ -81,8 +81,9 @@ def spec_input_grad(dy, w, spec: ConvSpec, target: Target, *, blocks=None, inter
 
     def run(dy_, s=ig):
         gp = pad_input(dy_.astype(ct), s)  # dilated by the stride, padded (or cropped)
-        return calls.forward_valid(gp, wt, s.valid_spec(), target=target, out_dtype=spec.dtype,
-                                   precision=spec.precision, blocks=blocks, interpret=interpret)
+        with calls.role("input gradient"):
+            return calls.forward_valid(gp, wt, s.valid_spec(), target=target, out_dtype=spec.dtype,
+                                       precision=spec.precision, blocks=blocks, interpret=interpret)
 
     if chunk >= spec.batch:
         return run(dy)
@@ -95,8 +96,9 @@ def spec_weight_grad(x, dy, spec: ConvSpec, target: Target, *, blocks=None, inte
     chunk = _chunk_of(vspec, target, "dw", jnp.promote_types(x.dtype, dy.dtype), blocks)
 
     def run(x_, dy_, s=spec):
-        return calls.weight_grad_valid(pad_input(x_, s), dy_, s.kernel_shape, s.valid_spec(), target=target,
-                                       precision=s.precision, blocks=blocks, interpret=interpret)
+        with calls.role("weight gradient"):
+            return calls.weight_grad_valid(pad_input(x_, s), dy_, s.kernel_shape, s.valid_spec(), target=target,
+                                           precision=s.precision, blocks=blocks, interpret=interpret)
 
     if chunk >= spec.batch:
         return run(x, dy)
