@@ -27,6 +27,27 @@ def _window(x_ref, tap, rows, out_w, c0=None, width=None):
     return x_ref[p, pl.ds(u, rows), pl.ds(v, out_w), cs]
 
 
+#: Triton kernels unroll at most this many taps; more (a 7x7 kernel) run as a loop over a
+#: regular tap grid (:func:`_tap_grid`), whose offsets are computed from the loop index.
+TRITON_UNROLLED_TAPS = 9
+
+
+def _tap_grid(taps):
+    """``(kw, u0, v0, du, dv)`` when ``taps`` are one phase's regular grid, tap ``t`` at
+    ``(0, u0 + (t // kw) * du, v0 + (t % kw) * dv)`` (every stride-1 kernel); else None."""
+    if not taps or any(p != 0 for p, _, _ in taps):
+        return None
+    _, u0, v0 = taps[0]
+    kw = sum(1 for _, u, _ in taps if u == u0)
+    if len(taps) % kw:
+        return None
+    kh = len(taps) // kw
+    du = taps[kw][1] - u0 if kh > 1 else 0
+    dv = taps[1][2] - v0 if kw > 1 else 0
+    grid = tuple((0, u0 + i * du, v0 + j * dv) for i in range(kh) for j in range(kw))
+    return (kw, u0, v0, du, dv) if grid == tuple(taps) else None
+
+
 def _first_last(red_axes):
     first = (pl.program_id(red_axes[0]) == 0) & (pl.program_id(red_axes[1]) == 0)
     last = (pl.program_id(red_axes[0]) == pl.num_programs(red_axes[0]) - 1) & (
@@ -55,6 +76,18 @@ def conv_fwd_kernel(x_ref, w_ref, o_ref, *scratch, taps, rows, out_w, chunk, k_a
     if not scratch:  # Triton: accumulate in values, one write; the chunks a loop (code size:
         # unrolled, a 512-channel 3x3 layer was 144 dots and ~200 s of ptxas)
         acc = jnp.zeros((m, bco), F32)
+        nc = bci // chunk
+        grid = _tap_grid(taps) if len(taps) > TRITON_UNROLLED_TAPS else None
+        if grid is not None:  # the taps a loop too (the stem's input gradient: 49 taps, 7 min of ptxas)
+            kw, u0, v0, du, dv = grid
+
+            def tap_body(s, acc):  # lax.div/rem: non-negative, and jnp's floor forms do not lower to Triton
+                t, c = (s, 0) if nc == 1 else (lax.div(s, nc), lax.rem(s, nc))
+                tap = (0, u0 + lax.div(t, kw) * du, v0 + lax.rem(t, kw) * dv)
+                return acc + partial_sum(t, tap, pl.multiple_of(c * chunk, chunk))
+
+            finish(lax.fori_loop(0, len(taps) * nc, tap_body, acc))
+            return
         for t, tap in enumerate(taps):
             def body(c, acc, t=t, tap=tap):
                 return acc + partial_sum(t, tap, pl.multiple_of(c * chunk, chunk))
