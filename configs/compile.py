@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.configs = "tpu,colab_tpu,gpu,colab_gpu"   # whose work is compiled (each on its platform's targets)
     c.suite = ""                                # "" = each config's suite; or a suite name / "all"
     c.impls = ""                                # "" = each config's impls (peers skipped)
+    c.dtypes = ""                               # "" = each config's dtypes; or e.g. "float32"
+    c.passes = ""                               # "" = each config's passes; or "fwd" / "fwd+bwd"
     c.workers = 2                               # compiler processes
     c.timeout_s = 1800                          # per compile
     c.retry_errors = False                      # True: compile the failed rows again

@@ -68,7 +68,16 @@ def validate(config) -> None:
             raise _err("configs", config.configs, f"includes {name!r}, whose platform (={sub.get('platform')!r}) "
                        f"is not an accelerator ({sorted(PLATFORM_OF_CONFIG)})")
     if config.suite and config.suite not in SUITES and config.suite != "all":
-        raise _err("suite", config.suite, f"must be '' (each config's), 'all' or one of {sorted(SUITES)}")
+        unknown = [n for n in _names("suite", config.suite) if n not in CASES]
+        if unknown or not _names("suite", config.suite):
+            raise _err("suite", config.suite, f"must be '' (each config's), 'all', one of {sorted(SUITES)} "
+                       f"or comma-separated layers (unknown: {unknown}; layers: {sorted(CASES)})")
+    for d in _names("dtypes", config.dtypes):
+        if d not in ("float32", "bfloat16", "float16"):
+            raise _err("dtypes", config.dtypes, f"names {d!r}; use float32, bfloat16 or float16")
+    for p in _names("passes", config.passes):
+        if p not in bench.PASSES:
+            raise _err("passes", config.passes, f"names {p!r}; use {bench.PASSES}")
     for field, lo in (("workers", 1), ("timeout_s", 1)):
         if int(config[field]) < lo:
             raise _err(field, config[field], f"must be >= {lo}")
@@ -100,8 +109,8 @@ def work_items(config) -> list[aot.Work]:
                 continue
             for case in cases:
                 batch = _batch_for(CASES[case], sub)
-                for dtype in sub.dtypes:
-                    for pass_ in sub.passes:
+                for dtype in (_names("dtypes", config.dtypes) or sub.dtypes):
+                    for pass_ in (_names("passes", config.passes) or sub.passes):
                         for impl in impls:
                             w = aot.Work(t, case, impl, dtype, pass_, batch, precision)
                             old = items.get(w.key)
@@ -276,12 +285,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             bar.set_postfix_str(f"{row['target']} {row['case']} {row['impl']} {row['dtype']} {row['pass']}"
                                 f" {'ok' if row.get('compiled') else 'FAILED'}")
 
-        pool = _Pool(int(config.workers), float(config.timeout_s))
         firsts = _order([v[0] for v in by_impl_first.values()])
-        try:
-            pool.run(firsts, on_row)
-        finally:
-            pool.close()
+        if firsts:  # a finished run starts no compiler process
+            pool = _Pool(min(int(config.workers), len(firsts)), float(config.timeout_s))
+            try:
+                pool.run(firsts, on_row)
+            finally:
+                pool.close()
     if config.report:
         path = report.build_report(workdir)
         failed = sum(1 for r in store.rows if not r.get("compiled"))

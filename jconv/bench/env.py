@@ -6,6 +6,7 @@ speed rules measured on one CPU family must be checked on another.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -15,7 +16,6 @@ import flax
 import jax
 import jaxlib
 
-from jconv.bench.peers import torch_module
 
 #: CPU features that decide which kernels a native library (oneDNN) and XLA can use
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "avx512_fp16")
@@ -47,7 +47,6 @@ def git_commit(cwd: str | None = None) -> str | None:
 def env_info() -> dict:
     """Device, platform, versions, CPU model, core count and commit, for env.json."""
     dev = jax.devices()[0]
-    torch = torch_module()
     return {
         "platform": jax.default_backend(),
         "device_kind": dev.device_kind,
@@ -55,7 +54,7 @@ def env_info() -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "flax": flax.__version__,
-        "torch": None if torch is None else torch.__version__,
+        "torch": _version("torch"),  # the installed peer's version, without importing it
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -65,6 +64,13 @@ def env_info() -> dict:
         "commit": git_commit(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def cpu_flags() -> list[str]:
