@@ -94,3 +94,25 @@ def test_a_small_matrix_runs_resumes_and_reports(tmp_path):
     assert all(r.get("same_program_as") == "xla" for r in rows if r["impl"] == "auto")
     assert all(r["compile_s"] > 0 for r in rows if r["impl"] != "auto")
     assert os.path.exists(os.path.join(work, "report.md"))
+
+
+def test_report_marks_compiled_refused_failed_and_missing():
+    from jconv.report import compile as compile_report
+
+    def row(impl, dtype, p, **kw):
+        return dict(target="l4", device_kind="NVIDIA L4", case="mnist_conv2", impl=impl, dtype=dtype,
+                    batch=32, **{"pass": p}, **kw)
+
+    rows = [row("xla", "float32", "fwd", compiled=True, compile_s=1.0),
+            row("xla", "float32", "fwd+bwd", compiled=True, compile_s=2.0),
+            row("pallas", "float32", "fwd", compiled=False, error="KernelFitError: ...", error_kind="jconv"),
+            row("pallas", "float32", "fwd+bwd", compiled=False, error="XlaRuntimeError: boom", error_kind="compiler")]
+    verdict = "\n".join(compile_report.section_verdict(rows))
+    assert "**no** (4 rows)" in verdict and "| l4 | NVIDIA L4 | 2 | 1 | 1 | 4 |" in verdict
+    per = "\n".join(compile_report.section_per_target(rows))
+    assert "| case | batch | xla | pallas |" in per and "| mnist_conv2 | 32 | ✓✓ | –✗ |" in per
+    rows.append(row("xla", "bfloat16", "fwd", compiled=True, compile_s=1.0))
+    per = "\n".join(compile_report.section_per_target(rows))
+    assert "| mnist_conv2 | 32 | ✓✓✓· | –✗·· |" in per  # bfloat16 fwd+bwd of xla is not in the rows
+    failures = "\n".join(compile_report.section_failures(rows))
+    assert "XlaRuntimeError: boom" in failures and "KernelFitError" in failures

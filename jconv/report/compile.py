@@ -72,7 +72,8 @@ def section_per_target(rows: list[dict]) -> list[str]:
     legend = ", ".join(f"{d} {p}" for d, p in variants)
     md = ["## Per target", "",
           f"Each cell: {legend}, in that order. ✓ compiled; – refused while tracing with a clear error "
-          "(does not fit the target: see Failures); ✗ the compiler failed.", ""]
+          "(does not fit the target: see Failures); ✗ the compiler failed; · not in the rows (a run that "
+          "has not finished).", ""]
     for t in _targets(rows):
         rs = [r for r in rows if r["target"] == t]
         impls = impl_order({r["impl"] for r in rs})
@@ -83,7 +84,7 @@ def section_per_target(rows: list[dict]) -> list[str]:
             cells = []
             for impl in impls:
                 marks = [by.get((case, impl, d, p, batch)) for d, p in variants]
-                cells.append("".join(_MARK[status(r)] if r else " " for r in marks))
+                cells.append("".join(_MARK[status(r)] if r else "·" for r in marks))
             lines.append([case, batch] + cells)
         md += [f"### {t} ({rs[0]['device_kind']})", "", table(["case", "batch"] + impls, lines), ""]
     return md
