@@ -11,9 +11,9 @@ plugin's deviceless compiler): their suite, batch, dtypes, impls and passes. One
 kernels and XLA convolutions in the program, the compiler's cost and memory analysis.
 Needs ``pip install -e ".[tpu,cuda]"`` (``make install`` does it). Resumable.
 
-Size: 4,224 rows (3,168 distinct compiles; ``auto`` rows reuse the program they share). A first
-run on the 2-core development VM compiled 4-9 s per program with 2 workers (180 rows in 12
-minutes), so expect about 5 hours for the whole matrix; it resumes where it stopped, and takes the
+Size: 3,680 rows (2,760 distinct compiles; ``auto`` rows reuse the program they share). A first
+run on the 2-core development VM: 4-24 s per TPU program (the lax engine's the slowest), 2-5 s per
+GPU program: about 9 hours of compile seconds, 4-5 hours with 2 workers; it resumes where it stopped, and takes the
 targets in turn so a partial run covers all of them (docs/pallas.md, "What compiles where").
 """
 
