@@ -38,6 +38,7 @@ from jconv.bench.harness import PEER_NAMES
 from jconv.bench.store import ResultStore
 from jconv.conv import plan_for
 from jconv.files import atomic_write_json
+from jconv.geometry import FLOAT_DTYPES
 from jconv.impls import registry
 from jconv.suite import CASES, SUITES
 
@@ -73,8 +74,8 @@ def validate(config) -> None:
             raise _err("suite", config.suite, f"must be '' (each config's), 'all', one of {sorted(SUITES)} "
                        f"or comma-separated layers (unknown: {unknown}; layers: {sorted(CASES)})")
     for d in _names("dtypes", config.dtypes):
-        if d not in ("float32", "bfloat16", "float16"):
-            raise _err("dtypes", config.dtypes, f"names {d!r}; use float32, bfloat16 or float16")
+        if d not in FLOAT_DTYPES or d == "float64":
+            raise _err("dtypes", config.dtypes, f"names {d!r}; use one of {tuple(t for t in FLOAT_DTYPES if t != "float64")}")
     for p in _names("passes", config.passes):
         if p not in bench.PASSES:
             raise _err("passes", config.passes, f"names {p!r}; use {bench.PASSES}")

@@ -37,8 +37,8 @@ from jconv.impls.pallas.layout import (
     unpack_weight_grad,
 )
 from jconv.impls.pallas.tiling import (
-    SMEM_BUDGET, TRITON_NUM_STAGES, TRITON_NUM_WARPS, VMEM_BUDGET, VMEM_LIMIT, BlockSizes, KernelFitError, Tiling,
-    fold_taps, folded, itemsize, make_tiling, smem_bytes, vmem_bytes,
+    TRITON_NUM_STAGES, TRITON_NUM_WARPS, VMEM_LIMIT, BlockSizes, KernelFitError, Tiling, fold_taps, folded,
+    itemsize, make_tiling, on_chip_memory,
 )
 from jconv.targets import Target
 
@@ -93,10 +93,10 @@ def _note(kernel: str, tl: Tiling, target: Target, folded_: bool) -> None:
              "block_h": b.block_h, "block_ci": b.block_ci, "chunk_ci": b.chunk_ci, "block_co": b.block_co,
              "row_tiles": tl.row_tiles, "k_blocks": tl.k_blocks, "j_blocks": tl.j_blocks, "bundles": tl.bundles,
              "cin_padded": tl.cin_block_total, "cout_padded": tl.cout_block_total}
-    if target.platform == "tpu":
-        entry.update(vmem_model=vmem_bytes(tl, which), vmem_budget=int(VMEM_BUDGET * target.vmem_bytes))
-    elif target.platform == "cuda":
-        entry.update(smem_model=smem_bytes(tl, which), smem_budget=int(SMEM_BUDGET * target.smem_per_block))
+    mem = on_chip_memory(tl, target, which)
+    if mem is not None:
+        name, need, budget = mem
+        entry.update({f"{name}_model": need, f"{name}_budget": budget})
     log.append(entry)
 
 

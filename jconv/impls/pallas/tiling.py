@@ -236,14 +236,26 @@ def accumulator_elements(tl: Tiling) -> int:
     return max(tl.pixels * b.block_co, b.chunk_ci * b.block_co)
 
 
+def on_chip_memory(tl: Tiling, target: Target, kernel: str = "both") -> tuple[str, int, int] | None:
+    """``(memory, need, budget)``: the modelled VMEM (TPU) or shared memory (CUDA) of ``tl``'s
+    forward (``"fwd"``), weight-gradient (``"dw"``) kernel or the larger, and the budget tiles
+    are sized against; None on other platforms."""
+    if target.platform == "tpu":
+        return "vmem", vmem_bytes(tl, kernel), int(VMEM_BUDGET * target.vmem_bytes)
+    if target.platform == "cuda":
+        return "smem", smem_bytes(tl, kernel), int(SMEM_BUDGET * target.smem_per_block)
+    return None
+
+
 def fits(tl: Tiling, target: Target) -> str | None:
     """None when ``tl``'s kernels fit ``target``, else what does not (for error messages)."""
+    mem = on_chip_memory(tl, target)
     if target.platform == "tpu":
-        need, cap = vmem_bytes(tl), int(VMEM_BUDGET * target.vmem_bytes)
+        _, need, cap = mem
         if need > cap:
             return f"{need / 2**20:.1f} MiB of VMEM, over the {cap / 2**20:.1f} MiB budget"
     if target.platform == "cuda":
-        need, cap = smem_bytes(tl), int(SMEM_BUDGET * target.smem_per_block)
+        _, need, cap = mem
         if need > cap:
             return f"{need // 1024} KiB of shared memory, over the {cap // 1024} KiB budget"
         acc = accumulator_elements(tl)
