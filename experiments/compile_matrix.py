@@ -75,7 +75,7 @@ def validate(config) -> None:
                        f"or comma-separated layers (unknown: {unknown}; layers: {sorted(CASES)})")
     for d in _names("dtypes", config.dtypes):
         if d not in FLOAT_DTYPES or d == "float64":
-            raise _err("dtypes", config.dtypes, f"names {d!r}; use one of {tuple(t for t in FLOAT_DTYPES if t != "float64")}")
+            raise _err("dtypes", config.dtypes, f"names {d!r}; use one of {tuple(t for t in FLOAT_DTYPES if t != 'float64')}")
     for p in _names("passes", config.passes):
         if p not in bench.PASSES:
             raise _err("passes", config.passes, f"names {p!r}; use {bench.PASSES}")
