@@ -55,6 +55,58 @@ def programs(platform: str):
                 yield dict(target=tname, name=name, dtype=dtype, ok=ok, msg=msg, seconds=round(time.time() - t0, 1))
 
 
+#: impl="lax" on CUDA, NCHW callers: the tap GEMMs that XLA's GPU compiler once refused (no Triton
+#: tiling for a window sliced from the caller's transposed input); (name, x shape, w shape, kwargs)
+LAX_NCHW = (
+    ("lax_nchw_resnet50_s2_3x3", "suite", None, None),
+    ("lax_nchw_dilated", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=((2, 2), (2, 2)), dilation=2)),
+    ("lax_nchw_transposed", (8, 64, 14, 14), (64, 64, 3, 3), dict(padding=((2, 3), (2, 3)), lhs_dilation=2)),
+)
+
+
+def lax_cuda():
+    """impl="lax" forward and gradients of NCHW convolutions (dense, dilated, transposed) on the
+    CUDA targets: every program compiles, with no XLA convolution."""
+    import jax
+    import jax.numpy as jnp
+
+    import jconv
+    from jconv import aot, targets
+    from jconv.suite import CASES
+
+    for tname in TARGETS["cuda"]:
+        target = targets.get(tname)
+        for name, xs, ws, kw in LAX_NCHW:
+            for dtype in DTYPES:
+                if xs == "suite":
+                    case = CASES["resnet50_s2_3x3_nchw"]
+                    spec = case.spec(BATCH["cuda"], dtype)
+                    xs_, ws_ = spec.x_shape, spec.w_shape
+
+                    def conv(x, w, case=case):
+                        return case.apply(x, w, impl="lax")
+                else:
+                    xs_, ws_ = xs, ws
+
+                    def conv(x, w, kw=kw):
+                        return jconv.conv_general_dilated(
+                            x, w, window_strides=(1, 1), padding=kw["padding"],
+                            lhs_dilation=(kw.get("lhs_dilation", 1),) * 2, rhs_dilation=(kw.get("dilation", 1),) * 2,
+                            dimension_numbers=("NCHW", "OIHW", "NCHW"), impl="lax:taps")
+
+                def step(x, w, conv=conv):
+                    return jax.value_and_grad(lambda a, b: jnp.sum(conv(a, b).astype(jnp.float32)), argnums=(0, 1))(x, w)
+
+                args = [aot.shape_struct(s, dtype, target) for s in (xs_, ws_)]
+                for kind, fn in (("fwd", conv), ("fwd+bwd", step)):
+                    t0 = time.time()
+                    r = aot.compile_for(target, fn, *args)
+                    ok = bool(r["compiled"]) and r.get("xla_convolutions") == 0
+                    msg = r["error"] or f"{r.get('xla_convolutions')} XLA convolutions"
+                    yield dict(target=tname, name=f"{name}_{kind}", dtype=dtype, ok=ok, msg=msg,
+                               seconds=round(time.time() - t0, 1))
+
+
 def sharded_tpu(name: str = "mnist_conv2", batch: int = 8):
     """A batch-sharded input on the 4 devices of v5e:2x2 inside ``jax.set_mesh`` (Mosaic
     kernels must sit in a shard_map): the kernels, and no all-gather of the batch."""
@@ -98,4 +150,7 @@ if __name__ == "__main__":
         print(json.dumps(row), flush=True)
     if platform == "tpu":
         for row in sharded_tpu():
+            print(json.dumps(row), flush=True)
+    if platform == "cuda":
+        for row in lax_cuda():
             print(json.dumps(row), flush=True)

@@ -347,3 +347,22 @@ def test_nchw_callers_get_channels_first_mac(lax_rules):
     for g, r in zip(jax.grad(functools.partial(f, "auto"), argnums=(0, 1))(x, w),
                     jax.grad(functools.partial(f, "xla"), argnums=(0, 1))(x, w)):
         assert_close(g, r, np.float32, factor=2)
+
+
+@pytest.mark.parametrize("geom", GEOMS, ids=_ids)
+def test_taps_for_a_cuda_target_computes_the_same(geom):
+    """For a CUDA target the tap GEMMs take materialised (rows, C) windows (XLA's GPU compiler
+    finds no Triton tiling for a window sliced from an NCHW caller's transposed input;
+    tests/aot_checks.py compiles them): the same values, forward and input gradient."""
+    from jconv import targets
+
+    x, w = _inputs(geom)
+    spec = _spec(geom, x, w)
+    fwd, input_grad = ALGORITHMS["taps"].forward, ALGORITHMS["taps"].input_grad
+    l4 = targets.get("l4")
+    y = fwd(x, w, spec)
+    assert_close(fwd(x, w, spec, l4), y, np.float32)
+    dy = jnp.asarray(np.random.default_rng(3).normal(size=y.shape), jnp.float32)
+    assert_close(input_grad(dy, w, spec, l4), input_grad(dy, w, spec), np.float32)
+    text = str(jax.make_jaxpr(lambda a, b: fwd(a, b, spec, l4))(x, w))
+    assert ("optimization_barrier" in text) == (spec.groups == 1)  # grouped GEMMs are batched dots

@@ -37,6 +37,7 @@ end of this module; docs/performance.md has the measurements behind each.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax.numpy as jnp
@@ -121,14 +122,26 @@ def _dot(a, b, dims, spec: ConvSpec):
     return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc_dtype(spec))
 
 
-def _gemm_phase(xp, wt, taps, count, xs, spec: ConvSpec):
-    """Sum over taps of window @ w[tap]; wt is (KH, KW, Cg, G, Cog)."""
+def _is_cuda(target) -> bool:
+    return getattr(target, "platform", None) == "cuda"
+
+
+def _gemm_phase(xp, wt, taps, count, xs, spec: ConvSpec, target=None):
+    """Sum over taps of window @ w[tap]; wt is (KH, KW, Cg, G, Cog).
+
+    On CUDA each dense window is materialised as its (N*a*b, Cg) matrix: XLA's GPU compiler
+    otherwise fuses a caller's NCHW -> NHWC transpose into the tap's Triton GEMM and finds no
+    tiling for it ("Couldn't find output tile sizes that satisfy hlo: dot"), the failure the
+    compile matrix found (docs/pallas.md, "What compiles where")."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n = xp.shape[0]
     acc = None
     for (i, j), st in taps:
         win = _window(xp, st, count, xs)
-        if g == 1:
+        if g == 1 and _is_cuda(target):
+            mat = lax.optimization_barrier(win.reshape(-1, cg))
+            t = _dot(mat, wt[i, j, :, 0], (((1,), (0,)), ((), ())), spec).reshape(n, count[0], count[1], -1)
+        elif g == 1:
             t = _dot(win, wt[i, j, :, 0], (((3,), (0,)), ((), ())), spec)  # (N, a, b, Co)
         else:
             win = win.reshape(n, count[0], count[1], g, cg)
@@ -212,13 +225,15 @@ def _mac_phase_cf(xc, wt, taps, count, xs, spec: ConvSpec):
 
 _PHASE_FNS = {"taps": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase, "depthwise": _mac_phase,
               "mac_cf": _mac_phase_cf}
+
 #: the modes whose weight gradient is a multiply-reduce (no GEMM)
 MAC_FAMILY = ("mac", "depthwise", "mac_cf")
 
 
-def _forward(x, w, spec: ConvSpec, mode: str):
+def _forward(x, w, spec: ConvSpec, mode: str, target=None):
     """The conv of NHWC ``x`` (zero padding and input dilation of ``spec`` still to do) with
-    HWIO ``w``, by the contraction ``mode`` (an algorithm name)."""
+    HWIO ``w``, by the contraction ``mode`` (an algorithm name), for ``target`` (a
+    :class:`~jconv.targets.Target`; None: the host)."""
     if mode == "xla_fwd":
         return xla.forward(x, w, spec)
     n, h, wd, _ = x.shape
@@ -234,7 +249,7 @@ def _forward(x, w, spec: ConvSpec, mode: str):
             xp = lax.pad(xp, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0)))
     elif any(v for pr in pads for v in pr):
         xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
-    fn = _PHASE_FNS[mode]
+    fn = functools.partial(_gemm_phase, target=target) if mode == "taps" else _PHASE_FNS[mode]
     blocks = []
     for p, cnt_h, taps_h in ph:
         row = []
@@ -438,7 +453,7 @@ def _im2col_weight_grad(xp, dy, taps, count, xs, spec: ConvSpec):
 
 def _kernels(mode: str):
     def forward(x, w, spec: ConvSpec, target=None):
-        return _forward(x, w, spec, mode)
+        return _forward(x, w, spec, mode, target)
 
     def input_grad(dy, w, spec: ConvSpec, target=None):
         # the same engine on the transposed problem (every inserted zero skipped again). The
@@ -446,7 +461,7 @@ def _kernels(mode: str):
         # element re-gathered it (slower); a GEMM or XLA conv reads a
         # materialised kernel anyway
         wt = lax.optimization_barrier(transpose_kernel(w, spec.groups))
-        return _forward(dy.astype(w.dtype), wt, spec.input_grad_spec(), mode).astype(spec.dtype)
+        return _forward(dy.astype(w.dtype), wt, spec.input_grad_spec(), mode, target).astype(spec.dtype)
 
     def weight_grad(x, dy, spec: ConvSpec, target=None):
         return _weight_grad(x, dy, spec, mode).astype(spec.dtype)
