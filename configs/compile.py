@@ -11,10 +11,11 @@ plugin's deviceless compiler): their suite, batch, dtypes, impls and passes. One
 kernels and XLA convolutions in the program, the compiler's cost and memory analysis.
 Needs ``pip install -e ".[tpu,cuda]"`` (``make install`` does it). Resumable.
 
-Size: 3,680 rows (2,760 distinct compiles; ``auto`` rows reuse the program they share). A first
-run on the 2-core development VM: 4-24 s per TPU program (the lax engine's the slowest), 2-5 s per
-GPU program: about 9 hours of compile seconds, 4-5 hours with 2 workers; it resumes where it stopped, and takes the
-targets in turn so a partial run covers all of them (docs/pallas.md, "What compiles where").
+Size: 3,680 rows (2,760 distinct compiles; ``auto`` rows reuse the program they share). On the
+2-core development VM: median 4-12 s per TPU program, 0.3-4 s per GPU program, up to 5 minutes for
+the largest: 7.4 hours of compile seconds in all, about 4 hours with 2 workers; it resumes where it
+stopped, and takes the targets in turn so a partial run covers all of them (docs/pallas.md, "What
+compiles where", has the rows' tables and the figures).
 """
 
 import ml_collections
