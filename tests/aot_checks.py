@@ -56,48 +56,36 @@ def programs(platform: str):
 
 
 #: impl="lax" on CUDA, NCHW callers: the tap GEMMs that XLA's GPU compiler once refused (no Triton
-#: tiling for a window sliced from the caller's transposed input); (name, x shape, w shape, kwargs)
-LAX_NCHW = (
-    ("lax_nchw_resnet50_s2_3x3", "suite", None, None),
-    ("lax_nchw_dilated", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=((2, 2), (2, 2)), dilation=2)),
-    ("lax_nchw_transposed", (8, 64, 14, 14), (64, 64, 3, 3), dict(padding=((2, 3), (2, 3)), lhs_dilation=2)),
-)
+#: tiling for a window sliced from the caller's transposed input). name: (x NCHW, w OIHW,
+#: conv_general_dilated keywords); the first is resnet50_s2_3x3_nchw at configs/gpu.py's batch.
+LAX_NCHW = {
+    "lax_nchw_resnet50_s2_3x3": ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=((1, 1), (1, 1)))),
+    "lax_nchw_dilated": ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=((2, 2), (2, 2)), rhs_dilation=(2, 2))),
+    "lax_nchw_transposed": ((8, 64, 14, 14), (64, 64, 3, 3), dict(padding=((2, 3), (2, 3)), lhs_dilation=(2, 2))),
+}
 
 
 def lax_cuda():
-    """impl="lax" forward and gradients of NCHW convolutions (dense, dilated, transposed) on the
-    CUDA targets: every program compiles, with no XLA convolution."""
+    """impl="lax:taps" forward and gradients of the ``LAX_NCHW`` convolutions on the CUDA
+    targets: every program compiles, with no XLA convolution."""
     import jax
     import jax.numpy as jnp
 
     import jconv
     from jconv import aot, targets
-    from jconv.suite import CASES
 
     for tname in TARGETS["cuda"]:
         target = targets.get(tname)
-        for name, xs, ws, kw in LAX_NCHW:
+        for name, (xs, ws, kw) in LAX_NCHW.items():
+            def conv(x, w, kw=kw):
+                return jconv.conv_general_dilated(x, w, (1, 1), dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                                  impl="lax:taps", **kw)
+
+            def step(x, w, conv=conv):
+                return jax.value_and_grad(lambda a, b: jnp.sum(conv(a, b).astype(jnp.float32)), argnums=(0, 1))(x, w)
+
             for dtype in DTYPES:
-                if xs == "suite":
-                    case = CASES["resnet50_s2_3x3_nchw"]
-                    spec = case.spec(BATCH["cuda"], dtype)
-                    xs_, ws_ = spec.x_shape, spec.w_shape
-
-                    def conv(x, w, case=case):
-                        return case.apply(x, w, impl="lax")
-                else:
-                    xs_, ws_ = xs, ws
-
-                    def conv(x, w, kw=kw):
-                        return jconv.conv_general_dilated(
-                            x, w, window_strides=(1, 1), padding=kw["padding"],
-                            lhs_dilation=(kw.get("lhs_dilation", 1),) * 2, rhs_dilation=(kw.get("dilation", 1),) * 2,
-                            dimension_numbers=("NCHW", "OIHW", "NCHW"), impl="lax:taps")
-
-                def step(x, w, conv=conv):
-                    return jax.value_and_grad(lambda a, b: jnp.sum(conv(a, b).astype(jnp.float32)), argnums=(0, 1))(x, w)
-
-                args = [aot.shape_struct(s, dtype, target) for s in (xs_, ws_)]
+                args = [aot.shape_struct(s, dtype, target) for s in (xs, ws)]
                 for kind, fn in (("fwd", conv), ("fwd+bwd", step)):
                     t0 = time.time()
                     r = aot.compile_for(target, fn, *args)

@@ -158,8 +158,8 @@ def test_im2col_is_chunked(monkeypatch):
     calls = []
     orig = lax_conv._im2col_phase
 
-    def spy(xp, wt, taps, count, xs, spec):
-        out = orig(xp, wt, taps, count, xs, spec)
+    def spy(xp, wt, taps, count, xs, spec, target):
+        out = orig(xp, wt, taps, count, xs, spec, target)
         calls.append(out)
         return out
 

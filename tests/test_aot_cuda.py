@@ -2,8 +2,8 @@
 tests/aot_checks.py for an H100 and an L4 (target configs in jconv/gpu_targets) at
 configs/gpu.py's batch, float32 and bfloat16. XLA's GPU pipeline, Triton and ptxas run for that
 GPU and reject a kernel that needs more shared memory than it has. Also impl="lax" on NCHW
-callers (tests/aot_checks.py ``LAX_NCHW``): its tap GEMMs compile, forward and backward. Without the CUDA plugin the
-test skips, unless JCONV_REQUIRE_CUDA=1 (set by `make test`)."""
+callers (tests/aot_checks.py ``LAX_NCHW``): its tap GEMMs compile, forward and backward. Without
+the CUDA plugin the test skips, unless JCONV_REQUIRE_CUDA=1 (set by `make test`)."""
 
 import pytest
 
@@ -26,7 +26,7 @@ def test_missing_compiler_fails_when_required(monkeypatch):
 def test_cuda_compiles_every_kernel_kind():
     results = run_checks("cuda")
     expected = {(t, n, d) for t in TARGETS["cuda"] for n in LAYERS for d in DTYPES}
-    expected |= {(t, f"{n}_{k}", d) for t in TARGETS["cuda"] for n, *_ in LAX_NCHW for k in ("fwd", "fwd+bwd")
+    expected |= {(t, f"{n}_{k}", d) for t in TARGETS["cuda"] for n in LAX_NCHW for k in ("fwd", "fwd+bwd")
                  for d in DTYPES}
     assert {(r["target"], r["name"], r["dtype"]) for r in results} == expected
     failed = [f"{r['target']} {r['name']} {r['dtype']}: {r['msg']}" for r in results if not r["ok"]]

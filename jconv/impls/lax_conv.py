@@ -37,7 +37,6 @@ end of this module; docs/performance.md has the measurements behind each.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax.numpy as jnp
@@ -122,10 +121,6 @@ def _dot(a, b, dims, spec: ConvSpec):
     return lax.dot_general(a, b, dims, precision=spec.precision, preferred_element_type=acc_dtype(spec))
 
 
-def _is_cuda(target) -> bool:
-    return getattr(target, "platform", None) == "cuda"
-
-
 def _gemm_phase(xp, wt, taps, count, xs, spec: ConvSpec, target=None):
     """Sum over taps of window @ w[tap]; wt is (KH, KW, Cg, G, Cog).
 
@@ -135,13 +130,13 @@ def _gemm_phase(xp, wt, taps, count, xs, spec: ConvSpec, target=None):
     compile matrix found (docs/pallas.md, "What compiles where")."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n = xp.shape[0]
+    materialise = target is not None and target.platform == "cuda"
     acc = None
     for (i, j), st in taps:
         win = _window(xp, st, count, xs)
-        if g == 1 and _is_cuda(target):
-            mat = lax.optimization_barrier(win.reshape(-1, cg))
-            t = _dot(mat, wt[i, j, :, 0], (((1,), (0,)), ((), ())), spec).reshape(n, count[0], count[1], -1)
-        elif g == 1:
+        if g == 1:
+            if materialise:
+                win = lax.optimization_barrier(win.reshape(-1, cg)).reshape(win.shape)
             t = _dot(win, wt[i, j, :, 0], (((3,), (0,)), ((), ())), spec)  # (N, a, b, Co)
         else:
             win = win.reshape(n, count[0], count[1], g, cg)
@@ -152,7 +147,7 @@ def _gemm_phase(xp, wt, taps, count, xs, spec: ConvSpec, target=None):
     return acc
 
 
-def _im2col_phase(xp, wt, taps, count, xs, spec: ConvSpec):
+def _im2col_phase(xp, wt, taps, count, xs, spec: ConvSpec, target=None):
     """Concatenate the taps' windows on channels and do one (grouped) GEMM, in row chunks.
 
     Chunks are walked in a ``lax.scan`` writing into the output, so one chunk of patches
@@ -190,7 +185,7 @@ def _im2col_phase(xp, wt, taps, count, xs, spec: ConvSpec):
     return y[:, :rows]
 
 
-def _mac_phase(xp, wt, taps, count, xs, spec: ConvSpec):
+def _mac_phase(xp, wt, taps, count, xs, spec: ConvSpec, target=None):
     """Elementwise: out[..., g, o] += x[..., g, c] * w[tap, c, g, o] for every tap and c."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n = xp.shape[0]
@@ -205,7 +200,7 @@ def _mac_phase(xp, wt, taps, count, xs, spec: ConvSpec):
     return acc.reshape(n, count[0], count[1], g * cog)
 
 
-def _mac_phase_cf(xc, wt, taps, count, xs, spec: ConvSpec):
+def _mac_phase_cf(xc, wt, taps, count, xs, spec: ConvSpec, target=None):
     """``mac`` on a channels-first (N, C, H, W) input: vectors run along W, not along C."""
     g, cg, cog = wt.shape[3], wt.shape[2], wt.shape[4]
     n, c = xc.shape[0], xc.shape[1]
@@ -223,6 +218,8 @@ def _mac_phase_cf(xc, wt, taps, count, xs, spec: ConvSpec):
     return jnp.transpose(acc.reshape(n, g * cog, count[0], count[1]), (0, 2, 3, 1))
 
 
+#: a phase's contraction, ``fn(xp, wt, taps, count, xs, spec, target)``; ``target`` (a
+#: :class:`~jconv.targets.Target` or None for the host) matters to the tap GEMMs only
 _PHASE_FNS = {"taps": _gemm_phase, "im2col": _im2col_phase, "mac": _mac_phase, "depthwise": _mac_phase,
               "mac_cf": _mac_phase_cf}
 
@@ -249,14 +246,14 @@ def _forward(x, w, spec: ConvSpec, mode: str, target=None):
             xp = lax.pad(xp, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0)))
     elif any(v for pr in pads for v in pr):
         xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)))
-    fn = functools.partial(_gemm_phase, target=target) if mode == "taps" else _PHASE_FNS[mode]
+    fn = _PHASE_FNS[mode]
     blocks = []
     for p, cnt_h, taps_h in ph:
         row = []
         for q, cnt_w, taps_w in pw:
             taps = [((i, j), (sh + pads[0][0], sw + pads[1][0])) for i, sh in taps_h for j, sw in taps_w]
             if taps:
-                yb = fn(xp, wt, taps, (cnt_h, cnt_w), (xsh, xsw), spec)
+                yb = fn(xp, wt, taps, (cnt_h, cnt_w), (xsh, xsw), spec, target)
             else:  # every tap of this phase lands on an inserted zero
                 yb = jnp.zeros((n, cnt_h, cnt_w, co), acc_dtype(spec))
             row.append(yb)

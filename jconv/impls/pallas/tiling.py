@@ -250,14 +250,12 @@ def on_chip_memory(tl: Tiling, target: Target, kernel: str = "both") -> tuple[st
 def fits(tl: Tiling, target: Target) -> str | None:
     """None when ``tl``'s kernels fit ``target``, else what does not (for error messages)."""
     mem = on_chip_memory(tl, target)
-    if target.platform == "tpu":
-        _, need, cap = mem
-        if need > cap:
+    if mem is not None and mem[1] > mem[2]:
+        name, need, cap = mem
+        if name == "vmem":
             return f"{need / 2**20:.1f} MiB of VMEM, over the {cap / 2**20:.1f} MiB budget"
+        return f"{need // 1024} KiB of shared memory, over the {cap // 1024} KiB budget"
     if target.platform == "cuda":
-        _, need, cap = mem
-        if need > cap:
-            return f"{need // 1024} KiB of shared memory, over the {cap // 1024} KiB budget"
         acc = accumulator_elements(tl)
         if acc > TRITON_ACC_ELEMENTS:
             return f"{acc} accumulator elements per program, over {TRITON_ACC_ELEMENTS}"
