@@ -42,7 +42,7 @@ install-test: $(VENV)/.installed-test
 # The main job: compare jconv with lax.conv_general_dilated on this machine's device
 # (CPU: configs/default.py into runs/default; GPU: configs/gpu.py into runs/gpu; TPU: runs/tpu).
 run: $(VENV)/.installed-$(ACCEL)
-	$(PLATFORMS_$(ACCEL)) $(PY) -m experiments --config=configs/$(CONFIG_$(ACCEL)).py --workdir=runs/$(CONFIG_$(ACCEL))
+	$(PLATFORMS_$(ACCEL)) $(PY) -m jconv_experiments --config=configs/$(CONFIG_$(ACCEL)).py --workdir=runs/$(CONFIG_$(ACCEL))
 
 # The whole suite on the CPU: Pallas interpreted; GPU (CUDA, deviceless) and TPU (libtpu)
 # compile-only, required here (a missing compiler fails the run instead of skipping).

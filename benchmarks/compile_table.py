@@ -2,17 +2,17 @@
 
     .venv/bin/python benchmarks/compile_table.py docs/perf/compile_matrix.jsonl
 
-The rows come from ``python -m experiments --config=configs/compile.py --workdir=runs/compile``
+The rows come from ``python -m jconv_experiments --config=configs/compile.py --workdir=runs/compile``
 (copied to docs/perf/compile_matrix.jsonl); the sections are the experiment report's
-(:mod:`jconv.report.compile`): the verdict per target, one table per target, the failures.
+(:mod:`jconv_experiments.report.compile`): the verdict per target, one table per target, the failures.
 """
 
 from __future__ import annotations
 
 import sys
 
-from jconv.bench.store import load_rows
-from jconv.report import compile as compile_report
+from jconv_experiments.bench.store import load_rows
+from jconv_experiments.report import compile as compile_report
 
 KEY = ("target", "case", "impl", "dtype", "pass", "batch")
 

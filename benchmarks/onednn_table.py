@@ -1,7 +1,7 @@
 """The evidence table for oneDNN's ``auto`` rule in docs/performance.md: explicit ``onednn``
 beside what ``auto`` planned before it (the lax/XLA rules), XLA and PyTorch, from one run.
 
-    JAX_PLATFORMS=cpu .venv/bin/python -m experiments --config=configs/cpu_full.py \\
+    JAX_PLATFORMS=cpu .venv/bin/python -m jconv_experiments --config=configs/cpu_full.py \\
         --workdir=runs/onednn_probe "--config.dtypes=('float32','bfloat16')" \\
         "--config.impls=('xla','auto','onednn','torch','gemm_peak')" \\
         --config.iters=15 --config.min_iters=5 --config.max_time_s=8 --config.report=False

@@ -1,6 +1,6 @@
 """The docs/performance.md results table from a compare run's ``results.jsonl``.
 
-    JAX_PLATFORMS=cpu .venv/bin/python -m experiments --config=configs/cpu_full.py \\
+    JAX_PLATFORMS=cpu .venv/bin/python -m jconv_experiments --config=configs/cpu_full.py \\
         --workdir=runs/speed_cpu_full "--config.dtypes=('float32',)" \\
         "--config.impls=('xla','auto','torch','gemm_peak')" \\
         --config.iters=15 --config.min_iters=5 --config.max_time_s=8

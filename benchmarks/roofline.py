@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from jconv import targets
 from jconv.impls.pallas.tiling import fold_taps, folded, forward_cost, ideal_bytes, make_tiling
-from jconv.suite import get_suite
+from jconv_experiments.suite import get_suite
 
 # dense bfloat16 matmul peak (FLOP/s) and HBM bandwidth (B/s), vendors' data sheets (SXM parts)
 GPU_PEAKS = {"a100": (312e12, 2039e9), "h100": (989e12, 3350e9)}

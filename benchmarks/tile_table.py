@@ -5,7 +5,7 @@
 For each target of the compile matrix (``configs/compile.py``) and each layer its configs run
 with ``impl="pallas"``, the forward and forward+backward programs are lowered (not compiled) for
 that target and every kernel's tiles are read back as they were chosen
-(``jconv.aot.kernel_tiles``): the rules that choose them are in docs/pallas.md ("Tiles and
+(``jconv.programs.kernel_tiles``): the rules that choose them are in docs/pallas.md ("Tiles and
 memory"). Needs the compile-only compilers (``pip install -e ".[tpu,cuda]"``). About 5 minutes
 on 2 cores.
 """
@@ -16,7 +16,7 @@ import sys
 
 import ml_collections
 
-from experiments import compile_matrix
+from jconv_experiments import compile_matrix, programs
 from jconv import aot, targets
 
 ROLES = (("fwd", "forward", "forward"), ("fwd+bwd", "input gradient", "input gradient"),
@@ -53,7 +53,7 @@ def collect(config: ml_collections.ConfigDict) -> dict:
     for i, w in enumerate(works):
         print(f"\r{i + 1}/{len(works)} {w.target} {w.case} {w.dtype} {w.pass_}", end="", file=sys.stderr,
               flush=True)
-        out.setdefault((w.target, w.case, w.dtype, w.batch), {})[w.pass_] = aot.kernel_tiles(w)
+        out.setdefault((w.target, w.case, w.dtype, w.batch), {})[w.pass_] = programs.kernel_tiles(w)
     print(file=sys.stderr)
     return out
 

@@ -1,6 +1,6 @@
 """The notebook's run on a Colab GPU runtime (L4, A100; a T4 has no Pallas): the default suite.
 
-    python -m experiments --config=configs/colab_gpu.py --workdir=runs/colab_gpu
+    python -m jconv_experiments --config=configs/colab_gpu.py --workdir=runs/colab_gpu
 
 The ``default`` suite (17 layers) at batch 32, float32 and bfloat16, fwd and fwd+bwd, impls
 xla/lax/auto/pallas (compiled by Triton)/gemm_peak; torch too when it is installed with CUDA.

@@ -1,6 +1,6 @@
 """The notebook's run on a Colab TPU (v5e) runtime: the default suite, quick.
 
-    python -m experiments --config=configs/colab_tpu.py --workdir=runs/colab_tpu
+    python -m jconv_experiments --config=configs/colab_tpu.py --workdir=runs/colab_tpu
 
 The ``default`` suite (17 layers) at batch 32, float32 and bfloat16, fwd and fwd+bwd, impls
 xla/lax/auto/pallas (compiled for the TPU)/gemm_peak. Used by notebooks/colab_tpu.ipynb. Not

@@ -1,7 +1,7 @@
 """The compile matrix: the accelerator configs' work, compiled for real GPU and TPU targets.
 
-    python -m experiments --config=configs/compile.py --workdir=runs/compile
-    python -m experiments --config=configs/compile.py --workdir=runs/compile_h100 --config.targets=h100
+    python -m jconv_experiments --config=configs/compile.py --workdir=runs/compile
+    python -m jconv_experiments --config=configs/compile.py --workdir=runs/compile_h100 --config.targets=h100
 
 Compiles, without a GPU or TPU (``JAX_PLATFORMS=cpu`` is fine), every program that
 ``configs/tpu.py`` and ``configs/colab_tpu.py`` run on TPU v4, v5e, v5p and v6e (libtpu's

@@ -1,6 +1,6 @@
 """Every layer of the suite on the CPU, float32 and bfloat16 (long).
 
-    python -m experiments --config=configs/cpu_full.py --workdir=runs/cpu_full
+    python -m jconv_experiments --config=configs/cpu_full.py --workdir=runs/cpu_full
 
 The ``full`` suite (28 layers: all of ResNet-50's, VGG-16's, ... plus NCHW variants) at batch
 8 lowered to <= 4 GFLOP per forward, float32 and bfloat16, fwd and fwd+bwd, impls as in

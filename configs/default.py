@@ -1,6 +1,6 @@
 """The main job: jconv vs ``lax.conv_general_dilated`` on this machine's device.
 
-    python -m experiments --config=configs/default.py --workdir=runs/default
+    python -m jconv_experiments --config=configs/default.py --workdir=runs/default
     make run                                   # the same
 
 Measures the ``default`` suite (17 real layers: the seed's MNIST convs, ResNet-50 stem/3x3/1x1,

@@ -1,6 +1,6 @@
 """The seed's MNIST CNN trained on the embedded digits (no network needed).
 
-    python -m experiments --config=configs/digits.py --workdir=runs/digits
+    python -m jconv_experiments --config=configs/digits.py --workdir=runs/digits
 
 scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, resized to 28x28 so the seed's
 model runs unchanged; fixed stratified split 1,347 train / 450 test), Adam 1e-3, batch 32,

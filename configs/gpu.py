@@ -1,6 +1,6 @@
 """The comparison on one GPU: larger batches, float32 and bfloat16, Pallas compiled (Triton).
 
-    python -m experiments --config=configs/gpu.py --workdir=runs/gpu
+    python -m jconv_experiments --config=configs/gpu.py --workdir=runs/gpu
 
 The ``full`` suite at batch 32, float32 and bfloat16, fwd and fwd+bwd, impls xla/lax/auto/
 pallas (compiled by Triton, every layer)/torch (CUDA, if installed)/gemm_peak. float32 at the

@@ -1,6 +1,6 @@
 """The seed's MNIST CNN on real MNIST (60,000 train / 10,000 test).
 
-    python -m experiments --config=configs/mnist.py --workdir=runs/mnist \
+    python -m jconv_experiments --config=configs/mnist.py --workdir=runs/mnist \
         [--config.data_dir=/path/with/idx/files]
 
 Reads train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and

@@ -1,6 +1,6 @@
 """A few tiny layers, every impl and pass: checks the whole pipeline in seconds.
 
-    python -m experiments --config=configs/smoke.py --workdir=runs/smoke
+    python -m jconv_experiments --config=configs/smoke.py --workdir=runs/smoke
 
 The ``smoke`` suite (tiny dense, depthwise, grouped NCHW stride 2, the seed's first MNIST
 conv) at batch 2, float32, fwd and fwd+bwd, impls xla/lax/auto/pallas (interpreted on CPU,

@@ -1,6 +1,6 @@
 """The comparison on a TPU: larger batches, float32 and bfloat16, Pallas compiled (Mosaic).
 
-    python -m experiments --config=configs/tpu.py --workdir=runs/tpu
+    python -m jconv_experiments --config=configs/tpu.py --workdir=runs/tpu
 
 The ``full`` suite at batch 64, float32 and bfloat16, fwd and fwd+bwd, impls xla/lax/auto/
 pallas (compiled, every layer)/gemm_peak (torch is not a TPU peer). float32 at the default

@@ -8,7 +8,7 @@ Public API: :func:`conv2d`, :func:`conv_general_dilated` (drop-in for
 :func:`conv_params`, :func:`receptive_field`, :func:`conv_flops`), :class:`ConvSpec`, the
 tuner (:func:`tune`, :func:`use_tune_cache`: measure candidates, ``auto`` reads the cache), and
 :func:`implementations` (the registered backends). The Flax modules :mod:`jconv.linen`,
-:mod:`jconv.nnx` and the seed's model :mod:`jconv.models` are reachable as attributes, loaded on
+:mod:`jconv.nnx` and the seed's model :mod:`jconv_experiments.models` are reachable as attributes, loaded on
 first use (importing jconv does not import flax's training stack).
 """
 
@@ -30,7 +30,7 @@ from jconv.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
-_LAZY = ("linen", "nnx", "models", "targets", "aot", "suite", "bench", "report", "train", "data")
+_LAZY = ("linen", "nnx", "targets", "aot")
 
 
 def __getattr__(name):

@@ -12,7 +12,7 @@ Both work with ``JAX_PLATFORMS=cpu``. :func:`compile_for` lowers and compiles a 
 :class:`~jconv.targets.Target` on ShapeDtypeStructs placed on one device of its topology, and
 returns what the compiler said: success or its error, compile seconds, Pallas kernels and XLA
 convolutions in the program, ``cost_analysis()`` and ``memory_analysis()``. The compile matrix
-experiment (``configs/compile.py``) and the test suite (``tests/test_aot.py``) use it.
+experiment (``configs/compile.py``, :mod:`jconv_experiments.programs`) and the tests use it.
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ import jax
 import numpy as np
 
 from jconv import targets
-from jconv.bench.harness import pass_fn
-from jconv.bench.timing import memory_stats
-from jconv.conv import plan_for
+from jconv.timing import memory_stats
 from jconv.impls.pallas.tiling import KernelFitError
-from jconv.suite import CASES
 from jconv.targets import Target
 
 #: custom-call targets that are Pallas kernels, per platform
@@ -154,88 +151,6 @@ def compile_for(target: Target, fn: Callable, *args: jax.ShapeDtypeStruct) -> di
     return row
 
 
-# --------------------------------------------------------------------------------------------
-# The compile matrix: one row per (target, layer, impl, dtype, pass, batch)
-# --------------------------------------------------------------------------------------------
-
-MATRIX_KEY = ("target", "case", "impl", "dtype", "pass", "batch")
-
-
-@dataclasses.dataclass(frozen=True)
-class Work:
-    """One program an experiment config runs on a target: a layer's pass through an impl."""
-
-    target: str
-    case: str
-    impl: str
-    dtype: str
-    pass_: str
-    batch: int
-    precision: str | None = None
-    configs: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> tuple:
-        return (self.target, self.case, self.impl, self.dtype, self.pass_, self.batch)
-
-
-def _planner_platform(target: Target) -> str:
-    return {"cuda": "gpu"}.get(target.platform, target.platform)
-
-
-def compile_work(work: Work) -> dict:
-    """Compile ``work`` for its target: the row of the compile matrix (see :func:`compile_for`),
-    plus what jconv planned for that platform and the target's device kind."""
-    target = targets.get(work.target)
-    case = CASES[work.case]
-    row = {"target": work.target, "device_kind": target.device_kind, "platform": target.platform,
-           "case": work.case, "impl": work.impl, "dtype": work.dtype, "pass": work.pass_, "batch": work.batch,
-           "precision": work.precision or "default", "configs": list(work.configs), "plan": None,
-           "flops_model": case.spec(work.batch).flops * (1 if work.pass_ == "fwd" else 3)}
-    spec = case.spec(work.batch, work.dtype)
-    if work.impl != "xla":
-        try:
-            p = plan_for(spec, work.impl, platform=_planner_platform(target))
-            row.update(plan=f"{p.impl}:{p.algorithm}", plan_reason=p.reason)
-        except (ValueError, NotImplementedError) as e:
-            row.update(compiled=False, error=first_line(e), error_kind="jconv", compile_s=0.0)
-            return row
-    row.update(compile_for(target, *_program(work)))
-    return row
-
-
-def _program(work: Work) -> tuple:
-    """``(fn, *args)``: the work's pass as a function of ShapeDtypeStructs on its target."""
-    target = targets.get(work.target)
-    case = CASES[work.case]
-    spec = case.spec(work.batch, work.dtype)
-    args = [shape_struct(spec.x_shape, work.dtype, target), shape_struct(spec.w_shape, work.dtype, target)]
-    args.append(shape_struct((spec.out_channels,), work.dtype, target) if case.bias else None)
-    if work.pass_ != "fwd":
-        args.append(shape_struct(spec.out_shape, work.dtype, target))
-    fn = pass_fn(case, work.impl, work.pass_, None if work.precision in (None, "default") else work.precision)
-    if args[2] is None:  # no bias: keep the positional layout pass_fn expects
-        fn_ = fn
-        fn = (lambda x, w, *rest: fn_(x, w, None, *rest))
-        args = [a for a in args if a is not None]
-    return (fn, *args)
-
-
-def kernel_tiles(work: Work) -> list[dict]:
-    """The tiles each Pallas kernel of ``work``'s program gets on its target (lowered, not
-    compiled: :func:`jconv.impls.pallas.calls.recording_tiles`), or one dict with ``error`` when
-    jconv refuses the program while tracing."""
-    from jconv.impls.pallas import calls
-
-    fn, *args = _program(work)
-    with calls.recording_tiles() as log:
-        try:
-            jax.jit(fn).lower(*args)
-        except (KernelFitError, NotImplementedError, ValueError) as e:
-            return [{"error": first_line(e)}]
-    return log
-
-
 @functools.lru_cache(maxsize=None)
 def _probe_topology(base_name: str):
     from jax.experimental import topologies
@@ -268,5 +183,5 @@ def probe_smem(fn: Callable, *shapes: tuple, base: str = "h100") -> int | str:
     return 0
 
 
-__all__ = ["compile_for", "compile_work", "kernel_tiles", "Work", "MATRIX_KEY", "probe_smem", "compiler_available", "topology", "shape_struct", "one_device_sharding",
+__all__ = ["compile_for", "probe_smem", "compiler_available", "topology", "shape_struct", "one_device_sharding",
            "count_kernels", "count_convolutions", "first_line", "KERNEL_MARKERS"]

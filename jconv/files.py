@@ -3,7 +3,7 @@
 :func:`atomic_write` writes a temporary file in the same folder, flushes and fsyncs it, then
 renames it over the target: a reader sees the old file or the new one, never half of either.
 Append-only logs (``results.jsonl``) use :func:`append_line` instead: one ``write`` per line,
-flushed and fsynced; a reader drops a torn last line (see :class:`jconv.bench.store.ResultStore`).
+flushed and fsynced; a reader drops a torn last line (see :class:`jconv_experiments.bench.store.ResultStore`).
 """
 
 from __future__ import annotations

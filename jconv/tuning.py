@@ -16,7 +16,7 @@ What is measured: every candidate (each registered backend's ``tune_candidates``
 the spec on the platform: on the CPU ``"xla"``, each lax algorithm and ``"onednn"`` where its
 plugin is installed; ``"xla"`` and ``"pallas"`` on GPU/TPU) is compiled and called twice; candidates whose
 second call is more than ``prune`` times slower than the best are dropped; the rest are timed together
-by :func:`jconv.bench.time_interleaved` (blocks of calls, medians); the rules' choice stays
+by :func:`jconv.timing.time_interleaved` (blocks of calls, medians); the rules' choice stays
 unless another candidate beats it by more than ``margin``. Every array, the cotangent too, is an
 argument of the timed program (a captured one would be folded into it as a constant and the
 measurement would not be the real program's). The objective is
@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jconv import select
-from jconv.bench.harness import layer_pass
-from jconv.bench.timing import time_interleaved
+from jconv.timing import layer_pass
+from jconv.timing import time_interleaved
 from jconv.conv import check_array, conv2d
 from jconv.geometry import ConvSpec, fmt, parse_conv2d
 from jconv.impls import registry

@@ -33,7 +33,7 @@ def programs(platform: str):
     import jax.numpy as jnp
 
     from jconv import aot, targets
-    from jconv.suite import CASES
+    from jconv_experiments.suite import CASES
 
     for tname in TARGETS[platform]:
         target = targets.get(tname)
@@ -104,7 +104,7 @@ def sharded_tpu(name: str = "mnist_conv2", batch: int = 8):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from jconv import aot, targets
-    from jconv.suite import CASES
+    from jconv_experiments.suite import CASES
 
     topo = aot.topology(targets.get("v5e"))
     mesh = Mesh(np.array(topo.devices), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -20,7 +20,7 @@ from jconv import select
 from jconv.geometry import parse_conv2d
 from jconv.impls import lax_conv
 from jconv.impls.lax_conv import ALGORITHMS, supports
-from jconv.suite import CASES
+from jconv_experiments.suite import CASES
 from jconv.testing import assert_close
 from oracle import conv2d_ref
 

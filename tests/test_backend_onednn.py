@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import jconv
 from conformance import BackendConformance, backend_impls
 from jconv.impls import registry
-from jconv.suite import CASES
+from jconv_experiments.suite import CASES
 from jconv.testing import assert_close
 
 
@@ -74,8 +74,8 @@ import sys
 sys.modules["jconv_onednn"] = None  # the import fails as on a machine without the plugin
 import jconv
 from jconv.impls import registry
-from jconv.suite import CASES
-from jconv.suite import CASES
+from jconv_experiments.suite import CASES
+from jconv_experiments.suite import CASES
 assert "onednn" not in registry.names() and "onednn" in registry.unavailable()
 try:
     jconv.conv2d(__import__("jax.numpy").numpy.ones((1, 4, 4, 1)), __import__("jax.numpy").numpy.ones((3, 3, 1, 1)),

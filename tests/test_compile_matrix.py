@@ -11,9 +11,9 @@ import pytest
 
 from aot_helpers import _env, require_compiler
 from configs import compile as compile_config
-from experiments import compile_matrix
-from jconv.bench.harness import PEER_NAMES
-from jconv.suite import SUITES
+from jconv_experiments import compile_matrix
+from jconv_experiments.bench.harness import PEER_NAMES
+from jconv_experiments.suite import SUITES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +78,7 @@ def test_a_small_matrix_runs_resumes_and_reports(tmp_path):
     is written."""
     require_compiler("tpu")
     work = str(tmp_path / "m")
-    cmd = [sys.executable, "-m", "experiments", "--config=configs/compile.py", f"--workdir={work}",
+    cmd = [sys.executable, "-m", "jconv_experiments", "--config=configs/compile.py", f"--workdir={work}",
            "--config.targets=v5e", "--config.configs=colab_tpu", "--config.suite=mnist_conv2",
            "--config.impls=xla,auto,pallas", "--config.dtypes=float32", "--config.passes=fwd+bwd",
            "--config.workers=1"]
@@ -97,7 +97,7 @@ def test_a_small_matrix_runs_resumes_and_reports(tmp_path):
 
 
 def test_report_marks_compiled_refused_failed_and_missing():
-    from jconv.report import compile as compile_report
+    from jconv_experiments.report import compile as compile_report
 
     def row(impl, dtype, p, **kw):
         return dict(target="l4", device_kind="NVIDIA L4", case="mnist_conv2", impl=impl, dtype=dtype,

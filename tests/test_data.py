@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from jconv import data
+from jconv_experiments import data
 
 
 def idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:

@@ -12,9 +12,10 @@ import time
 import pytest
 
 from configs import smoke
-from experiments import compare
-from jconv import bench, plan_for, report
-from jconv.suite import CASES, Case
+from jconv_experiments import compare
+from jconv import plan_for
+from jconv_experiments import bench, report
+from jconv_experiments.suite import CASES, Case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ ENV_FIELDS = {"platform", "device_kind", "jax", "jaxlib", "flax", "torch", "cpu_
 
 def _cli(*args, timeout=300, **kw):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "experiments", *args]
+    cmd = [sys.executable, "-m", "jconv_experiments", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -183,7 +184,7 @@ def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
     r = _cli("--config=configs/smoke.py", "--config.dtypes=('float33',)", f"--workdir={tmp_path}")
     assert r.returncode != 0 and "compare: config.dtypes" in r.stderr
     r = _cli("--config=configs/smoke.py", "--config.experiment=nope", f"--workdir={tmp_path}")
-    assert r.returncode != 0 and "names no module experiments/nope.py" in r.stderr
+    assert r.returncode != 0 and "names no module jconv_experiments/nope.py" in r.stderr
     assert not os.path.exists(tmp_path / "results.jsonl")
     r = _cli("report", f"--workdir={tmp_path}")
     assert r.returncode != 0 and "has no results.jsonl" in r.stderr
@@ -202,7 +203,7 @@ def test_smoke_run_killed_resumed_and_reported(tmp_path):
 
     # 1. start, kill -9 once some rows are in, then simulate a torn write on top
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "experiments", "--config=configs/smoke.py",
+    proc = subprocess.Popen([sys.executable, "-m", "jconv_experiments", "--config=configs/smoke.py",
                              f"--workdir={workdir}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import jconv
-from jconv.models import MnistCNN, NnxMnistCNN, layer_table, summary
+from jconv_experiments.models import MnistCNN, NnxMnistCNN, layer_table, summary
 from jconv.testing import assert_close
 
 # "Tracing Through Your MNIST Model"
@@ -68,11 +68,11 @@ def test_nnx_twin_has_the_seeds_parameters():
 
 @pytest.mark.parametrize("shape, p", [((2, 26, 26, 3), 2), ((2, 11, 11, 4), 2), ((1, 9, 7, 2), 3)])
 def test_max_pool_matches_flax_values_and_gradients_ties_included(shape, p):
-    """jconv.models.max_pool == nn.max_pool, forward and VJP, also where windows tie (relu
+    """jconv_experiments.models.max_pool == nn.max_pool, forward and VJP, also where windows tie (relu
     zeros, repeated small integers): the gradient goes to one element of the window, the same."""
     import flax.linen as nn
 
-    from jconv.models import max_pool
+    from jconv_experiments.models import max_pool
 
     rng = np.random.default_rng(0)
     ref = lambda x: nn.max_pool(x, (p, p), strides=(p, p), padding="VALID")  # noqa: E731
@@ -88,7 +88,7 @@ def test_max_pool_matches_flax_values_and_gradients_ties_included(shape, p):
 
 
 def test_max_pool_rejects_bad_sizes():
-    from jconv.models import max_pool
+    from jconv_experiments.models import max_pool
 
     with pytest.raises(ValueError, match="pool size"):
         max_pool(jnp.ones((1, 4, 4, 1)), 0)

@@ -23,7 +23,7 @@ from jconv.impls import xla
 from jconv.impls.pallas import calls, ops
 from jconv.impls.pallas import tiling as tiling_mod
 from jconv.impls.pallas.tiling import BlockSizes, KernelFitError, get_default, make_tiling
-from jconv.suite import CASES, SUITES
+from jconv_experiments.suite import CASES, SUITES
 from jconv.testing import assert_close
 from test_conv import GRID, _ids, kwargs_of, make_inputs
 

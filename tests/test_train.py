@@ -1,7 +1,7 @@
 """Training the seed's model: outputs, resume after a kill, 4 devices vs 1, config checks.
 
 Tiny runs on a subset of the embedded digits; the compiled steps are shared between runs in
-this process (jconv.train caches them), so most runs cost about a second.
+this process (jconv_experiments.train caches them), so most runs cost about a second.
 """
 
 import json
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
-from jconv.train import train_and_evaluate
+from jconv_experiments.train import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,10 +97,10 @@ def test_four_devices_match_one(tmp_path, two_epochs):
 
 
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
-    """`python -m experiments` killed (SIGKILL) after its first checkpoint; restarted, it
+    """`python -m jconv_experiments` killed (SIGKILL) after its first checkpoint; restarted, it
     continues from the last checkpoint and ends where an uninterrupted run ends."""
     wd = tmp_path / "killed"
-    args = [sys.executable, "-m", "experiments", "--config=configs/digits.py", f"--workdir={wd}",
+    args = [sys.executable, "-m", "jconv_experiments", "--config=configs/digits.py", f"--workdir={wd}",
             "--config.train_subset=64", "--config.test_subset=32", "--config.batch_size=32",
             "--config.eval_batch_size=64", "--config.num_epochs=400", "--config.progress=False",
             "--config.plots=False", "--config.speed_rounds=0", "--config.impl=lax"]

@@ -165,7 +165,7 @@ def test_a_file_that_is_not_a_cache_is_refused(tmp_path):
 
 def test_compare_with_tune_tunes_each_layer_once_and_rows_say_so(tmp_path):
     from configs import smoke
-    from experiments import compare
+    from jconv_experiments import compare
 
     cfg = smoke.get_config()
     cfg.suite = "tiny_grouped_s2_nchw"
@@ -184,7 +184,7 @@ def test_compare_with_tune_tunes_each_layer_once_and_rows_say_so(tmp_path):
 
 def test_compare_rejects_bad_tune_fields():
     from configs import smoke
-    from experiments import compare
+    from jconv_experiments import compare
 
     for field, value, match in (("tune_objective", "bwd", r"config.tune_objective \(='bwd'\)"),
                                 ("tune_iters", 0, r"config.tune_iters \(=0\)")):

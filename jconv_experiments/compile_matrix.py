@@ -1,6 +1,6 @@
 """The compile matrix: every program the accelerator configs run, compiled for real targets.
 
-    python -m experiments --config=configs/compile.py --workdir=runs/compile
+    python -m jconv_experiments --config=configs/compile.py --workdir=runs/compile
 
 For each target (TPU v4, v5e, v5p, v6e through libtpu's compile-only topologies; A100, H100, L4
 through the CUDA plugin's deviceless compiler and the target configs in ``jconv/gpu_targets``),
@@ -33,14 +33,15 @@ import traceback
 
 import ml_collections
 
-from jconv import aot, bench, report, targets
-from jconv.bench.harness import PEER_NAMES
-from jconv.bench.store import ResultStore
+from jconv import aot, targets
+from jconv_experiments import bench, programs, report
+from jconv_experiments.bench.harness import PEER_NAMES
+from jconv_experiments.bench.store import ResultStore
 from jconv.conv import plan_for
 from jconv.files import atomic_write_json
 from jconv.geometry import FLOAT_DTYPES
 from jconv.impls import registry
-from jconv.suite import CASES, SUITES
+from jconv_experiments.suite import CASES, SUITES
 
 PLATFORM_OF_CONFIG = {"tpu": "tpu", "gpu": "cuda"}
 
@@ -92,11 +93,11 @@ def _suite(name: str) -> list[str]:
     return [n.strip() for n in name.split(",") if n.strip()]
 
 
-def work_items(config) -> list[aot.Work]:
+def work_items(config) -> list[programs.Work]:
     """Every (target, layer, impl, dtype, pass, batch) the configs run, once, with the configs
     that run it."""
     chosen = _names("targets", config.targets)
-    items: dict[tuple, aot.Work] = {}
+    items: dict[tuple, programs.Work] = {}
     for name in _names("configs", config.configs):
         sub = importlib.import_module(f"configs.{name}").get_config()
         platform = PLATFORM_OF_CONFIG[sub.platform]
@@ -113,7 +114,7 @@ def work_items(config) -> list[aot.Work]:
                 for dtype in (_names("dtypes", config.dtypes) or sub.dtypes):
                     for pass_ in (_names("passes", config.passes) or sub.passes):
                         for impl in impls:
-                            w = aot.Work(t, case, impl, dtype, pass_, batch, precision)
+                            w = programs.Work(t, case, impl, dtype, pass_, batch, precision)
                             old = items.get(w.key)
                             configs = (old.configs if old else ()) + (name,)
                             items[w.key] = dataclasses.replace(w, configs=configs)
@@ -139,14 +140,14 @@ def _worker(conn) -> None:
         if work is None:
             return
         try:
-            row = aot.compile_work(work)
+            row = programs.compile_work(work)
         except Exception as e:  # noqa: BLE001 - anything jconv itself raised unexpectedly
             row = dict(_row_base(work), compiled=False, error=aot.first_line(e), error_kind="jconv-bug",
                        traceback=traceback.format_exc()[-3000:])
         conn.send(row)
 
 
-def _row_base(work: aot.Work) -> dict:
+def _row_base(work: programs.Work) -> dict:
     t = targets.get(work.target)
     return {"target": work.target, "device_kind": t.device_kind, "platform": t.platform, "case": work.case,
             "impl": work.impl, "dtype": work.dtype, "pass": work.pass_, "batch": work.batch,
@@ -211,7 +212,7 @@ class _Pool:
 # --------------------------------------------------------------------------------------------
 
 
-def _program_key(work: aot.Work) -> tuple:
+def _program_key(work: programs.Work) -> tuple:
     """Works with the same key compile the same program: ``auto`` planned as another impl."""
     impl = work.impl
     if impl != "xla":
@@ -225,7 +226,7 @@ def _program_key(work: aot.Work) -> tuple:
     return (work.target, work.case, impl, work.dtype, work.pass_, work.batch, work.precision)
 
 
-def _order(works: list[aot.Work]) -> list[aot.Work]:
+def _order(works: list[programs.Work]) -> list[programs.Work]:
     """The order to compile in: the Pallas kernels first, then XLA, then the lax engine, and
     within each the targets taken in turn, so a run stopped early has covered every target."""
     rank: dict[tuple, int] = {}
@@ -250,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         if missing:
             raise RuntimeError(f"compile_matrix: cannot compile for {platform}: {missing}")
     os.makedirs(workdir, exist_ok=True)
-    store = ResultStore(os.path.join(workdir, "results.jsonl"), aot.MATRIX_KEY)
+    store = ResultStore(os.path.join(workdir, "results.jsonl"), programs.MATRIX_KEY)
     if store.dropped:
         print(f"compile_matrix: repaired results.jsonl: dropped {len(store.dropped)} torn or duplicate line(s)",
               file=sys.stderr)
@@ -266,7 +267,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         env["config"] = json.loads(config.to_json())
         atomic_write_json(env_path, env, indent=2)
     # one compile per distinct program; the others copy its row
-    groups: dict[tuple, list[aot.Work]] = {}
+    groups: dict[tuple, list[programs.Work]] = {}
     for w in todo:
         groups.setdefault(_program_key(w), []).append(w)
     by_impl_first = {k: sorted(v, key=lambda w: (w.impl != "xla", w.impl)) for k, v in groups.items()}
@@ -274,7 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     with tqdm(total=len(works), initial=len(works) - len(todo), unit="row", desc="compile",
               dynamic_ncols=True) as bar:
         def on_row(row):
-            key = tuple(row[k] for k in aot.MATRIX_KEY)
+            key = tuple(row[k] for k in programs.MATRIX_KEY)
             followers = leaders.get(key, [])
             row = dict(row, time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             for w in followers:

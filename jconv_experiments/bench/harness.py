@@ -1,6 +1,6 @@
 """Measuring one layer: accuracy and time of several implementations, timed together.
 
-:func:`measure_group` runs one layer (:class:`jconv.suite.Case`) at one batch, dtype and pass
+:func:`measure_group` runs one layer (:class:`jconv_experiments.suite.Case`) at one batch, dtype and pass
 for several implementations: accuracy against a float64 reference (XLA at HIGHEST under
 ``jax.enable_x64``; HIGHEST float32 for layers above a FLOP budget, recorded in the row's
 ``reference`` field) and against XLA itself, time, GFLOP/s, memory, one row each.
@@ -12,7 +12,7 @@ Implementations (``impl`` of a row):
 * any jconv impl string (``"lax"``, ``"auto"``, ``"pallas"``, ``"lax:im2col"`` ...), run through
   the public :func:`jconv.conv2d` by :meth:`Case.apply`; a backend that runs interpreted on this
   platform (Pallas on CPU) gets ``interpreted: true`` and is timed apart (not a speed figure);
-* a peer (:mod:`jconv.bench.peers`): ``"torch"``, ``"gemm_peak"``.
+* a peer (:mod:`jconv_experiments.bench.peers`): ``"torch"``, ``"gemm_peak"``.
 
 FLOPs: ``2 * multiply-adds`` of the forward (bias not counted); ``fwd+bwd`` (the gradient of
 ``sum(y * ct)`` with respect to x, w and b) counts 3x the forward.
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jconv.bench.peers import PEERS
-from jconv.bench.timing import compile_timed, time_fields, time_interleaved
+from jconv_experiments.bench.peers import PEERS
+from jconv.timing import compile_timed, layer_pass, time_fields, time_interleaved
 from jconv.conv import plan_for
-from jconv.suite import Case
+from jconv_experiments.suite import Case
 from jconv.testing import max_errors, scaled_error, tolerance
 
 PASSES = ("fwd", "fwd+bwd")
@@ -89,21 +89,6 @@ def _layer_fn(case: Case, impl: str, precision):
 def pass_fn(case: Case, impl: str, pass_: str, precision=None) -> Callable:
     """``f(x, w, b)``: the forward, or the gradients of ``sum(y * ct)`` (``f(x, w, b, ct)``)."""
     return layer_pass(_layer_fn(case, impl, precision), pass_, has_bias=case.bias)
-
-
-def layer_pass(layer: Callable, pass_: str, *, has_bias: bool) -> Callable:
-    """``layer(x, w, b)`` for ``pass_ == "fwd"``; for ``"fwd+bwd"`` ``f(x, w, b, ct)``, the
-    gradients of ``sum(y * ct)`` for x, w (and b). ``ct`` is an argument, never a captured
-    constant: XLA would fold a constant into the program (the tuner once measured 47 ms for a
-    program whose real counterpart takes 78)."""
-    if pass_ == "fwd":
-        return layer
-
-    def loss(x, w, b, ct):
-        y = layer(x, w, b)
-        return jnp.sum(y.astype(jnp.float32) * ct.astype(jnp.float32))
-
-    return jax.grad(loss, argnums=(0, 1, 2) if has_bias else (0, 1))
 
 
 def _args(case: Case, pass_: str, arrays: dict) -> tuple:

@@ -9,7 +9,7 @@
 
 A :class:`Peer` says when it gives a row (``applies``) and builds a candidate
 (:meth:`Peer.make`): a callable that runs once and blocks, the outputs to check (or None), and
-the row fields it adds. The harness (:func:`jconv.bench.harness.measure_group`) times peers in
+the row fields it adds. The harness (:func:`jconv_experiments.bench.harness.measure_group`) times peers in
 the same rounds as jconv's impls.
 """
 
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jconv.bench.timing import compile_timed
-from jconv.suite import Case
+from jconv.timing import compile_timed
+from jconv_experiments.suite import Case
 
 
 @dataclasses.dataclass(frozen=True)

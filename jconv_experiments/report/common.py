@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from jconv.bench.harness import PEER_NAMES
-from jconv.bench.store import as_float
+from jconv_experiments.bench.harness import PEER_NAMES
+from jconv_experiments.bench.store import as_float
 from jconv.impls import registry
 
 

@@ -1,21 +1,22 @@
 """The measuring harness under the experiments: timing, the result store, the environment,
 peers, and one layer measured across implementations.
 
-* :mod:`.timing`: compile apart from running; interleaved rounds of candidates, medians;
+* :mod:`jconv.timing` (the library's, shared with the tuner): compile apart from running;
+  interleaved rounds of candidates, medians;
 * :mod:`.store`: the crash-safe, resumable ``results.jsonl``;
 * :mod:`.env`: what a measurement ran on (device, versions, CPU model and ISA, commit);
 * :mod:`.peers`: PyTorch and the same-size GEMM, candidates like any impl;
 * :mod:`.harness`: :func:`measure_group`, accuracy and speed of several impls timed together.
 """
 
-from jconv.bench.env import env_info
-from jconv.bench.harness import (
+from jconv_experiments.bench.env import env_info
+from jconv_experiments.bench.harness import (
     PASSES, PEER_NAMES, Settings, compare_outputs, effective_tolerance, geomean, layer_pass, make_inputs,
     measure_group, pass_fn, reference_outputs,
 )
-from jconv.bench.peers import PEERS, gemm_shape, torch_module
-from jconv.bench.store import KEY_FIELDS, ResultStore, as_float, load_rows, row_key
-from jconv.bench.timing import compile_timed, memory_stats, time_interleaved
+from jconv_experiments.bench.peers import PEERS, gemm_shape, torch_module
+from jconv_experiments.bench.store import KEY_FIELDS, ResultStore, as_float, load_rows, row_key
+from jconv.timing import compile_timed, memory_stats, time_interleaved
 
 __all__ = [
     "PASSES", "PEER_NAMES", "PEERS", "KEY_FIELDS", "Settings", "ResultStore", "as_float", "compare_outputs",

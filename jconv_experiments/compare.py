@@ -1,10 +1,10 @@
 """The comparison experiment: jconv's implementations vs ``lax.conv_general_dilated``.
 
-For every case (a named real layer from :mod:`jconv.suite`) x dtype x pass x impl of the
+For every case (a named real layer from :mod:`jconv_experiments.suite`) x dtype x pass x impl of the
 config, one row in ``<workdir>/results.jsonl``: errors against a float64 reference and against
 XLA, median time, compile time, GFLOP/s, memory. Rows are appended as they finish, so a killed
 run resumes where it stopped; at the end ``report.md`` and the plots are rebuilt from the file.
-The measuring itself is :func:`jconv.bench.measure_group`; the report is :mod:`jconv.report`.
+The measuring itself is :func:`jconv_experiments.bench.measure_group`; the report is :mod:`jconv_experiments.report`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import jax
 import ml_collections
 
 import jconv
-from jconv import bench, report, tune_cache, tuning
+from jconv import tune_cache, tuning
+from jconv_experiments import bench, report
 from jconv.geometry import FLOAT_DTYPES
 from jconv.impls import registry
-from jconv.suite import CASES, SUITES, Case, get_suite
+from jconv_experiments.suite import CASES, SUITES, Case, get_suite
 
 PRECISIONS = ("default", "high", "highest")
 

@@ -1,10 +1,10 @@
 """Reports from a workdir's ``results.jsonl`` (+ ``env.json``): ``report.md`` and PNG plots.
 
-  from jconv import report
+  from jconv_experiments import report
   report.build_report("runs/default")   # -> "runs/default/report.md"
 
 Everything is derived from the rows, so a report can be rebuilt at any time:
-``python -m experiments report --workdir=DIR``. The comparison (:mod:`.compare`) and the compile
+``python -m jconv_experiments report --workdir=DIR``. The comparison (:mod:`.compare`) and the compile
 matrix (:mod:`.compile`) each have their sections and plots; :func:`build_report` picks by the
 experiment the workdir's ``env.json`` names (or the rows' fields).
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 
-from jconv.bench.store import load_rows
+from jconv_experiments.bench.store import load_rows
 from jconv.files import atomic_write
-from jconv.report import compare, compile  # noqa: A004 - the compile-matrix report
-from jconv.report.compare import PLOTS, markdown, speedups, summary
+from jconv_experiments.report import compare, compile  # noqa: A004 - the compile-matrix report
+from jconv_experiments.report.compare import PLOTS, markdown, speedups, summary
 
 _KEYS = {"compare": ("case", "impl", "pass", "dtype", "batch"),
          "compile_matrix": ("target", "case", "impl", "dtype", "pass", "batch")}

@@ -1,4 +1,6 @@
-"""Timing: compile apart from running, and interleaved rounds of candidates (medians).
+"""Timing: compile apart from running, interleaved rounds of candidates (medians), and the
+pass that is timed (forward, or forward and backward). The tuner and the experiments' harness
+both measure with these.
 
 Every call a timer makes ends in ``block_until_ready``. Times on shared machines are noisy:
 compare implementations as ratios measured in the same rounds, never as absolute thresholds.
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 def memory_stats(compiled) -> dict:
@@ -88,6 +91,21 @@ def time_interleaved(
     return times
 
 
+def layer_pass(layer: Callable, pass_: str, *, has_bias: bool) -> Callable:
+    """``layer(x, w, b)`` for ``pass_ == "fwd"``; for ``"fwd+bwd"`` ``f(x, w, b, ct)``, the
+    gradients of ``sum(y * ct)`` for x, w (and b). ``ct`` is an argument, never a captured
+    constant: XLA would fold a constant into the program (the tuner once measured 47 ms for a
+    program whose real counterpart takes 78)."""
+    if pass_ == "fwd":
+        return layer
+
+    def loss(x, w, b, ct):
+        y = layer(x, w, b)
+        return jnp.sum(y.astype(jnp.float32) * ct.astype(jnp.float32))
+
+    return jax.grad(loss, argnums=(0, 1, 2) if has_bias else (0, 1))
+
+
 def time_fields(ts: list[float], flops: int) -> dict:
     """Row fields of a list of call times: median, min, count and GFLOP/s at the median."""
     med = statistics.median(ts)
@@ -95,4 +113,4 @@ def time_fields(ts: list[float], flops: int) -> dict:
             "gflops": flops / med / 1e9 if med > 0 else None}
 
 
-__all__ = ["memory_stats", "compile_timed", "time_interleaved", "time_fields"]
+__all__ = ["memory_stats", "compile_timed", "time_interleaved", "time_fields", "layer_pass"]

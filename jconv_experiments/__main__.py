@@ -1,9 +1,9 @@
 """Entry point (Flax-examples convention), deliberately thin.
 
-    python -m experiments --config=configs/default.py --workdir=runs/default [--config.batch=4 ...]
-    python -m experiments report --workdir=runs/default   # rebuild report.md + plots only
+    python -m jconv_experiments --config=configs/default.py --workdir=runs/default [--config.batch=4 ...]
+    python -m jconv_experiments report --workdir=runs/default   # rebuild report.md + plots only
 
-The config file's ``experiment`` field names a module ``experiments.<name>`` whose
+The config file's ``experiment`` field names a module ``jconv_experiments.<name>`` whose
 ``run(config, workdir)`` does the work. The config is locked: an unknown ``--config.field``
 fails.
 """
@@ -16,7 +16,7 @@ import importlib.util
 from absl import app, flags
 from ml_collections import config_flags
 
-from jconv import report
+from jconv_experiments import report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (get_config() -> ConfigDict).", lock_config=True)
@@ -39,9 +39,9 @@ def main(argv):
     if config is None:
         raise app.UsageError("experiments: --config=configs/<name>.py is required")
     name = config.experiment
-    if not name.isidentifier() or importlib.util.find_spec(f"experiments.{name}") is None:
-        raise app.UsageError(f"experiments: config.experiment (={name!r}) names no module experiments/{name}.py")
-    importlib.import_module(f"experiments.{name}").run(config, _WORKDIR.value)
+    if not name.isidentifier() or importlib.util.find_spec(f"jconv_experiments.{name}") is None:
+        raise app.UsageError(f"experiments: config.experiment (={name!r}) names no module jconv_experiments/{name}.py")
+    importlib.import_module(f"jconv_experiments.{name}").run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

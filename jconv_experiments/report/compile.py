@@ -12,8 +12,8 @@ import os
 import statistics
 from collections import defaultdict
 
-from jconv.bench.store import as_float
-from jconv.report.common import fmt_bytes, impl_order, machine_line, save, table
+from jconv_experiments.bench.store import as_float
+from jconv_experiments.report.common import fmt_bytes, impl_order, machine_line, save, table
 
 PLOTS = ("compile.png",)
 _MARK = {"ok": "✓", "jconv": "–", "compiler": "✗"}

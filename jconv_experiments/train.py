@@ -33,8 +33,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jconv
-from jconv import data as data_lib
-from jconv.models import MnistCNN
+from jconv_experiments import data as data_lib
+from jconv_experiments.models import MnistCNN
 
 __all__ = ["train_and_evaluate", "make_mesh", "create_state", "make_train_step", "make_eval_step",
            "compare_step_speed", "plot_filters", "plot_feature_maps"]

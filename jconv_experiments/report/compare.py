@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from jconv.bench.harness import geomean
-from jconv.bench.store import as_float
-from jconv.report.common import color, fmt_bytes, fmt_err, fmt_ms, impl_order, machine_line, marker, save, table
+from jconv_experiments.bench.harness import geomean
+from jconv_experiments.bench.store import as_float
+from jconv_experiments.report.common import color, fmt_bytes, fmt_err, fmt_ms, impl_order, machine_line, marker, save, table
 
 PLOTS = ("speedup.png", "errors.png", "roofline.png")
 

@@ -1,16 +1,16 @@
 """Train the seed's MNIST CNN (jconv.linen.Conv2D layers): ``run(config, workdir)``.
 
-    python -m experiments --config=configs/digits.py --workdir=runs/digits   # embedded data
-    python -m experiments --config=configs/mnist.py --workdir=runs/mnist     # real MNIST
+    python -m jconv_experiments --config=configs/digits.py --workdir=runs/digits   # embedded data
+    python -m jconv_experiments --config=configs/mnist.py --workdir=runs/mnist     # real MNIST
 
-Thin: the library is :func:`jconv.train.train_and_evaluate` (optax, jit, data-parallel
+Thin: the library is :func:`jconv_experiments.train.train_and_evaluate` (optax, jit, data-parallel
 sharding, orbax checkpoints with resume, metrics.jsonl, filters.png, feature_maps.png, the
 speed ratio against flax.linen.Conv). Rerunning with the same workdir resumes.
 """
 
 from __future__ import annotations
 
-from jconv.train import train_and_evaluate
+from jconv_experiments.train import train_and_evaluate
 
 
 def run(config, workdir):
