@@ -18,7 +18,7 @@ import sys
 
 from jconv import aot, targets
 from jconv.files import atomic_write
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls.pallas import calls
 from jconv.impls.pallas.tiling import BlockSizes, make_tiling, smem_bytes
 
@@ -30,7 +30,7 @@ def measure():
         if depthwise and chunk != 16:
             continue
         c = 64
-        spec = ConvSpec(4, (rows * 3 + k - 1, out_w + k - 1), c, c, (k, k), groups=c if depthwise else 1,
+        spec = ExecSpec(4, (rows * 3 + k - 1, out_w + k - 1), c, c, (k, k), groups=c if depthwise else 1,
                         dtype=dtype, out_dtype=dtype)
         blocks = BlockSizes(rows, 64, chunk, bco, 16, out_w, "cuda")
         tl = make_tiling(spec, blocks, h100)

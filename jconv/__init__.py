@@ -15,17 +15,11 @@ first use (importing jconv does not import flax's training stack).
 import importlib
 
 from jconv.conv import conv2d, conv_general_dilated, plan_for
-from jconv.geometry import (
-    ConvSpec,
-    conv_flops,
-    conv_params,
-    dense_params,
-    output_size,
-    parse_conv2d,
-    receptive_field,
-)
+from jconv.arithmetic import conv_flops, conv_params, dense_params, output_size, receptive_field
+from jconv.geometry import parse_conv2d
 from jconv.impls import registry as _registry
 from jconv.tune_cache import use_tune_cache
+from jconv.spec import ConvSpec, ExecSpec
 from jconv.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
@@ -55,6 +49,7 @@ __all__ = [
     "use_tune_cache",
     "TuneResult",
     "ConvSpec",
+    "ExecSpec",
     "parse_conv2d",
     "output_size",
     "conv_params",

@@ -3,7 +3,7 @@
 :func:`conv2d` is the seed's Conv2D with every argument the seed explains;
 :func:`conv_general_dilated` is the 2-D subset of ``lax.conv_general_dilated`` (so it can be
 handed to ``flax.nnx.Conv(conv_general_dilated=...)``). Both parse once into a
-:class:`~jconv.geometry.ConvSpec`, plan (:mod:`jconv.select`), bring the arrays to NHWC / HWIO,
+:class:`~jconv.spec.ConvSpec`, plan (:mod:`jconv.select`), bring the arrays to NHWC / HWIO,
 apply the padding mode, and bind the convolution primitive (:mod:`jconv.primitive`) with the
 planned backend and algorithm under ``jax.jit``, the spec static.
 """
@@ -19,9 +19,10 @@ import numpy as np
 from jax import lax
 
 from jconv import primitive, select, targets
-from jconv.geometry import ConvSpec, fmt, parse_conv2d
+from jconv.geometry import fmt, is_int, parse_conv2d
 from jconv.impls.common import add_bias
 from jconv.impls.registry import check_impl
+from jconv.spec import ConvSpec
 
 _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -35,19 +36,67 @@ def check_array(fn: str, name: str, a: Any):
     return a
 
 
+def array_dtype(a) -> np.dtype:
+    """The dtype JAX computes ``a`` in: a NumPy float64 array is float32 with x64 off."""
+    return jax.dtypes.canonicalize_dtype(a.dtype)
+
+
 def target_platform(x) -> str:
     """The platform a call is planned for: the one of the mesh ``x`` is sharded over when its
     abstract mesh says (compiling ahead of time for a TPU or GPU topology from a CPU host),
     else JAX's default backend."""
     platform, _ = targets.mesh_device(getattr(jax.typeof(x), "sharding", None)) if isinstance(
         x, jax.Array) or hasattr(x, "aval") else (None, None)
-    return {"cuda": "gpu"}.get(platform, platform) or jax.default_backend()
+    return targets.planning_platform(platform)
 
 
-def plan_for(spec: ConvSpec, impl: str = "auto", *, platform: str | None = None) -> select.Plan:
-    """The plan ``conv2d`` would run for ``spec`` (a user-level spec, from ``parse_conv2d``) on
-    ``platform`` (default: JAX's default backend): which backend and algorithm, and why."""
-    return select.plan(spec.execute_spec(), impl, layout=spec.layout, platform=platform)
+def parse_call(fn: str, x, w, b, **args) -> ConvSpec:
+    """``conv2d``'s arguments, arrays checked, into a :class:`ConvSpec`."""
+    check_array(fn, "x", x)
+    check_array(fn, "w", w)
+    if b is not None:
+        check_array(fn, "b", b)
+    return parse_conv2d(x.shape, array_dtype(x), w.shape, array_dtype(w),
+                        None if b is None else b.shape, None if b is None else array_dtype(b), fn=fn, **args)
+
+
+def _as_struct(fn: str, name: str, a, dtype):
+    """An array, a ShapeDtypeStruct, or a shape (a tuple of ints, with ``dtype``)."""
+    if isinstance(a, (tuple, list)) and all(is_int(v) for v in a):
+        return jax.ShapeDtypeStruct(tuple(int(v) for v in a), jnp.dtype(dtype or "float32"))
+    return check_array(fn, name, a)
+
+
+def plan_for(x, w=None, b=None, *, impl: str = "auto", platform: str | None = None, dtype=None,
+             **conv2d_args) -> select.Plan:
+    """The plan ``conv2d`` would run: which backend and algorithm, and why.
+
+    ``x``, ``w`` (and ``b``) as ``conv2d`` takes them: arrays, ``jax.ShapeDtypeStruct`` objects, or
+    shapes (tuples of ints, in ``dtype``, default float32), with ``conv2d``'s keyword arguments;
+    or ``x`` a :class:`ConvSpec` (from :func:`jconv.parse_conv2d`) alone. ``platform``: "cpu",
+    "gpu" or "tpu" (default: JAX's default backend).
+
+    >>> import jconv
+    >>> p = jconv.plan_for((8, 56, 56, 64), (3, 3, 1, 64), groups=64, padding=1, platform="cpu")
+    >>> p.impl in ("lax", "onednn"), p.reason.startswith("auto:")
+    (True, True)
+    """
+    fn = "plan_for"
+    if isinstance(x, ConvSpec):
+        if isinstance(w, str) and impl == "auto":
+            impl, w = w, None
+        if w is not None or b is not None or conv2d_args or dtype is not None:
+            raise TypeError(f"{fn}: with a ConvSpec, pass only the impl and platform=")
+        spec = x
+        impl = check_impl(fn, impl)
+    else:
+        if w is None:
+            raise TypeError(f"{fn}: w is required with x (={fmt(x)}); or pass a ConvSpec alone")
+        impl = check_impl(fn, impl)
+        x, w = _as_struct(fn, "x", x, dtype), _as_struct(fn, "w", w, dtype)
+        b = None if b is None else _as_struct(fn, "b", b, dtype)
+        spec = parse_call(fn, x, w, b, **conv2d_args)
+    return select.plan(spec.execute_spec(), impl, fn=fn, platform=platform)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
@@ -125,19 +174,13 @@ def conv2d(
     (2, 14, 14, 32)
     """
     fn = "conv2d"
-    check_array(fn, "x", x)
-    check_array(fn, "w", w)
-    if b is not None:
-        check_array(fn, "b", b)
     impl = check_impl(fn, impl)
-    spec = parse_conv2d(
-        x.shape, x.dtype, w.shape, w.dtype,
-        None if b is None else b.shape, None if b is None else b.dtype,
-        stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
+    spec = parse_call(
+        fn, x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
         padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
-        preferred_element_type=preferred_element_type, fn=fn,
+        preferred_element_type=preferred_element_type,
     )
-    p = select.resolve(spec.execute_spec(), impl, fn=fn, layout=spec.layout, platform=target_platform(x))
+    p = select.plan(spec.execute_spec(), impl, fn=fn, platform=target_platform(x))
     return _execute(x, w, b, spec=spec, impl=p.impl, algorithm=p.algorithm)
 
 
@@ -211,14 +254,14 @@ def conv_general_dilated(
         if len(pad_arg) != 2:
             raise ValueError(f"{fn}: padding (={fmt(padding)}) must have one (low, high) pair per spatial axis (2)")
     spec = parse_conv2d(
-        x_shape, lhs.dtype, w_shape, rhs.dtype,
+        x_shape, array_dtype(lhs), w_shape, array_dtype(rhs),
         stride=window_strides, padding=pad_arg,
         dilation=1 if rhs_dilation is None else rhs_dilation,
         lhs_dilation=1 if lhs_dilation is None else lhs_dilation,
         groups=feature_group_count, layout="NHWC", precision=precision,
         preferred_element_type=preferred_element_type, allow_negative_padding=True, fn=fn,
     )
-    p = select.resolve(spec.execute_spec(), impl, fn=fn, platform=target_platform(lhs))
+    p = select.plan(spec.execute_spec(), impl, fn=fn, platform=target_platform(lhs))
     return _execute_general(lhs, rhs, spec=spec, impl=p.impl, algorithm=p.algorithm, to_nhwc=to_nhwc,
                             to_hwio=to_hwio, from_nhwc=from_nhwc)
 

@@ -1,7 +1,7 @@
-"""The seed's arithmetic and the one argument parser.
+"""The one argument parser.
 
 Everything a user passes to :func:`jconv.conv2d` or :func:`jconv.conv_general_dilated` is
-checked here, once, and turned into a frozen, hashable :class:`ConvSpec`. No jax arrays are
+checked here, once, and turned into a frozen, hashable :class:`~jconv.spec.ConvSpec`. No jax arrays are
 touched: only shapes, dtypes and Python values. All user-facing errors live in this module.
 
 Error style: ``<fn>: <argument> (=<value>) <rule>``. TypeError for a wrong kind of value,
@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from jconv.spec import ConvSpec, Pads, Pair
+
 LAYOUTS = ("NHWC", "NCHW")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-Pair = tuple[int, int]
-Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +80,7 @@ def _same_pads(size: int, k_eff: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _axis_pads(fn: str, name: str, value: Any, *, allow_negative: bool) -> tuple[int, int]:
+def axis_pads(fn: str, name: str, value: Any, *, allow_negative: bool) -> tuple[int, int]:
     """One axis of padding: an int or a (lo, hi) pair."""
     if is_int(value):
         lo = hi = int(value)
@@ -122,21 +121,21 @@ def resolve_padding(
         if mode == "SAME_LOWER":
             return tuple(_same_pads(in_size[i], k_eff[i], stride[i])[::-1] for i in range(2))  # type: ignore[return-value]
         raise ValueError(
-            f"{fn}: {name} (={padding!r}) must be 'VALID' or 'SAME' (any case), an int, "
+            f"{fn}: {name} (={padding!r}) must be 'VALID', 'SAME' or 'SAME_LOWER' (any case), an int, "
             "a pair (ph, pw) or ((top, bottom), (left, right))"
         )
     if is_int(padding):
-        p = _axis_pads(fn, name, padding, allow_negative=allow_negative)
+        p = axis_pads(fn, name, padding, allow_negative=allow_negative)
         return p, p
     if isinstance(padding, Sequence) and len(padding) == 2:
         a, b = padding
         if is_int(a) and is_int(b):  # (ph, pw): symmetric per axis
-            ph = _axis_pads(fn, name, a, allow_negative=allow_negative)
-            pw = _axis_pads(fn, name, b, allow_negative=allow_negative)
+            ph = axis_pads(fn, name, a, allow_negative=allow_negative)
+            pw = axis_pads(fn, name, b, allow_negative=allow_negative)
             return ph, pw
         return (
-            _axis_pads(fn, name, a, allow_negative=allow_negative),
-            _axis_pads(fn, name, b, allow_negative=allow_negative),
+            axis_pads(fn, name, a, allow_negative=allow_negative),
+            axis_pads(fn, name, b, allow_negative=allow_negative),
         )
     if isinstance(padding, Sequence):
         raise ValueError(
@@ -171,183 +170,6 @@ def canonical_precision(fn: str, precision: Any):
             raise ValueError(f"{fn}: precision (={fmt(precision)}) must be a pair when a sequence")
         return (one(precision[0]), one(precision[1]))
     return one(precision)
-
-
-# --------------------------------------------------------------------------------------------
-# ConvSpec
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvSpec:
-    """Everything about one Conv2D call except the arrays. Frozen and hashable.
-
-    Spatial fields are (height, width) pairs. ``padding`` is per side, already resolved
-    (``SAME`` turned into numbers); ``padding_mode`` says what fills it. ``lhs_dilation`` is
-    input dilation (transposed convolution); ``dilation`` is kernel dilation.
-
-    Implementations receive a spec from :meth:`for_execute`: NHWC arrays, kernel HWIO, already
-    flipped, non-zero padding modes already applied, non-negative zero padding left to do.
-    """
-
-    batch: int
-    in_size: Pair
-    in_channels: int
-    out_channels: int
-    kernel_size: Pair
-    stride: Pair = (1, 1)
-    padding: Pads = ((0, 0), (0, 0))
-    dilation: Pair = (1, 1)
-    lhs_dilation: Pair = (1, 1)
-    groups: int = 1
-    layout: str = "NHWC"
-    batched: bool = True
-    padding_mode: str = "zeros"
-    flip_kernel: bool = False
-    has_bias: bool = False
-    dtype: str = "float32"
-    out_dtype: str = "float32"
-    precision: Any = None
-
-    # ---- derived geometry ----
-    @property
-    def dilated_in_size(self) -> Pair:
-        return tuple((s - 1) * d + 1 if s > 0 else 0 for s, d in zip(self.in_size, self.lhs_dilation))  # type: ignore[return-value]
-
-    @property
-    def padded_size(self) -> Pair:
-        return tuple(s + lo + hi for s, (lo, hi) in zip(self.dilated_in_size, self.padding))  # type: ignore[return-value]
-
-    @property
-    def effective_kernel_size(self) -> Pair:
-        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))  # type: ignore[return-value]
-
-    @property
-    def out_size(self) -> Pair:
-        return tuple(  # type: ignore[return-value]
-            (p - k) // s + 1 for p, k, s in zip(self.padded_size, self.effective_kernel_size, self.stride)
-        )
-
-    @property
-    def input_grad_padding(self) -> Pads:
-        """Per-side padding of the stride-dilated cotangent whose VALID convolution with the
-        flipped kernel (stride = ``lhs_dilation``) is the input gradient. May be negative (a crop)."""
-        pads = []
-        for size, k, s, (lo, _), ld, o in zip(self.in_size, self.effective_kernel_size, self.stride,
-                                             self.padding, self.lhs_dilation, self.out_size):
-            before = k - 1 - lo
-            after = ((size - 1) * ld + 1) + k - 1 - ((o - 1) * s + 1) - before
-            pads.append((before, after))
-        return tuple(pads)  # type: ignore[return-value]
-
-    @property
-    def group_in_channels(self) -> int:
-        return self.in_channels // self.groups
-
-    @property
-    def group_out_channels(self) -> int:
-        return self.out_channels // self.groups
-
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.in_channels
-
-    @property
-    def depth_multiplier(self) -> int:
-        return self.out_channels // self.groups if self.is_depthwise else 1
-
-    @property
-    def is_pointwise(self) -> bool:
-        return self.kernel_size == (1, 1) and self.dilation == (1, 1)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        h, w = self.in_size
-        shape = (h, w, self.in_channels) if self.layout == "NHWC" else (self.in_channels, h, w)
-        return ((self.batch,) + shape) if self.batched else shape
-
-    @property
-    def w_shape(self) -> tuple[int, ...]:
-        kh, kw = self.kernel_size
-        if self.layout == "NHWC":
-            return (kh, kw, self.group_in_channels, self.out_channels)
-        return (self.out_channels, self.group_in_channels, kh, kw)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        h, w = self.out_size
-        shape = (h, w, self.out_channels) if self.layout == "NHWC" else (self.out_channels, h, w)
-        return ((self.batch,) + shape) if self.batched else shape
-
-    @property
-    def flops(self) -> int:
-        """Multiply-adds x 2 (bias not counted)."""
-        ho, wo = self.out_size
-        kh, kw = self.kernel_size
-        return 2 * self.batch * ho * wo * self.out_channels * self.group_in_channels * kh * kw
-
-    @property
-    def params(self) -> int:
-        kh, kw = self.kernel_size
-        return kh * kw * self.group_in_channels * self.out_channels + (self.out_channels if self.has_bias else 0)
-
-    def for_execute(self, in_size: Pair | None = None, padding: Pads | None = None) -> "ConvSpec":
-        """The canonical spec an implementation sees (see class docstring)."""
-        return dataclasses.replace(
-            self,
-            layout="NHWC",
-            batched=True,
-            padding_mode="zeros",
-            flip_kernel=False,
-            in_size=self.in_size if in_size is None else in_size,
-            padding=self.padding if padding is None else padding,
-        )
-
-    def execute_spec(self) -> "ConvSpec":
-        """The spec a backend runs for this call: NHWC, batched, the kernel already flipped, a
-        non-zero padding mode already applied to ``x`` (its pads folded into ``in_size``),
-        negative (cropping) padding already applied together with the input dilation. What is
-        left is non-negative zero padding and, possibly, input dilation.
-        (:func:`jconv.conv2d` does these array steps; this mirrors them on shapes.)"""
-        pads, in_size, lhs_dil = self.padding, self.in_size, self.lhs_dilation
-        if self.padding_mode != "zeros":
-            in_size = tuple(s + lo + hi for s, (lo, hi) in zip(in_size, pads))
-            pads = ((0, 0), (0, 0))
-        elif any(p < 0 for side in pads for p in side):
-            in_size = self.padded_size
-            pads, lhs_dil = ((0, 0), (0, 0)), (1, 1)
-        return dataclasses.replace(self.for_execute(in_size=in_size, padding=pads), lhs_dilation=lhs_dil)
-
-    def input_grad_spec(self) -> "ConvSpec":
-        """The convolution that computes this one's input gradient from the cotangent ``dy``:
-        input ``dy`` (N, Ho, Wo, C_out), kernel :func:`jconv.impls.common.transpose_kernel` of
-        ``w`` (flipped, in/out channels swapped per group), stride = this input dilation, input
-        dilation = this stride, padding :attr:`input_grad_padding` (may be negative: a crop).
-        Its output is ``x``'s shape; it runs in ``w``'s dtype and returns ``x``'s."""
-        out = dataclasses.replace(
-            self, batched=True, layout="NHWC", padding_mode="zeros", flip_kernel=False, has_bias=False,
-            in_size=self.out_size, in_channels=self.out_channels, out_channels=self.in_channels,
-            stride=self.lhs_dilation, lhs_dilation=self.stride, padding=self.input_grad_padding,
-            out_dtype=self.dtype,
-        )
-        if out.out_size != tuple(self.in_size):  # holds by construction; a broken invariant is a bug
-            raise AssertionError(f"input_grad_spec: size {out.out_size} != input {self.in_size}")
-        return out
-
-    def valid_spec(self) -> "ConvSpec":
-        """This convolution on the zero-padded, input-dilated ``x``: no padding left (VALID)."""
-        return dataclasses.replace(self.for_execute(in_size=self.padded_size, padding=((0, 0), (0, 0))),
-                                   lhs_dilation=(1, 1))
-
-    @property
-    def taps(self) -> int:
-        """Kernel positions, KH * KW."""
-        return self.kernel_size[0] * self.kernel_size[1]
-
-    @property
-    def kernel_shape(self) -> tuple[int, int, int, int]:
-        """HWIO kernel shape of the execute contract, (KH, KW, C_in/groups, C_out)."""
-        return self.kernel_size + (self.group_in_channels, self.out_channels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,102 +308,7 @@ def parse_conv2d(
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The seed's arithmetic, public
-# --------------------------------------------------------------------------------------------
-
-
-def output_size(input_size: int, kernel_size: int, *, padding: Any = 0, stride: int = 1, dilation: int = 1) -> int:
-    """``floor((input + pad_lo + pad_hi - dilation*(kernel-1) - 1) / stride) + 1``.
-
-    ``padding``: an int (both sides), a ``(lo, hi)`` pair, ``"VALID"`` or ``"SAME"``.
-    The seed's table: ``output_size(28, 3) == 26``, ``output_size(224, 7, padding=3, stride=2) == 112``.
-    """
-    fn = "output_size"
-    for name, v, lo in (("input_size", input_size, 1), ("kernel_size", kernel_size, 1),
-                        ("stride", stride, 1), ("dilation", dilation, 1)):
-        if not is_int(v):
-            raise TypeError(f"{fn}: {name} (={fmt(v)}) must be an int")
-        if v < lo:
-            raise ValueError(f"{fn}: {name} (={v}) must be >= {lo}")
-    k_eff = (kernel_size - 1) * dilation + 1
-    if isinstance(padding, str):
-        (lo_, hi_), _ = resolve_padding(fn, padding, (input_size, 1), (k_eff, 1), (stride, 1))
-    else:
-        lo_, hi_ = _axis_pads(fn, "padding", padding, allow_negative=False)
-    padded = input_size + lo_ + hi_
-    if padded < k_eff:
-        raise ValueError(
-            f"{fn}: the kernel (dilated size {k_eff}) is larger than the padded input (={padded})"
-        )
-    return (padded - k_eff) // stride + 1
-
-
-def conv_params(in_channels: int, out_channels: int, kernel_size: Any, *, groups: int = 1, bias: bool = True) -> int:
-    """Learnable parameters of one Conv2D: ``kh*kw*(C_in/groups)*C_out (+ C_out)``.
-
-    The seed: ``conv_params(1, 32, 3) == 320``, ``conv_params(32, 64, 3) == 18_496``.
-    """
-    fn = "conv_params"
-    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-        if not is_int(v):
-            raise TypeError(f"{fn}: {name} (={fmt(v)}) must be an int")
-        if v < 1:
-            raise ValueError(f"{fn}: {name} (={v}) must be >= 1")
-    kh, kw = pair(fn, "kernel_size", kernel_size)
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(
-            f"{fn}: groups (={groups}) must divide in_channels (={in_channels}) and out_channels (={out_channels})"
-        )
-    return kh * kw * (in_channels // groups) * out_channels + (out_channels if bias else 0)
-
-
-def receptive_field(layers: Sequence[Sequence[int]]) -> int:
-    """Receptive field (one axis) of a stack of layers, each ``(kernel, stride[, dilation])``.
-
-    Pooling 2x2 is ``(2, 2)``. The seed: one, two, three 3x3 convs give 3, 5, 7.
-    """
-    fn = "receptive_field"
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise TypeError(f"{fn}: layers (={fmt(layers)}) must be a sequence of (kernel, stride[, dilation])")
-    rf, jump = 1, 1
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Sequence) or len(layer) not in (2, 3) or not all(is_int(v) for v in layer):
-            raise ValueError(f"{fn}: layers[{i}] (={fmt(layer)}) must be (kernel, stride) or (kernel, stride, dilation) of ints")
-        k, s = int(layer[0]), int(layer[1])
-        d = int(layer[2]) if len(layer) == 3 else 1
-        if min(k, s, d) < 1:
-            raise ValueError(f"{fn}: layers[{i}] (={fmt(layer)}) must hold positive ints")
-        rf += ((k - 1) * d) * jump
-        jump *= s
-    return rf
-
-
-def conv_flops(
-    x_shape: Sequence[int],
-    w_shape: Sequence[int],
-    *,
-    stride: Any = 1,
-    padding: Any = "VALID",
-    dilation: Any = 1,
-    groups: int = 1,
-    layout: str = "NHWC",
-) -> int:
-    """FLOPs of one Conv2D forward: multiply-adds x 2, from array shapes (bias not counted)."""
-    spec = parse_conv2d(
-        x_shape, "float32", w_shape, "float32", stride=stride, padding=padding,
-        dilation=dilation, groups=groups, layout=layout, fn="conv_flops",
-    )
-    return spec.flops
-
-
-def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> int:
-    """A fully connected layer's parameters (the seed's comparison: 224*224*3*64)."""
-    return in_features * out_features + (out_features if bias else 0)
-
-
 __all__ = [
-    "ConvSpec", "parse_conv2d", "resolve_padding", "output_size", "conv_params",
-    "receptive_field", "conv_flops", "dense_params", "LAYOUTS", "PADDING_MODES", "FLOAT_DTYPES",
+    "parse_conv2d", "resolve_padding", "axis_pads", "LAYOUTS", "PADDING_MODES", "FLOAT_DTYPES",
     "pair", "is_int", "fmt", "canonical_precision",
 ]

@@ -36,7 +36,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jconv import targets
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls import registry
 
 KINDS = ("fwd", "dx", "dw")
@@ -45,15 +45,15 @@ LOWERING_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 conv_p = Primitive("jconv_conv")
 
 
-def _x_shape(spec: ConvSpec):
+def _x_shape(spec: ExecSpec):
     return (spec.batch,) + tuple(spec.in_size) + (spec.in_channels,)
 
 
-def _y_shape(spec: ConvSpec):
+def _y_shape(spec: ExecSpec):
     return (spec.batch,) + tuple(spec.out_size) + (spec.out_channels,)
 
 
-def result_shape_dtype(kind: str, spec: ConvSpec) -> tuple[tuple[int, ...], str]:
+def result_shape_dtype(kind: str, spec: ExecSpec) -> tuple[tuple[int, ...], str]:
     if kind == "fwd":
         return _y_shape(spec), spec.out_dtype
     if kind == "dx":
@@ -61,7 +61,7 @@ def result_shape_dtype(kind: str, spec: ConvSpec) -> tuple[tuple[int, ...], str]
     return spec.kernel_shape, spec.dtype
 
 
-def _operand_shapes(kind: str, spec: ConvSpec):
+def _operand_shapes(kind: str, spec: ExecSpec):
     return {"fwd": (_x_shape(spec), spec.kernel_shape), "dx": (_y_shape(spec), spec.kernel_shape),
             "dw": (_x_shape(spec), _y_shape(spec))}[kind]
 
@@ -150,7 +150,7 @@ ad.defbilinear(conv_p, _lhs_transpose, _rhs_transpose)
 # --------------------------------------------------------------------------------------------
 
 
-def _check_supported(spec: ConvSpec, impl: str, algorithm: str, what: str) -> None:
+def _check_supported(spec: ExecSpec, impl: str, algorithm: str, what: str) -> None:
     why = registry.get(impl).why_not(algorithm, spec)
     if why is not None:
         raise NotImplementedError(f"conv2d: impl={impl}:{algorithm} cannot run {what}: {why}")
@@ -176,7 +176,7 @@ def _to_groups_kernel(w, bdim):
     return w.reshape(kh, kw, cg, bb * co)
 
 
-def _grouped_spec(spec: ConvSpec, size: int) -> ConvSpec:
+def _grouped_spec(spec: ExecSpec, size: int) -> ExecSpec:
     return dataclasses.replace(spec, in_channels=size * spec.in_channels, out_channels=size * spec.out_channels,
                                groups=size * spec.groups)
 
@@ -300,7 +300,7 @@ def _batch_split(x, batch: int):
     return mesh, sharding.spec[0]
 
 
-def convolve(x, w, *, spec: ConvSpec, impl: str, algorithm: str):
+def convolve(x, w, *, spec: ExecSpec, impl: str, algorithm: str):
     """``y = conv(x, w)`` of execute spec ``spec`` by ``impl``'s ``algorithm`` (no bias)."""
     backend = registry.get(impl)
     split = _batch_split(x, spec.batch) if backend.split_batch else None

@@ -1,27 +1,47 @@
-"""Plan: which backend and algorithm run a :class:`ConvSpec`, and why.
+"""Plan: which backend and algorithm run an :class:`~jconv.spec.ExecSpec`, and why.
 
-An explicit ``impl`` is always honoured (never silently swapped): ``"<backend>"`` runs the
-algorithm that backend's own rule picks (``"lax"``: the best lax algorithm, never XLA's conv),
-``"<backend>:<algorithm>"`` that algorithm, or an error saying why it cannot run this spec.
-``"auto"`` asks the backends' ``auto`` rules (:mod:`jconv.impls.registry`) in priority order on
-the target platform; a tune cache entry (:mod:`jconv.tune_cache`) for this exact convolution on
-this device overrides them (``plan_for`` then says "auto: tuned").
+Every choice between backends is made here:
 
-The rules and the measurements behind them: each backend module (``jconv.impls.lax_conv``'s
-``auto_rule`` on the CPU; on GPU and TPU, XLA's conv) and docs/performance.md.
+* An explicit ``impl`` is always honoured (never silently swapped): ``"<backend>"`` runs the
+  algorithm that backend chooses (``"lax"``: the best lax algorithm, never XLA's conv),
+  ``"<backend>:<algorithm>"`` that algorithm, or an error saying why it cannot run this spec.
+* ``"auto"``: a tune cache entry (:mod:`jconv.tune_cache`) for this exact convolution on this
+  device, if any (``plan_for`` then says "auto: tuned"); else the backends of
+  :data:`AUTO_ORDER` for the platform, in order: the first whose ``auto`` rule picks one of its
+  algorithms that can run the spec wins. A backend's rule only speaks for itself (it picks among
+  its own algorithms, or declines); the order between backends is this table.
+
+The rules and the measurements behind them: each backend's module (the lax engine's thresholds
+in :mod:`jconv.impls.lax.rules`, the plugin's in :mod:`jconv.impls.onednn`) and
+docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 
-from jconv import tune_cache
-from jconv.geometry import ConvSpec
+from jconv import targets, tune_cache
 from jconv.impls import registry
+from jconv.spec import ExecSpec
 
 log = logging.getLogger("jconv.select")
+
+#: ``impl="auto"``: the backends asked, in order, on each planning platform. A backend that is
+#: not registered here (an optional plugin that is not installed) is skipped; the last entry
+#: takes everything (XLA's convolution runs every valid spec).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("onednn", "lax", "xla"),
+    "gpu": ("xla",),
+    "tpu": ("xla",),
+}
+#: the order for a platform missing from :data:`AUTO_ORDER`
+DEFAULT_ORDER: tuple[str, ...] = ("xla",)
+#: ``JCONV_AUTO_EXCLUDE=onednn,...``: backends ``auto`` skips for a whole process
+EXCLUDE_ENV = "JCONV_AUTO_EXCLUDE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +62,38 @@ class Plan:
         return registry.get(self.impl).interpreted
 
 
+_EXCLUDED: list[str] = []
+
+
+@contextlib.contextmanager
+def auto_excluded(*names: str):
+    """Within the block, ``impl="auto"`` skips these backends (they stay callable by name):
+    what auto plans without them, e.g. without the oneDNN plugin. ``$JCONV_AUTO_EXCLUDE`` does
+    the same for a whole process."""
+    _EXCLUDED.extend(names)
+    try:
+        yield
+    finally:
+        for n in names:
+            _EXCLUDED.remove(n)
+
+
+def auto_order(platform: str) -> tuple[str, ...]:
+    """The registered backends ``auto`` asks on ``platform``, in order, less the excluded ones."""
+    excluded = set(_EXCLUDED) | {n.strip() for n in os.environ.get(EXCLUDE_ENV, "").split(",") if n.strip()}
+    order = AUTO_ORDER.get(targets.planning_platform(platform), DEFAULT_ORDER)
+    return tuple(n for n in order if n in registry.names() and n not in excluded)
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_stale(fn: str, impl: str, why: str) -> None:
     """Once per process and entry: a plan is made on every call, a warning need not be."""
     log.warning("%s: ignoring the tune cache entry %s for this convolution (%s); the rules apply", fn, impl, why)
 
 
-def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
+def _tuned(spec: ExecSpec, platform: str, fn: str) -> Plan | None:
     """The plan a tune cache entry names for ``spec`` on this device, if any."""
-    entry = tune_cache.lookup(spec, layout, platform)
+    entry = tune_cache.lookup(spec, platform)
     if entry is None:
         return None
     impl = entry.get("impl")
@@ -58,7 +101,7 @@ def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
         base, _ = registry.parse_impl(fn, impl)
         if base == "auto":
             raise ValueError("not an explicit implementation")
-        p = plan(spec, impl, fn=fn, platform=platform, layout=layout)
+        p = plan(spec, impl, fn=fn, platform=platform)
     except (TypeError, ValueError, NotImplementedError) as e:
         _warn_stale(fn, repr(impl), str(e))
         return None
@@ -66,56 +109,43 @@ def _tuned(spec: ConvSpec, platform: str, layout: str, fn: str) -> Plan | None:
     return dataclasses.replace(p, reason=f"auto: tuned ({entry.get('objective')}: {ms})")
 
 
-def _checked(fn: str, impl: str, choice: registry.Choice | tuple[str, str, str], spec: ConvSpec) -> Plan:
-    name, algorithm, reason = (choice.impl, choice.algorithm, choice.reason) if isinstance(
-        choice, registry.Choice) else choice
-    why = registry.get(name, fn).why_not(algorithm, spec)
+def _checked(fn: str, impl: str, plan_: Plan, spec: ExecSpec) -> Plan:
+    why = registry.get(plan_.impl, fn).why_not(plan_.algorithm, spec)
     if why is not None:
         # an algorithm named explicitly is a wrong choice of argument (ValueError); a backend
         # that cannot run a valid convolution is a limit of jconv (NotImplementedError)
         error = ValueError if ":" in impl else NotImplementedError
-        hint = f"; use impl='{name}' to let jconv choose" if ":" in impl else ""
+        hint = f"; use impl='{plan_.impl}' to let jconv choose" if ":" in impl else ""
         raise error(f"{fn}: impl (={impl!r}) cannot run this convolution (groups={spec.groups}, "
                     f"C_in={spec.in_channels}, kernel={spec.kernel_size}, {spec.dtype}): {why}{hint}")
-    return Plan(name, algorithm, reason)
+    return plan_
 
 
-def plan(spec: ConvSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,
-         layout: str = "NHWC", use_cache: bool = True) -> Plan:
-    """Choose the backend and algorithm for execute spec ``spec``.
+def plan(spec: ExecSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,
+         use_cache: bool = True) -> Plan:
+    """Choose the backend and algorithm for ``spec`` (checked before any tracing).
 
-    ``platform`` ("cpu", "gpu", "tpu") is the target; by default JAX's default backend.
-    ``layout`` is the caller's layout (``spec`` itself is NHWC): backends may choose differently
-    for NCHW callers. ``use_cache=False``: the rules alone, whatever a tune cache says.
+    ``platform`` ("cpu", "gpu", "tpu"; "cuda"/"rocm" are read as "gpu") is the one the program
+    is planned for; by default JAX's default backend. ``use_cache=False``: the rules alone,
+    whatever a tune cache says.
     """
     base, algo = registry.parse_impl(fn, impl)
+    platform = targets.planning_platform(platform)
     if base != "auto":
-        backend = registry.get(base, fn)
         if algo:
-            return _checked(fn, impl, (base, algo, "requested"), spec)
-        name, why = backend.default(spec, layout)
-        return _checked(fn, impl, (base, name, why), spec)
-    if platform is None:
-        import jax
-
-        platform = jax.default_backend()
-    tuned = _tuned(spec, platform, layout, fn) if use_cache else None
+            return _checked(fn, impl, Plan(base, algo, "requested"), spec)
+        name, why = registry.get(base, fn).choose(spec, platform)
+        return _checked(fn, impl, Plan(base, name, why), spec)
+    tuned = _tuned(spec, platform, fn) if use_cache else None
     if tuned is not None:
         return tuned
-    for backend in registry.auto_rules():
-        choice = backend.auto(spec, platform, layout)
-        if choice is None:
-            continue
-        if registry.get(choice.impl).why_not(choice.algorithm, spec) is None:
-            return Plan(choice.impl, choice.algorithm, f"auto: {choice.reason}")
-    raise NotImplementedError(f"{fn}: no implementation can run this convolution on {platform}")  # pragma: no cover
+    for name in auto_order(platform):
+        backend = registry.get(name)
+        pick = backend.auto(spec, platform) if backend.auto is not None else None
+        if pick is not None and backend.why_not(pick[0], spec) is None:
+            return Plan(name, pick[0], f"auto: {pick[1]}")
+    raise NotImplementedError(f"{fn}: no implementation can run this convolution on {platform} "
+                              f"(asked, in order: {', '.join(auto_order(platform)) or 'none'})")
 
 
-def resolve(spec: ConvSpec, impl: str, *, fn: str = "conv2d", layout: str = "NHWC",
-            use_cache: bool = True, platform: str | None = None) -> Plan:
-    """The plan ``conv2d`` runs (checked before any tracing; an explicit plan, so that a jit
-    cache keyed on it re-traces after a new tune instead of reusing the old choice)."""
-    return plan(spec, impl, fn=fn, layout=layout, use_cache=use_cache, platform=platform)
-
-
-__all__ = ["Plan", "plan", "resolve"]
+__all__ = ["Plan", "plan", "AUTO_ORDER", "DEFAULT_ORDER", "auto_order", "auto_excluded"]

@@ -185,7 +185,7 @@ def _unknown_tpu(kind: str) -> Target:
 def for_device_kind(platform: str, kind: str | None, compute_capability=None) -> Target:
     """The target for a device of ``platform`` and ``kind`` (a conservative stand-in when the
     model is not one of the shipped ones)."""
-    if platform in ("gpu", "cuda"):
+    if planning_platform(platform) == "gpu":
         cc = _parse_cc(compute_capability)
         for t in gpus().values():
             if kind == t.device_kind:
@@ -241,8 +241,28 @@ def use(target: str | Target):
         _override.reset(token)
 
 
-def _platform_of(name: str | None) -> str | None:
-    return {"gpu": "cuda", "cuda": "cuda", "tpu": "tpu", "cpu": "cpu"}.get(name or "")
+# --------------------------------------------------------------------------------------------
+# Platform names: JAX has two for a GPU. A device and a backend are "gpu" (jax.default_backend(),
+# jax.devices("gpu")); a program is lowered for "cuda" or "rocm" (mlir, jax.export). jconv plans
+# with the first (the tune cache, the auto order, tolerances) and sizes kernels with the second
+# (Target.platform). These two functions are the only translation between them.
+# --------------------------------------------------------------------------------------------
+
+
+def planning_platform(name: str | None = None) -> str:
+    """The backend name a program is planned for: "cpu", "gpu" or "tpu" ("cuda" and "rocm" are
+    "gpu"); None: JAX's default backend."""
+    if name is None:
+        import jax
+
+        name = jax.default_backend()
+    return "gpu" if name in ("cuda", "rocm") else name
+
+
+def lowering_platform(name: str | None) -> str | None:
+    """The platform a program for backend ``name`` is lowered for ("gpu" is "cuda"); None for
+    None or an unknown name."""
+    return {"gpu": "cuda", "cuda": "cuda", "rocm": "rocm", "tpu": "tpu", "cpu": "cpu"}.get(name or "")
 
 
 def mesh_device(aval_sharding) -> tuple[str | None, str | None]:
@@ -251,7 +271,7 @@ def mesh_device(aval_sharding) -> tuple[str | None, str | None]:
     dev = getattr(mesh, "abstract_device", None)
     if dev is None:
         return None, None
-    return _platform_of(getattr(dev, "platform", None)), getattr(dev, "device_kind", None)
+    return lowering_platform(getattr(dev, "platform", None)), getattr(dev, "device_kind", None)
 
 
 def resolve(platform: str, aval_sharding=None) -> tuple[Target, bool]:
@@ -265,7 +285,7 @@ def resolve(platform: str, aval_sharding=None) -> tuple[Target, bool]:
     import jax
 
     mesh_platform, mesh_kind = mesh_device(aval_sharding)
-    primary_platform = mesh_platform or _platform_of(jax.default_backend())
+    primary_platform = mesh_platform or lowering_platform(jax.default_backend())
     primary = primary_platform == platform
     if platform == "cpu":
         return CPU, primary
@@ -275,7 +295,7 @@ def resolve(platform: str, aval_sharding=None) -> tuple[Target, bool]:
     if mesh_platform == platform and mesh_kind:
         return for_device_kind(platform, mesh_kind), primary
     try:
-        dev = jax.devices("gpu" if platform == "cuda" else platform)[0]
+        dev = jax.devices(planning_platform(platform))[0]
     except RuntimeError:
         dev = None
     if dev is not None:
@@ -284,4 +304,4 @@ def resolve(platform: str, aval_sharding=None) -> tuple[Target, bool]:
 
 
 __all__ = ["Target", "CPU", "get", "gpus", "tpus", "all_targets", "for_device_kind", "gpu_from_config",
-           "resolve", "use", "mesh_device", "TRITON_MIN_CAPABILITY"]
+           "resolve", "use", "mesh_device", "planning_platform", "lowering_platform", "TRITON_MIN_CAPABILITY"]

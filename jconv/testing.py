@@ -12,8 +12,9 @@ tolerance (:func:`effective_dtype`); at ``precision="highest"`` it keeps float32
 
 from __future__ import annotations
 
-import jax
 import numpy as np
+
+from jconv.targets import planning_platform
 
 TOLERANCES = {
     "float64": 1e-10,
@@ -26,7 +27,7 @@ _COARSENESS = ["float64", "float32", "float16", "bfloat16"]
 
 
 #: what float32 at the default precision is computed in, per platform
-DEFAULT_PRECISION_DTYPE = {"tpu": "bfloat16", "gpu": "float16", "cuda": "float16", "rocm": "float16"}
+DEFAULT_PRECISION_DTYPE = {"tpu": "bfloat16", "gpu": "float16"}
 
 
 def effective_dtype(dtype, precision=None, platform: str | None = None) -> str:
@@ -35,9 +36,7 @@ def effective_dtype(dtype, precision=None, platform: str | None = None) -> str:
     name = np.dtype(dtype).name
     if name != "float32" or precision not in (None, "default"):
         return name
-    if platform is None:
-        platform = jax.default_backend()
-    return DEFAULT_PRECISION_DTYPE.get(platform, name)
+    return DEFAULT_PRECISION_DTYPE.get(planning_platform(platform), name)
 
 
 def tolerance(*dtypes, precision=None, platform: str | None = None) -> float:

@@ -1,8 +1,9 @@
 """The tune cache: what :func:`jconv.tune` measured, read by ``impl="auto"``.
 
-A JSON file keyed by platform, device kind, caller layout and the execute spec (shapes, stride,
-padding, groups, dtypes, precision...); an entry names the impl that won. Only an exact match is
-used. This module only loads, looks up and stores entries; the measuring is :mod:`jconv.tuning`,
+A JSON file keyed by platform, device kind and the execute spec (shapes, stride, padding,
+groups, dtypes, precision, the caller's layout: :meth:`jconv.spec.ExecSpec.key`, an explicit,
+versioned key); an entry names the impl that won. Only an exact match is used. A file of another
+format (an older jconv's) is ignored with a warning, never misread. This module only loads, looks up and stores entries; the measuring is :mod:`jconv.tuning`,
 which sits above the plan. Writes replace the file atomically (:mod:`jconv.files`), merged with
 what another process may have written meanwhile.
 
@@ -12,23 +13,28 @@ what another process may have written meanwhile.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from typing import Any
 
 from jconv.files import atomic_write_json
-from jconv.geometry import ConvSpec
+from jconv.targets import planning_platform
+from jconv.spec import KEY_VERSION, ExecSpec
+
+log = logging.getLogger("jconv.tune_cache")
 
 ENV_VAR = "JCONV_TUNE_CACHE"
-FORMAT = 1
+#: the file format follows the spec key's version (format 1 keyed on ``repr`` of the spec)
+FORMAT = KEY_VERSION
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"path": None, "entries": None, "env_read": False}
 
 
-def cache_key(spec: ConvSpec, layout: str, platform: str, device_kind: str) -> str:
-    """The cache key of an execute spec (NHWC, as :func:`jconv.select.plan` sees it)."""
-    return f"{platform}|{device_kind}|{layout}|{spec!r}"
+def cache_key(spec: ExecSpec, platform: str, device_kind: str) -> str:
+    """The cache key of an execute spec on a device (as :func:`jconv.select.plan` sees it)."""
+    return f"{platform}|{device_kind}|{spec.key()}"
 
 
 def read(path: str) -> dict:
@@ -40,8 +46,13 @@ def read(path: str) -> dict:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"tune cache {path!r} cannot be read as JSON: {e}") from e
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) or not isinstance(
+            data.get("format"), int):
         raise ValueError(f"tune cache {path!r} is not a jconv tune cache (format {FORMAT})")
+    if data["format"] != FORMAT:
+        log.warning("tune cache %r has format %s, this jconv reads format %s: its %d entries are ignored "
+                    "(tune again to rebuild it)", path, data["format"], FORMAT, len(data["entries"]))
+        return {}
     return data["entries"]
 
 
@@ -71,25 +82,25 @@ def _active() -> dict | None:
         return _state["entries"]
 
 
-def device_key(spec: ConvSpec, layout: str, platform: str | None = None) -> str | None:
+def device_key(spec: ExecSpec, platform: str | None = None) -> str | None:
     """:func:`cache_key` on this process's first device of ``platform`` (default: JAX's default
     backend); None when the process has no device of that platform."""
     import jax
 
-    platform = platform or jax.default_backend()
+    platform = planning_platform(platform)
     try:
         kind = jax.devices(platform)[0].device_kind
     except RuntimeError:
         return None
-    return cache_key(spec, layout, platform, kind)
+    return cache_key(spec, platform, kind)
 
 
-def lookup(spec: ConvSpec, layout: str, platform: str | None = None) -> dict | None:
+def lookup(spec: ExecSpec, platform: str | None = None) -> dict | None:
     """The cache entry for this execute spec on this device, or None."""
     entries = _active()
     if not entries:
         return None
-    key = device_key(spec, layout, platform)
+    key = device_key(spec, platform)
     return None if key is None else entries.get(key)
 
 

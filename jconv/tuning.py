@@ -24,9 +24,9 @@ measurement would not be the real program's). The objective is
 (inference). One algorithm runs both passes of a call (each has its own backward), so there
 is one entry per convolution, for the objective it was tuned for.
 
-The cache is a JSON file keyed by platform, device kind, caller layout and the execute spec
-(:class:`~jconv.geometry.ConvSpec` as implementations see it: shapes, stride, padding, groups,
-dtypes, precision...). Only an exact match is used; an entry naming an algorithm that cannot
+The cache is a JSON file keyed by platform, device kind and the execute spec
+(:class:`~jconv.spec.ExecSpec`: shapes, stride, padding, groups, dtypes, precision, the
+caller's layout). Only an exact match is used; an entry naming an algorithm that cannot
 run the spec (a stale file) is ignored with a warning. Writes go to a temporary file that
 replaces the old one, so a crash never leaves a torn cache. The cache is read when a
 convolution is planned, which for jitted code is at trace time: tune before you jit.
@@ -47,11 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jconv import select
-from jconv.timing import layer_pass
-from jconv.timing import time_interleaved
-from jconv.conv import check_array, conv2d
-from jconv.geometry import ConvSpec, fmt, parse_conv2d
+from jconv.conv import conv2d, parse_call
+from jconv.geometry import fmt
 from jconv.impls import registry
+from jconv.spec import ConvSpec, ExecSpec
+from jconv.timing import layer_pass, time_interleaved
 from jconv.tune_cache import device_key, format_times, lookup, store, use_tune_cache
 
 log = logging.getLogger("jconv.tuning")
@@ -76,31 +76,18 @@ class TuneResult:
 OBJECTIVES = ("fwd", "fwd+bwd")
 
 
-def candidates_for(spec: ConvSpec, layout: str, platform: str) -> list[str]:
+def candidates_for(spec: ExecSpec, platform: str) -> list[str]:
     """The impls :func:`tune` measures for an execute spec by default: each registered backend's
     candidates on ``platform`` (interpreted backends are never speed candidates)."""
     out = []
     for backend in registry.backends():
         if backend.tune_candidates is None or platform in backend.interpreted:
             continue
-        out += [c for c in backend.tune_candidates(spec, layout, platform) if c not in out]
+        out += [c for c in backend.tune_candidates(spec, platform) if c not in out]
     return out
 
 
-def tune_spec(
-    spec: ConvSpec,
-    call: Callable[..., Any],
-    *,
-    objective: str = "fwd+bwd",
-    candidates: Sequence[str] | None = None,
-    cache: str | os.PathLike | None = None,
-    iters: int = 5,
-    prune: float = 2.0,
-    margin: float = 0.05,
-    seed: int = 0,
-) -> TuneResult:
-    """Tune one convolution given by its user-level ``spec`` and ``call(x, w, b, impl)``
-    (which computes it in the caller's layout). :func:`tune` is the public front end."""
+def _check_settings(objective, iters, prune, margin) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"tune: objective (={objective!r}) must be one of {OBJECTIVES}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
@@ -109,18 +96,22 @@ def tune_spec(
         raise ValueError(f"tune: prune (={fmt(prune)}) must be a number >= 1")
     if not isinstance(margin, (int, float)) or margin < 0:
         raise ValueError(f"tune: margin (={fmt(margin)}) must be a number >= 0")
-    platform = jax.default_backend()
-    espec = spec.execute_spec()
-    if candidates is None:
-        candidates = candidates_for(espec, spec.layout, platform)
-    elif isinstance(candidates, str) or not candidates:
+
+
+def _checked_candidates(candidates: Sequence[str]) -> list[str]:
+    if isinstance(candidates, str) or not candidates:
         raise ValueError(f"tune: candidates (={fmt(candidates)}) must be a non-empty list of impl strings")
     for c in candidates:
         base, algo = registry.parse_impl("tune", c)
         if base == "auto" or (not algo and len(registry.get(base).algorithms) > 1):
             raise ValueError("tune: candidates must name implementations ('xla', 'pallas', 'lax:<algorithm>'), "
                              f"not 'auto' or a backend with several algorithms (got {list(candidates)})")
+    return list(dict.fromkeys(candidates))
 
+
+def _random_args(spec: ConvSpec, objective: str, seed: int) -> tuple:
+    """Random ``(x, w, b[, ct])`` of the call's shapes; every array an argument of the timed
+    program, the cotangent too (see :func:`jconv.timing.layer_pass`)."""
     rng = np.random.default_rng(seed)
 
     def arr(shape, dtype):
@@ -128,25 +119,22 @@ def tune_spec(
 
     x, w = arr(spec.x_shape, spec.dtype), arr(spec.w_shape, spec.dtype)
     b = arr((spec.out_channels,), spec.dtype) if spec.has_bias else None
-    ct = arr(spec.out_shape, spec.out_dtype)
+    return (x, w, b) if objective == "fwd" else (x, w, b, arr(spec.out_shape, spec.out_dtype))
 
-    args = (x, w, b) if objective == "fwd" else (x, w, b, ct)
 
-    def make(impl):
-        def layer(x, w, b):
-            return call(x, w, b, impl)
-
-        return jax.jit(layer_pass(layer, objective, has_bias=b is not None))
-
+def _compiled_runners(candidates, call, args, objective: str, platform: str, prune: float):
+    """``(runners, dropped)``: a blocking call per candidate that compiles and runs, less those
+    whose second call is over ``prune`` times the fastest; ``dropped`` says why each is out."""
     dropped: dict[str, str] = {}
     runners: dict[str, Callable[[], Any]] = {}
     first: dict[str, float] = {}
-    for impl in dict.fromkeys(candidates):
+    has_bias = args[2] is not None
+    for impl in candidates:
         if platform in registry.get(registry.parse_impl("tune", impl)[0]).interpreted:
             dropped[impl] = f"{impl} runs interpreted on the {platform}: not a speed candidate"
             continue
         try:
-            fn = make(impl)
+            fn = jax.jit(layer_pass(lambda x, w, b, impl=impl: call(x, w, b, impl), objective, has_bias=has_bias))
             exe = fn.lower(*args).compile()
             run = (lambda exe=exe: jax.block_until_ready(exe(*args)))
             run()  # the first call pays one-time costs
@@ -163,13 +151,36 @@ def tune_spec(
         if t > prune * fastest and len(runners) > 1:
             dropped[impl] = f"second call {t * 1e3:.1f} ms, over {prune}x the fastest ({fastest * 1e3:.1f} ms)"
             del runners[impl]
+    return runners, dropped
+
+
+def tune_spec(
+    spec: ConvSpec,
+    call: Callable[..., Any],
+    *,
+    objective: str = "fwd+bwd",
+    candidates: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    iters: int = 5,
+    prune: float = 2.0,
+    margin: float = 0.05,
+    seed: int = 0,
+) -> TuneResult:
+    """Tune one convolution given by its user-level ``spec`` and ``call(x, w, b, impl)``
+    (which computes it in the caller's layout). :func:`tune` is the public front end."""
+    _check_settings(objective, iters, prune, margin)
+    platform = jax.default_backend()
+    espec = spec.execute_spec()
+    candidates = candidates_for(espec, platform) if candidates is None else _checked_candidates(candidates)
+    args = _random_args(spec, objective, seed)
+    runners, dropped = _compiled_runners(candidates, call, args, objective, platform, prune)
     times = time_interleaved(runners, warmup=0, iters=iters, min_iters=iters, block=3)
     times_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     best = min(times_ms, key=times_ms.get)
-    rules = select.resolve(espec, "auto", fn="tune", layout=spec.layout, use_cache=False).explicit
+    rules = select.plan(espec, "auto", fn="tune", use_cache=False).explicit
     if rules in times_ms and times_ms[best] * (1 + margin) > times_ms[rules]:
         best = rules  # within the margin of the rules' choice: keep it (timings move by ~10%)
-    key = device_key(espec, spec.layout, platform)
+    key = device_key(espec, platform)
     entry = {
         "impl": best, "objective": objective, "times_ms": {k: round(v, 4) for k, v in times_ms.items()},
         "dropped": dropped, "jax": jax.__version__, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -213,15 +224,10 @@ def tune(
     kept unless another candidate is faster by more than this fraction (default 5%; single
     timings here move by about that much). Returns a :class:`TuneResult`.
     """
-    for name, a in (("x", x), ("w", w)):
-        check_array("tune", name, a)
-    if b is not None:
-        check_array("tune", "b", b)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
               padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
               preferred_element_type=preferred_element_type)
-    spec = parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, None if b is None else b.shape,
-                        None if b is None else b.dtype, fn="tune", **kw)
+    spec = parse_call("tune", x, w, b, **kw)
 
     def call(xx, ww, bb, impl):
         return conv2d(xx, ww, bb, impl=impl, **kw)

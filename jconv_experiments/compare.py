@@ -63,13 +63,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if p not in bench.PASSES:
             raise _err("passes", tuple(config.passes), f"must contain only {bench.PASSES}")
     for impl in config.impls:
-        if impl in bench.PEER_NAMES:
+        if impl in bench.PEERS:
             continue
         try:
             registry.check_impl("compare", impl)
         except (TypeError, ValueError) as e:
             raise _err("impls", tuple(config.impls), f"contains {impl!r}, which is neither one of "
-                       f"{bench.PEER_NAMES} nor a jconv impl ({e})") from None
+                       f"{tuple(bench.PEERS)} nor a jconv impl ({e})") from None
     if config.precision not in PRECISIONS:
         raise _err("precision", config.precision, f"must be one of {PRECISIONS}")
     if config.tune_objective not in tuning.OBJECTIVES:
@@ -150,7 +150,7 @@ def planned_keys(config) -> list[tuple]:
 def tune_case(case: Case, batch: int, dtype: str, config) -> None:
     """Tune ``case`` at ``batch``/``dtype`` into the active cache unless it is there already."""
     spec = case.spec(batch, dtype)
-    if tune_cache.lookup(spec.execute_spec(), spec.layout) is not None:
+    if tune_cache.lookup(spec.execute_spec()) is not None:
         return
     precision = _precision(config)
     tuning.tune_spec(spec, lambda x, w, b, impl: case.apply(x, w, b, impl=impl, precision=precision),

@@ -35,7 +35,7 @@ import ml_collections
 
 from jconv import aot, targets
 from jconv_experiments import bench, programs, report
-from jconv_experiments.bench.harness import PEER_NAMES
+from jconv_experiments.bench.peers import PEERS
 from jconv_experiments.bench.store import ResultStore
 from jconv.conv import plan_for
 from jconv.files import atomic_write_json
@@ -43,7 +43,8 @@ from jconv.geometry import FLOAT_DTYPES
 from jconv.impls import registry
 from jconv_experiments.suite import CASES, SUITES
 
-PLATFORM_OF_CONFIG = {"tpu": "tpu", "gpu": "cuda"}
+#: the platforms a config may be written for here (compile-only targets exist for them)
+ACCELERATORS = ("gpu", "tpu")
 
 
 def _err(field: str, value, rule: str) -> ValueError:
@@ -66,9 +67,9 @@ def validate(config) -> None:
             sub = importlib.import_module(f"configs.{name}").get_config()
         except ModuleNotFoundError:
             raise _err("configs", config.configs, f"names no config configs/{name}.py") from None
-        if sub.get("platform") not in PLATFORM_OF_CONFIG:
+        if sub.get("platform") not in ACCELERATORS:
             raise _err("configs", config.configs, f"includes {name!r}, whose platform (={sub.get('platform')!r}) "
-                       f"is not an accelerator ({sorted(PLATFORM_OF_CONFIG)})")
+                       f"is not an accelerator ({', '.join(ACCELERATORS)})")
     if config.suite and config.suite not in SUITES and config.suite != "all":
         unknown = [n for n in _names("suite", config.suite) if n not in CASES]
         if unknown or not _names("suite", config.suite):
@@ -100,8 +101,10 @@ def work_items(config) -> list[programs.Work]:
     items: dict[tuple, programs.Work] = {}
     for name in _names("configs", config.configs):
         sub = importlib.import_module(f"configs.{name}").get_config()
-        platform = PLATFORM_OF_CONFIG[sub.platform]
-        impls = [i for i in (_names("impls", config.impls) or list(sub.impls)) if i not in PEER_NAMES or i == "xla"]
+        platform = targets.lowering_platform(sub.platform)
+        # jconv impls, and the peers that are XLA programs (the baseline); not torch or yardsticks
+        impls = [i for i in (_names("impls", config.impls) or list(sub.impls))
+                 if i not in PEERS or (PEERS[i].layer is not None and PEERS[i].convolution)]
         impls = [i for i in impls if i.partition(":")[0] not in registry.unavailable()]
         precision = None if sub.precision == "default" else sub.precision
         cases = _suite(config.suite or sub.suite)
@@ -215,11 +218,10 @@ class _Pool:
 def _program_key(work: programs.Work) -> tuple:
     """Works with the same key compile the same program: ``auto`` planned as another impl."""
     impl = work.impl
-    if impl != "xla":
-        t = targets.get(work.target)
+    if impl not in PEERS:
         try:
-            p = plan_for(CASES[work.case].spec(work.batch, work.dtype), impl,
-                         platform={"cuda": "gpu"}.get(t.platform, t.platform))
+            p = plan_for(CASES[work.case].spec(work.batch, work.dtype), impl=impl,
+                         platform=targets.get(work.target).platform)
             impl = p.explicit
         except (ValueError, NotImplementedError):
             pass
@@ -227,19 +229,16 @@ def _program_key(work: programs.Work) -> tuple:
 
 
 def _order(works: list[programs.Work]) -> list[programs.Work]:
-    """The order to compile in: the Pallas kernels first, then XLA, then the lax engine, and
-    within each the targets taken in turn, so a run stopped early has covered every target."""
+    """The order to compile in: impls in the order the configs name them, and within each the
+    targets taken in turn, so a run stopped early has covered every target."""
+    impl_rank = {impl: i for i, impl in enumerate(dict.fromkeys(w.impl for w in works))}
     rank: dict[tuple, int] = {}
     keyed = []
     for w in works:
         slot = (w.impl, w.target)
-        keyed.append((IMPL_ORDER.get(w.impl, len(IMPL_ORDER)), w.impl, rank.get(slot, 0), w.target, w))
+        keyed.append((impl_rank[w.impl], w.impl, rank.get(slot, 0), w.target, w))
         rank[slot] = rank.get(slot, 0) + 1
     return [k[-1] for k in sorted(keyed, key=lambda k: k[:4])]
-
-
-#: kernels first (where the bugs were), then XLA's own convolution, then the lax engine.
-IMPL_ORDER = {"pallas": 0, "xla": 1, "lax": 2}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -270,7 +269,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     groups: dict[tuple, list[programs.Work]] = {}
     for w in todo:
         groups.setdefault(_program_key(w), []).append(w)
-    by_impl_first = {k: sorted(v, key=lambda w: (w.impl != "xla", w.impl)) for k, v in groups.items()}
+    # the work that names its program exactly compiles it (auto's rows copy it)
+    by_impl_first = {k: sorted(v, key=lambda w: (w.impl != k[2], w.impl)) for k, v in groups.items()}
     leaders = {v[0].key: v for v in by_impl_first.values()}
     with tqdm(total=len(works), initial=len(works) - len(todo), unit="row", desc="compile",
               dynamic_ncols=True) as bar:

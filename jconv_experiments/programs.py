@@ -13,6 +13,7 @@ from jconv.aot import compile_for, first_line, shape_struct
 from jconv.conv import plan_for
 from jconv.impls.pallas.tiling import KernelFitError
 from jconv_experiments.bench.harness import pass_fn
+from jconv_experiments.bench.peers import PEERS
 from jconv_experiments.suite import CASES
 
 # --------------------------------------------------------------------------------------------
@@ -38,10 +39,6 @@ class Work:
         return (self.target, self.case, self.impl, self.dtype, self.pass_, self.batch)
 
 
-def _planner_platform(target: Target) -> str:
-    return {"cuda": "gpu"}.get(target.platform, target.platform)
-
-
 def compile_work(work: Work) -> dict:
     """Compile ``work`` for its target: the row of the compile matrix (see :func:`compile_for`),
     plus what jconv planned for that platform and the target's device kind."""
@@ -52,9 +49,9 @@ def compile_work(work: Work) -> dict:
            "precision": work.precision or "default", "configs": list(work.configs), "plan": None,
            "flops_model": case.spec(work.batch).flops * (1 if work.pass_ == "fwd" else 3)}
     spec = case.spec(work.batch, work.dtype)
-    if work.impl != "xla":
+    if work.impl not in PEERS:  # a jconv impl: what jconv plans for the target's platform
         try:
-            p = plan_for(spec, work.impl, platform=_planner_platform(target))
+            p = plan_for(spec, impl=work.impl, platform=target.platform)
             row.update(plan=f"{p.impl}:{p.algorithm}", plan_reason=p.reason)
         except (ValueError, NotImplementedError) as e:
             row.update(compiled=False, error=first_line(e), error_kind="jconv", compile_s=0.0)

@@ -14,7 +14,8 @@ from typing import Any
 from jax import lax
 
 from jconv.conv import conv2d, conv_general_dilated
-from jconv.geometry import ConvSpec, parse_conv2d
+from jconv.geometry import parse_conv2d
+from jconv.spec import ConvSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,7 +132,7 @@ class BackendConformance:
         kw = dict(stride=(2, 1), padding=1, groups=2, layout="NCHW", padding_mode="reflect", flip_kernel=True)
         spec = jconv.parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, b.shape, b.dtype, **kw).execute_spec()
         try:
-            jconv.select.plan(spec, impl, layout="NCHW")
+            jconv.select.plan(spec, impl)
         except (ValueError, NotImplementedError) as e:
             pytest.skip(str(e))
 

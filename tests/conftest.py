@@ -48,9 +48,9 @@ import pytest  # noqa: E402
 def lax_rules():
     """auto planned by the lax/XLA rules alone (the oneDNN plugin's rule excluded), for tests
     that assert those rules' choices whether or not the plugin is installed."""
-    from jconv.impls import registry
+    from jconv import select
 
-    with registry.auto_excluded("onednn"):
+    with select.auto_excluded("onednn"):
         yield
 
 

@@ -1,6 +1,6 @@
 """Every lax algorithm against XLA (HIGHEST) and the float64 oracle: forward, VJP, 2nd order.
 
-The grid covers what the engine in ``jconv.impls.lax_conv`` enumerates differently: dense,
+The grid covers what the engine in ``jconv.impls.lax`` enumerates differently: dense,
 grouped, depthwise (multiplier 1 and 2), stride, kernel dilation, input dilation (transposed
 conv, incl. stride and input dilation together, and phases that no tap reaches), negative and
 asymmetric padding, 1x1 kernels. Plus: ``select`` rules, im2col chunking, dtypes.
@@ -18,8 +18,12 @@ from jax.test_util import check_grads
 import jconv
 from jconv import select
 from jconv.geometry import parse_conv2d
-from jconv.impls import lax_conv
-from jconv.impls.lax_conv import ALGORITHMS, supports
+from jconv.spec import ExecSpec, Geometry
+import dataclasses
+
+from jconv.impls.lax import ALGORITHMS, contractions, rules, supports
+from jconv.impls.lax import taps as lax_taps
+from jconv.impls.lax import weight_grad as lax_dw
 from jconv_experiments.suite import CASES
 from jconv.testing import assert_close
 from oracle import conv2d_ref
@@ -70,10 +74,13 @@ def _oracle(geom, x, w):
     return conv2d_ref(x, w, stride=s, padding=pad, dilation=d, groups=g, lhs_dilation=l)
 
 
-def _spec(geom, x, w):
+def _spec(geom, x, w) -> ExecSpec:
+    """The geometry as a backend's execute spec on ``x`` itself (negative padding included: the
+    engine crops by it, where ``conv2d`` would have cropped ``x`` first)."""
     _, (_, _, g), _, s, d, l, pad = geom
-    return parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, stride=s, padding=pad, dilation=d,
+    user = parse_conv2d(x.shape, x.dtype, w.shape, w.dtype, stride=s, padding=pad, dilation=d,
                         lhs_dilation=l, groups=g, allow_negative_padding=True, fn="test")
+    return ExecSpec(**{f.name: getattr(user, f.name) for f in dataclasses.fields(Geometry)})
 
 
 def _algos(geom, x, w):
@@ -156,20 +163,20 @@ def test_im2col_is_chunked(monkeypatch):
     x, w = _inputs(geom, hw=(12, 9))
     ref = _xla(geom, jnp.asarray(x), jnp.asarray(w))
     calls = []
-    orig = lax_conv._im2col_phase
+    orig = contractions.PHASE_FNS["im2col"]
 
-    def spy(xp, wt, taps, count, xs, spec, target):
-        out = orig(xp, wt, taps, count, xs, spec, target)
+    def spy(xp, wt, phase, spec, target):
+        out = orig(xp, wt, phase, spec, target)
         calls.append(out)
         return out
 
-    monkeypatch.setattr(lax_conv, "IM2COL_MAX_BLOWUP", 1)
-    monkeypatch.setitem(lax_conv._PHASE_FNS, "im2col", spy)
-    y = lax_conv._forward(jnp.asarray(x), jnp.asarray(w), _spec(geom, x, w), "im2col")
+    monkeypatch.setattr(contractions, "LIMITS", dataclasses.replace(contractions.LIMITS, im2col_max_blowup=1))
+    monkeypatch.setitem(contractions.PHASE_FNS, "im2col", spy)
+    y = contractions.forward(jnp.asarray(x), jnp.asarray(w), _spec(geom, x, w), "im2col")
     assert calls
     assert_close(y, ref, np.float32)
     # several chunks, walked in a scan (one chunk of patches alive at a time)
-    jaxpr = jax.make_jaxpr(lambda a, b: lax_conv._forward(a, b, _spec(geom, x, w), "im2col"))(x, w)
+    jaxpr = jax.make_jaxpr(lambda a, b: contractions.forward(a, b, _spec(geom, x, w), "im2col"))(x, w)
     assert "scan" in str(jaxpr)
 
 
@@ -178,7 +185,7 @@ def test_transposed_conv_multiplies_no_inserted_zero():
     geom = GEOMS[6]
     x, w = _inputs(geom, hw=(8, 8), batch=1)
     spec = _spec(geom, x, w)
-    flops = jax.jit(lambda a, b: lax_conv._forward(a, b, spec, "taps")).lower(x, w).compile().cost_analysis()
+    flops = jax.jit(lambda a, b: contractions.forward(a, b, spec, "taps")).lower(x, w).compile().cost_analysis()
     flops = flops[0] if isinstance(flops, list) else flops
     ho, wo = _spec(geom, x, w).out_size
     dense_flops = 2 * ho * wo * 3 * 3 * 3 * 4  # what a conv over the dilated input would do
@@ -236,7 +243,7 @@ def test_auto_small_output_runs_xla_fwd_only_with_many_positions_and_few_channel
         p = _plan(name, batch=batch)
         assert p.algorithm == algorithm, (name, batch, p)
     spec = CASES["mnist_conv2"].spec(128).execute_spec()
-    assert spec.batch * spec.out_size[0] * spec.out_size[1] >= lax_conv.XLA_FWD_MIN_POSITIONS
+    assert spec.batch * spec.out_size[0] * spec.out_size[1] >= rules.THRESHOLDS.xla_fwd_min_positions
     assert "positions" in select.plan(spec, "auto", platform="cpu").reason
 
 
@@ -265,12 +272,12 @@ def test_explicit_impls_are_honoured_everywhere():
 @pytest.mark.parametrize("geom", [GEOMS[i] for i in (3, 4, 8, 2)], ids=_ids)
 def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
     """With a tiny chunk budget mac's dw runs as a scan over single rows: same gradients."""
-    monkeypatch.setattr(lax_conv, "MAC_DW_CHUNK_BYTES", 1)
+    monkeypatch.setattr(lax_dw, "CHUNKS", dataclasses.replace(lax_dw.CHUNKS, mac_bytes=1))
     x, w = _inputs(geom, hw=(9, 7))
     y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
     ct = jnp.asarray(np.random.default_rng(2).normal(size=y_ref.shape), jnp.float32)
     y, vjp = jax.vjp(functools.partial(_run, geom, "lax:mac"), jnp.asarray(x), jnp.asarray(w))
-    dw_fn = lax_conv.ALGORITHMS["mac"].weight_grad  # what the primitive lowers for dw
+    dw_fn = ALGORITHMS["mac"].weight_grad  # what the primitive lowers for dw
     assert "scan" in str(jax.make_jaxpr(lambda a, c: dw_fn(a, c, _spec(geom, x, w)))(x, ct))
     for g, r, name in zip(vjp(ct), vjp_ref(ct), ("dx", "dw")):
         assert_close(g, r, np.float32, factor=2, what=name)
@@ -289,15 +296,13 @@ _DENSE_DILATED_S1 = ("dense_d21_asym_s1", (3, 4, 1), (3, 2), (1, 1), (2, 1), (1,
 def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):
     """With tiny chunks the dense dw runs as a scan over single rows: same gradients, with
     the K-major patches (stride 1) and with the row-major ones (every stride)."""
-    monkeypatch.setattr(lax_conv, "IM2COL_DW_KMAJOR_CHUNK_BYTES", 1 if kmajor else 0)
-    monkeypatch.setattr(lax_conv, "IM2COL_DW_KMAJOR_MIN_COLS", 1)
-    monkeypatch.setattr(lax_conv, "IM2COL_DW_CHUNK_BYTES", 1)
-    monkeypatch.setattr(lax_conv, "IM2COL_DW_MIN_K_PER_COUT", 0)
+    monkeypatch.setattr(lax_dw, "CHUNKS", dataclasses.replace(
+        lax_dw.CHUNKS, kmajor_bytes=1 if kmajor else 0, kmajor_min_cols=1, im2col_bytes=1, im2col_min_k_per_cout=0))
     x, w = _inputs(geom, hw=(9, 7))
     y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), jnp.asarray(x), jnp.asarray(w))
     ct = jnp.asarray(np.random.default_rng(2).normal(size=y_ref.shape), jnp.float32)
     y, vjp = jax.vjp(functools.partial(_run, geom, f"lax:{algorithm}"), jnp.asarray(x), jnp.asarray(w))
-    dw_fn = lax_conv.ALGORITHMS[algorithm].weight_grad  # what the primitive lowers for dw
+    dw_fn = ALGORITHMS[algorithm].weight_grad  # what the primitive lowers for dw
     assert "scan" in str(jax.make_jaxpr(lambda a, c: dw_fn(a, c, _spec(geom, x, w)))(x, ct))
     for g, r, name in zip(vjp(ct), vjp_ref(ct), ("dx", "dw")):
         assert_close(g, r, np.float32, factor=2, what=name)
@@ -309,15 +314,15 @@ def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):
 
 def test_dense_weight_grad_kmajor_only_at_stride_1_and_wide_outputs(monkeypatch):
     """The K-major patches are used exactly where they were measured faster: stride 1 and
-    outputs at least IM2COL_DW_KMAJOR_MIN_COLS wide (the default limits, not monkeypatched)."""
+    outputs at least CHUNKS.kmajor_min_cols wide (the default limits, not monkeypatched)."""
     seen = []
-    scan = lax_conv._scan_row_chunks
+    scan = lax_taps.scan_row_chunks
 
     def spy(*a, channels_first=False, **k):
         seen.append(channels_first)
         return scan(*a, channels_first=channels_first, **k)
 
-    monkeypatch.setattr(lax_conv, "_scan_row_chunks", spy)
+    monkeypatch.setattr(lax_taps, "scan_row_chunks", spy)
     x = jnp.ones((1, 32, 32, 2))
     for stride, width, kmajor in [(1, 32, True), (2, 32, False), (1, 16, False)]:
         jax.clear_caches()  # conv2d's jit would reuse a trace made before the spy

@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jconv
 from conformance import BackendConformance, backend_impls
+from jconv import select
 from jconv.impls import registry
 from jconv_experiments.suite import CASES
 from jconv.testing import assert_close
@@ -73,6 +74,7 @@ def test_without_the_plugin_onednn_is_a_clear_error_and_auto_is_unchanged():
 import sys
 sys.modules["jconv_onednn"] = None  # the import fails as on a machine without the plugin
 import jconv
+from jconv import select
 from jconv.impls import registry
 from jconv_experiments.suite import CASES
 from jconv_experiments.suite import CASES
@@ -126,7 +128,7 @@ def test_algorithm_grid(dtype):
 def test_auto_on_the_cpu_runs_onednn_where_it_can_and_the_lax_rules_elsewhere():
     """With the plugin, auto plans oneDNN for what it runs and says so; what it cannot run
     (input dilation, float16) keeps the lax/XLA rules; other platforms are untouched; and
-    registry.auto_excluded / JCONV_AUTO_EXCLUDE give back the plans without it."""
+    select.auto_excluded / JCONV_AUTO_EXCLUDE give back the plans without it."""
     for name in ("mobilenetv2_dw3x3_s1", "resnet50_s2_3x3", "resnet50_s4_3x3", "resnext_g32_3x3",
                  "resnet50_s2_1x1_expand", "convnext_dw7x7"):
         p = jconv.plan_for(CASES[name].spec(4), "auto", platform="cpu")
@@ -137,6 +139,6 @@ def test_auto_on_the_cpu_runs_onednn_where_it_can_and_the_lax_rules_elsewhere():
     assert p.impl == "lax", p
     p = jconv.plan_for(CASES["resnet50_s2_3x3"].spec(2, "float16"), "auto", platform="cpu")
     assert p.impl != "onednn", p
-    with registry.auto_excluded("onednn"):
+    with select.auto_excluded("onednn"):
         assert jconv.plan_for(CASES["resnext_g32_3x3"].spec(4), "auto", platform="cpu").algorithm == "mac"
     assert jconv.plan_for(CASES["resnext_g32_3x3"].spec(4), "auto", platform="cpu").impl == "onednn"

@@ -10,7 +10,7 @@ from jax import lax
 
 import jconv
 from jconv.geometry import parse_conv2d
-from jconv.impls.lax_conv import ALGORITHMS
+from jconv.impls.lax import ALGORITHMS
 from jconv.testing import assert_close
 from oracle import conv2d_ref
 

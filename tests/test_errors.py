@@ -46,7 +46,7 @@ def _raises(exc, pattern, *args, **kwargs):
         (dict(x=X, w=W, padding=-1), ValueError, r"padding \(=-1\) must not be negative"),
         (dict(x=X, w=W, padding=((0, -1), (0, 0))), ValueError, r"padding \(=\(0, -1\)\) must not be negative"),
         (dict(x=X, w=W, padding=1.5), TypeError, r"padding \(=1\.5\) must be 'VALID', 'SAME'"),
-        (dict(x=X, w=W, padding="FULL"), ValueError, r"padding \(='FULL'\) must be 'VALID' or 'SAME'"),
+        (dict(x=X, w=W, padding="FULL"), ValueError, r"padding \(='FULL'\) must be 'VALID', 'SAME' or 'SAME_LOWER'"),
         (dict(x=X, w=W, padding=(1, 2, 3)), ValueError, r"padding \(=\(1, 2, 3\)\) must have 2 entries"),
         (dict(x=X, w=W, padding=8, padding_mode="reflect"), ValueError, r"padding \(=8\) with padding_mode='reflect' must be smaller than the input height"),
         (dict(x=jnp.ones((1, 3, 3, 1)), w=jnp.ones((3, 3, 1, 1)), padding=3, padding_mode="circular"), ValueError, r"padding_mode='circular' must be smaller than the input height \(=3\)"),

@@ -98,7 +98,7 @@ def test_preferred_element_type_sets_out_dtype():
 def test_input_grad_padding_gives_back_the_input_size(kw):
     """The input gradient is a VALID conv of the padded, stride-dilated cotangent: its output
     (stride = lhs_dilation) must be exactly the input size."""
-    s = parse_conv2d((1, 11, 9, 2), "float32", (3, 2, 2, 4), "float32", **kw)
+    s = parse_conv2d((1, 11, 9, 2), "float32", (3, 2, 2, 4), "float32", **kw).execute_spec()
     for axis in range(2):
         lo, hi = s.input_grad_padding[axis]
         dy = (s.out_size[axis] - 1) * s.stride[axis] + 1 + lo + hi

@@ -18,7 +18,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jconv
 from jconv import primitive, targets
-from jconv.geometry import ConvSpec, parse_conv2d
+from jconv.geometry import parse_conv2d
+from jconv.spec import ExecSpec
 from jconv.impls import xla
 from jconv.impls.pallas import calls, ops
 from jconv.impls.pallas import tiling as tiling_mod
@@ -144,7 +145,7 @@ def test_second_order_matches_xla(kw, w_shape):
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "windows"])
 def test_folded_taps_match_xla(fold):
     """Few input channels: taps folded into the contraction (XLA im2col + 1x1 kernel) or not."""
-    spec = ConvSpec(2, (9, 8), 3, 5, (3, 2), stride=(2, 1), dilation=(1, 2))
+    spec = ExecSpec(2, (9, 8), 3, 5, (3, 2), stride=(2, 1), dilation=(1, 2))
     rng = np.random.default_rng(6)
     xp = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 2, 3, 5)), jnp.float32)
@@ -162,8 +163,8 @@ def test_folded_taps_match_xla(fold):
 
 
 def test_fold_rule():
-    stem = ConvSpec(1, (230, 230), 3, 64, (7, 7), stride=(2, 2))
-    wide = ConvSpec(1, (16, 16), 256, 256, (3, 3))
+    stem = ExecSpec(1, (230, 230), 3, 64, (7, 7), stride=(2, 2))
+    wide = ExecSpec(1, (16, 16), 256, 256, (3, 3))
     assert tiling_mod.fold_taps(stem, "tpu") and tiling_mod.fold_taps(stem, "cuda")
     assert not tiling_mod.fold_taps(stem, "cpu")
     assert not tiling_mod.fold_taps(wide, "tpu")

@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.test_util import check_grads
 
 import jconv
-from jconv.impls.lax_conv import ALGORITHMS
+from jconv.impls.lax import ALGORITHMS
 from jconv.testing import assert_close
 from test_conv import GRID, _ids, kwargs_of, make_inputs
 

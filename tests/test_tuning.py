@@ -52,7 +52,7 @@ def test_tune_measures_every_candidate_and_auto_runs_the_winner(tmp_path):
     path = tmp_path / "tune.json"
     res = jconv.tune(X, W, **KW, iters=2, cache=path, margin=0.0)
     assert res.best in res.times_ms and res.cache == str(path)
-    assert set(res.times_ms) | set(res.dropped) == set(tuning.candidates_for(_spec().execute_spec(), "NHWC", "cpu"))
+    assert set(res.times_ms) | set(res.dropped) == set(tuning.candidates_for(_spec().execute_spec(), "cpu"))
     assert res.times_ms[res.best] == min(res.times_ms.values())
     p = jconv.plan_for(_spec())
     assert p.reason.startswith("auto: tuned") and p.explicit == res.best

@@ -5,15 +5,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 
 
-def acc_dtype(spec: ConvSpec):
+def acc_dtype(spec: ExecSpec):
     """Accumulator dtype: float64 when float64 is involved, else float32."""
     return jnp.float64 if "float64" in (spec.dtype, spec.out_dtype) else jnp.float32
 
 
-def pad_input(x, spec: ConvSpec):
+def pad_input(x, spec: ExecSpec):
     """Apply ``spec.padding`` (zeros) and ``spec.lhs_dilation`` (interior zeros) to NHWC ``x``."""
     (pt, pb), (pl, pr) = spec.padding
     lh, lw = spec.lhs_dilation
@@ -23,7 +23,7 @@ def pad_input(x, spec: ConvSpec):
     return lax.pad(x, zero, ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
 
 
-def tap_slice(xp, spec: ConvSpec, i: int, j: int):
+def tap_slice(xp, spec: ExecSpec, i: int, j: int):
     """The (N, H_out, W_out, C) window of padded ``xp`` that kernel tap (i, j) multiplies."""
     ho, wo = spec.out_size
     sh, sw = spec.stride

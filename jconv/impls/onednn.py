@@ -26,7 +26,7 @@ import importlib
 
 import jax.numpy as jnp
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls import partitioning, registry
 
 NAME = "onednn"
@@ -43,21 +43,21 @@ else:
         f"the jconv-onednn plugin cannot load here: {jconv_onednn.unavailable_reason()}; {INSTALL_HINT}")
 
 
-def _geometry(spec: ConvSpec) -> dict:
+def _geometry(spec: ExecSpec) -> dict:
     return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
 
 
-def _forward(x, w, spec: ConvSpec, target=None):
+def _forward(x, w, spec: ExecSpec, target=None):
     return jconv_onednn.conv_forward(x.astype(spec.dtype), w.astype(spec.dtype), **_geometry(spec))
 
 
-def _input_grad(dy, w, spec: ConvSpec, target=None):
+def _input_grad(dy, w, spec: ExecSpec, target=None):
     h, wd = spec.in_size
     return jconv_onednn.conv_backward_data(dy.astype(spec.dtype), w.astype(spec.dtype),
                                            x_shape=(spec.batch, h, wd, spec.in_channels), **_geometry(spec))
 
 
-def _weight_grad(x, dy, spec: ConvSpec, target=None):
+def _weight_grad(x, dy, spec: ExecSpec, target=None):
     """float32 (summed over batch shards in float32 by the partitioner); cast by the caller."""
     dw = jconv_onednn.conv_backward_weights(x.astype(spec.dtype), dy.astype(spec.dtype), w_shape=spec.kernel_shape,
                                             with_bias=False, **_geometry(spec))
@@ -69,19 +69,19 @@ _input_grad_op = partitioning.batch_op(_input_grad)
 _weight_grad_op = partitioning.batch_sum_op(_weight_grad)
 
 
-def forward(x, w, spec: ConvSpec, target=None):
+def forward(x, w, spec: ExecSpec, target=None):
     return _forward_op(x, w, spec, target)
 
 
-def input_grad(dy, w, spec: ConvSpec, target=None):
+def input_grad(dy, w, spec: ExecSpec, target=None):
     return _input_grad_op(dy, w, spec, target)
 
 
-def weight_grad(x, dy, spec: ConvSpec, target=None):
+def weight_grad(x, dy, spec: ExecSpec, target=None):
     return _weight_grad_op(x, dy, spec, target).astype(spec.dtype)
 
 
-def supports(spec: ConvSpec) -> str | None:
+def supports(spec: ExecSpec) -> str | None:
     if spec.dtype not in ("float32", "bfloat16"):
         return f"impl='onednn' computes float32 and bfloat16, not {spec.dtype}; use impl='lax' or impl='xla'"
     if spec.out_dtype != spec.dtype:
@@ -94,11 +94,11 @@ def supports(spec: ConvSpec) -> str | None:
     return None
 
 
-def auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> registry.Choice | None:
-    """``impl="auto"`` on the CPU, before the lax engine's rules: oneDNN for every convolution
-    it runs (float32 and bfloat16, no input dilation, bfloat16 only on a CPU with bfloat16
-    instructions), except strided bfloat16 depthwise; anything else falls through to the lax/XLA
-    rules. Measured on the whole suite against those rules, XLA and PyTorch: docs/performance.md
+def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
+    """``impl="auto"`` on the CPU (asked first there: :data:`jconv.select.AUTO_ORDER`): oneDNN
+    for every convolution it runs (float32 and bfloat16, no input dilation, bfloat16 only on a
+    CPU with bfloat16 instructions), except strided bfloat16 depthwise, which it declines.
+    Measured on the whole suite against the lax/XLA plans, XLA and PyTorch: docs/performance.md
     (the oneDNN section)."""
     if platform != "cpu" or supports(spec) is not None:
         return None
@@ -106,8 +106,7 @@ def auto_rule(spec: ConvSpec, platform: str, layout: str = "NHWC") -> registry.C
         return None  # oneDNN 3.2's strided bfloat16 depthwise backward is slower than the lax engine's
     kind = ("depthwise" if spec.is_depthwise else "grouped" if spec.groups > 1
             else "1x1" if spec.is_pointwise else "dense")
-    return registry.Choice(NAME, "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed), "
-                           "measured faster than the lax/XLA plans on the CPU")
+    return "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed)"
 
 
 ONEDNN = registry.Algorithm("onednn", forward, input_grad, weight_grad, supports=supports,
@@ -117,9 +116,8 @@ if _MISSING is not None:
     registry.register_unavailable(NAME, _MISSING)
 else:
     BACKEND = registry.register(registry.Backend(
-        name=NAME, algorithms={"onednn": ONEDNN}, default=lambda spec, layout: ("onednn", "requested"),
-        auto=auto_rule, auto_priority=10,
-        tune_candidates=lambda spec, layout, platform: ["onednn"] if platform == "cpu" else [],
+        name=NAME, algorithms={"onednn": ONEDNN}, choose=lambda spec, platform: ("onednn", "requested"),
+        auto=auto_rule, tune_candidates=lambda spec, platform: ["onednn"] if platform == "cpu" else [],
         platforms=("cpu",), split_batch=True, native=True,
         summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",
     ))

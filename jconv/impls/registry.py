@@ -2,28 +2,30 @@
 
 A **backend** (``"xla"``, ``"lax"``, ``"pallas"``, ``"onednn"``) is a module that calls
 :func:`register` once with a :class:`Backend`: its algorithms, which algorithm ``impl="<name>"``
-runs for a spec, its rule for ``impl="auto"`` (if it has one), the platforms it lowers for, where
-it runs interpreted, and whether a batch-sharded input must be split for it (custom calls XLA
-cannot partition). A backend whose import fails registers itself with :func:`register_unavailable`
+runs for a spec, its pick among its own algorithms for ``impl="auto"`` (or that it declines),
+the platforms it lowers for, where it runs interpreted, and whether a batch-sharded input must be
+split for it (custom calls XLA cannot partition). Which backend ``auto`` asks first is not a
+backend's business: :data:`jconv.select.AUTO_ORDER` holds the order, one tuple per platform. A backend whose import fails registers itself with :func:`register_unavailable`
 instead: it is absent, and asking for it says why and how to get it.
 
 An **algorithm** is three functions of two arrays, the execute spec and the target (see
 :class:`Algorithm`): the forward, the input gradient and the weight gradient. The convolution
 primitive (:mod:`jconv.primitive`) makes every transformation out of these three.
 
-Every list of implementations in jconv (the parser of ``impl=``, the plan, the tuner's candidates,
-the harness, the experiment runner, the report) reads this registry.
+Every list of implementations (the parser of ``impl=``, the plan, the tuner's candidates, the
+experiments' harness and report) reads this registry. Adding a backend: one module under
+``jconv/impls/`` that calls :func:`register`, imported by ``jconv/impls/__init__.py``, and its
+name in the platforms' orders in :mod:`jconv.select` where ``auto`` should consider it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jconv.geometry import ConvSpec, fmt
+from jconv.geometry import fmt
+from jconv.spec import ExecSpec
 
 #: ``fn(a, b, spec, target) -> array``; ``spec`` is the execute spec of the *forward*
 #: convolution (whatever the function computes), ``target`` a :class:`jconv.targets.Target`.
@@ -47,7 +49,7 @@ class Algorithm:
     forward: KernelFn
     input_grad: KernelFn
     weight_grad: KernelFn
-    supports: Callable[[ConvSpec], str | None] = lambda spec: None
+    supports: Callable[[ExecSpec], str | None] = lambda spec: None
     summary: str = ""
 
 
@@ -60,24 +62,30 @@ class Choice:
     reason: str
 
 
+#: ``(spec, platform) -> (algorithm, reason)``: a backend's choice among its own algorithms.
+#: ``platform`` is the one the program is planned for ("cpu", "gpu", "tpu"); the caller's layout
+#: is ``spec.caller_layout``. An ``auto`` rule may return None: it declines, and the next backend
+#: in :data:`jconv.select.AUTO_ORDER` is asked.
+Rule = Callable[[ExecSpec, str], "tuple[str, str] | None"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """A registered implementation (see the module docstring)."""
+    """A registered implementation (see the module docstring). It says what it can run and what
+    it would choose among its own algorithms; which backend ``auto`` runs is decided by the
+    order in :mod:`jconv.select`, never here."""
 
     name: str
     algorithms: Mapping[str, Algorithm]
-    #: ``(spec, layout) -> (algorithm, reason)``: what ``impl="<name>"`` runs (``layout`` is the
-    #: caller's, "NHWC" or "NCHW"; ``spec`` the execute spec).
-    default: Callable[[ConvSpec, str], tuple[str, str]]
-    #: ``(spec, platform, layout) -> Choice | None``: this backend's say in ``impl="auto"``;
-    #: rules are asked in decreasing ``auto_priority`` and the first Choice wins.
-    auto: Callable[[ConvSpec, str, str], Choice | None] | None = None
-    auto_priority: int = 0
-    #: ``(spec, layout, platform) -> [impl strings]``: what the tuner measures from this backend.
-    tune_candidates: Callable[[ConvSpec, str, str], list[str]] | None = None
-    #: platforms it lowers for ("cpu", "cuda", "rocm", "tpu"); others are a clear error.
+    #: what ``impl="<name>"`` runs: ``(algorithm, reason)``
+    choose: Rule
+    #: its pick for ``impl="auto"`` on a platform, or None to decline (None: it is never auto's pick)
+    auto: Rule | None = None
+    #: ``(spec, platform) -> [impl strings]``: what the tuner measures from this backend
+    tune_candidates: Callable[[ExecSpec, str], list[str]] | None = None
+    #: lowering platforms it compiles for ("cpu", "cuda", "rocm", "tpu"); others are a clear error.
     platforms: tuple[str, ...] = ("cpu", "cuda", "rocm", "tpu")
-    #: platforms where it runs interpreted: correct, but not a speed measurement.
+    #: planning platforms ("cpu", "gpu", "tpu") where it runs interpreted: correct, not a speed.
     interpreted: tuple[str, ...] = ()
     #: a batch-sharded input is split with ``shard_map`` when the mesh is known while tracing
     #: (the backend's kernels are custom calls that XLA cannot partition by itself).
@@ -89,7 +97,7 @@ class Backend:
     def algorithm(self, name: str) -> Algorithm:
         return self.algorithms[name]
 
-    def why_not(self, algorithm: str, spec: ConvSpec) -> str | None:
+    def why_not(self, algorithm: str, spec: ExecSpec) -> str | None:
         """None when ``algorithm`` can run ``spec``, else the reason."""
         if algorithm not in self.algorithms:
             return f"{self.name} has no algorithm {algorithm!r}; known: {', '.join(self.algorithms)}"
@@ -174,28 +182,5 @@ def check_impl(fn: str, impl: Any) -> str:
     return impl
 
 
-_NO_AUTO: list[str] = []
-
-
-@contextlib.contextmanager
-def auto_excluded(*names: str):
-    """Within the block, ``impl="auto"`` ignores these backends' rules (they stay callable by
-    name): what auto plans without them, e.g. without the oneDNN plugin. The environment
-    variable ``JCONV_AUTO_EXCLUDE=onednn,...`` does the same for a whole process."""
-    _NO_AUTO.extend(names)
-    try:
-        yield
-    finally:
-        for n in names:
-            _NO_AUTO.remove(n)
-
-
-def auto_rules() -> list[Backend]:
-    """Backends with an ``auto`` rule, highest priority first (less the excluded ones)."""
-    excluded = set(_NO_AUTO) | {n.strip() for n in os.environ.get("JCONV_AUTO_EXCLUDE", "").split(",") if n.strip()}
-    return sorted((b for b in _BACKENDS.values() if b.auto is not None and b.name not in excluded),
-                  key=lambda b: -b.auto_priority)
-
-
-__all__ = ["Algorithm", "Backend", "Choice", "register", "register_unavailable", "unregister", "names",
-           "unavailable", "backends", "get", "parse_impl", "check_impl", "auto_rules", "auto_excluded", "impl_names"]
+__all__ = ["Algorithm", "Backend", "Rule", "register", "register_unavailable", "unregister", "names",
+           "unavailable", "backends", "get", "parse_impl", "check_impl", "impl_names"]

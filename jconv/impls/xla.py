@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls import registry
 
 DN = ("NHWC", "HWIO", "NHWC")
 
 
-def forward(x, w, spec: ConvSpec, target=None):
+def forward(x, w, spec: ExecSpec, target=None):
     """``lax.conv_general_dilated`` of the execute spec (zero padding and input dilation included)."""
     pet = None if spec.out_dtype == spec.dtype else jnp.dtype(spec.out_dtype)
     y = lax.conv_general_dilated(
@@ -29,18 +29,18 @@ def forward(x, w, spec: ConvSpec, target=None):
     return y.astype(spec.out_dtype)
 
 
-def _x_aval(spec: ConvSpec):
+def _x_aval(spec: ExecSpec):
     h, w = spec.in_size
     return jax.ShapeDtypeStruct((spec.batch, h, w, spec.in_channels), spec.dtype)
 
 
-def input_grad(dy, w, spec: ConvSpec, target=None):
+def input_grad(dy, w, spec: ExecSpec, target=None):
     """XLA's transpose of the forward in ``x``."""
     (dx,) = jax.linear_transpose(lambda x_: forward(x_, w, spec), _x_aval(spec))(dy.astype(spec.out_dtype))
     return dx
 
 
-def weight_grad(x, dy, spec: ConvSpec, target=None):
+def weight_grad(x, dy, spec: ExecSpec, target=None):
     """XLA's transpose of the forward in ``w``."""
     w_aval = jax.ShapeDtypeStruct(spec.kernel_shape, spec.dtype)
     (dw,) = jax.linear_transpose(lambda w_: forward(x, w_, spec), w_aval)(dy.astype(spec.out_dtype))
@@ -51,20 +51,19 @@ XLA = registry.Algorithm("xla", forward, input_grad, weight_grad,
                          summary="lax.conv_general_dilated, forward and both gradients")
 
 
-def _default(spec: ConvSpec, layout: str):
+def _choose(spec: ExecSpec, platform: str) -> tuple[str, str]:
     return "xla", "requested"
 
 
-def _auto(spec: ConvSpec, platform: str, layout: str) -> registry.Choice:
-    """The last rule: when no other backend's rule picks something, XLA's conv."""
+def _auto(spec: ExecSpec, platform: str) -> tuple[str, str]:
+    """Every valid spec: the last entry of each platform's order in :mod:`jconv.select`."""
     if platform != "cpu":
-        return registry.Choice("xla", "xla", f"{platform}: XLA's convolution (cuDNN / TPU emitter) is the "
-                               "vendor-tuned path")
-    return registry.Choice("xla", "xla", "XLA's CPU convolution, forward and backward")
+        return "xla", f"{platform}: XLA's convolution (cuDNN / TPU emitter) is the vendor-tuned path"
+    return "xla", "XLA's CPU convolution, forward and backward"
 
 
 BACKEND = registry.register(registry.Backend(
-    name="xla", algorithms={"xla": XLA}, default=_default, auto=_auto, auto_priority=-100,
-    tune_candidates=lambda spec, layout, platform: ["xla"],
+    name="xla", algorithms={"xla": XLA}, choose=_choose, auto=_auto,
+    tune_candidates=lambda spec, platform: ["xla"],
     summary="XLA's convolution (lax.conv_general_dilated)",
 ))

@@ -11,15 +11,15 @@ peers, and one layer measured across implementations.
 
 from jconv_experiments.bench.env import env_info
 from jconv_experiments.bench.harness import (
-    PASSES, PEER_NAMES, Settings, compare_outputs, effective_tolerance, geomean, layer_pass, make_inputs,
+    PASSES, Settings, compare_outputs, effective_tolerance, geomean, layer_pass, make_inputs,
     measure_group, pass_fn, reference_outputs,
 )
-from jconv_experiments.bench.peers import PEERS, gemm_shape, torch_module
+from jconv_experiments.bench.peers import BASELINE, PEERS, gemm_shape, torch_module
 from jconv_experiments.bench.store import KEY_FIELDS, ResultStore, as_float, load_rows, row_key
 from jconv.timing import compile_timed, memory_stats, time_interleaved
 
 __all__ = [
-    "PASSES", "PEER_NAMES", "PEERS", "KEY_FIELDS", "Settings", "ResultStore", "as_float", "compare_outputs",
+    "PASSES", "PEERS", "BASELINE", "KEY_FIELDS", "Settings", "ResultStore", "as_float", "compare_outputs",
     "compile_timed", "effective_tolerance", "env_info", "gemm_shape", "geomean", "layer_pass", "load_rows",
     "make_inputs", "measure_group", "memory_stats", "pass_fn", "reference_outputs", "row_key",
     "time_interleaved", "torch_module",

@@ -7,12 +7,12 @@ for several implementations: accuracy against a float64 reference (XLA at HIGHES
 
 Implementations (``impl`` of a row):
 
-* ``"xla"``: ``lax.conv_general_dilated`` called directly in the layer's own layout (the
-  baseline every speedup is relative to);
+* a peer (:mod:`jconv_experiments.bench.peers`): ``"xla"``, the baseline every speedup is
+  relative to (``lax.conv_general_dilated`` called directly in the layer's own layout),
+  ``"torch"``, ``"gemm_peak"``;
 * any jconv impl string (``"lax"``, ``"auto"``, ``"pallas"``, ``"lax:im2col"`` ...), run through
   the public :func:`jconv.conv2d` by :meth:`Case.apply`; a backend that runs interpreted on this
-  platform (Pallas on CPU) gets ``interpreted: true`` and is timed apart (not a speed figure);
-* a peer (:mod:`jconv_experiments.bench.peers`): ``"torch"``, ``"gemm_peak"``.
+  platform (Pallas on CPU) gets ``interpreted: true`` and is timed apart (not a speed figure).
 
 FLOPs: ``2 * multiply-adds`` of the forward (bias not counted); ``fwd+bwd`` (the gradient of
 ``sum(y * ct)`` with respect to x, w and b) counts 3x the forward.
@@ -31,15 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jconv_experiments.bench.peers import PEERS
+from jconv_experiments.bench.peers import BASELINE, PEERS
 from jconv.timing import compile_timed, layer_pass, time_fields, time_interleaved
 from jconv.conv import plan_for
 from jconv_experiments.suite import Case
 from jconv.testing import max_errors, scaled_error, tolerance
 
 PASSES = ("fwd", "fwd+bwd")
-#: row impls that are not jconv's own: the XLA baseline and the peers
-PEER_NAMES = ("xla",) + tuple(PEERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +78,20 @@ def make_inputs(case: Case, batch: int, dtype: str, seed: int = 0) -> dict[str, 
     return out
 
 
-def _layer_fn(case: Case, impl: str, precision):
-    if impl == "xla":
-        return lambda x, w, b: case.reference(x, w, b, precision=precision)
-    return lambda x, w, b: case.apply(x, w, b, impl=impl, precision=precision)
+def layer_fn(case: Case, impl: str, precision) -> Callable:
+    """The layer as a JAX function ``f(x, w, b)``: a peer's program (the XLA baseline), or a
+    jconv impl string through the public API (:meth:`Case.apply`)."""
+    peer = PEERS.get(impl)
+    if peer is None:
+        return lambda x, w, b: case.apply(x, w, b, impl=impl, precision=precision)
+    if peer.layer is None:
+        raise ValueError(f"layer_fn: peer {impl!r} is not a JAX program")
+    return peer.layer(case, precision)
 
 
 def pass_fn(case: Case, impl: str, pass_: str, precision=None) -> Callable:
     """``f(x, w, b)``: the forward, or the gradients of ``sum(y * ct)`` (``f(x, w, b, ct)``)."""
-    return layer_pass(_layer_fn(case, impl, precision), pass_, has_bias=case.bias)
+    return layer_pass(layer_fn(case, impl, precision), pass_, has_bias=case.bias)
 
 
 def _args(case: Case, pass_: str, arrays: dict) -> tuple:
@@ -101,7 +104,10 @@ def reference_outputs(case: Case, pass_: str, arrays: dict, *, use_x64: bool) ->
 
     ``use_x64``: XLA at HIGHEST in float64 on the host CPU (where the CPU backend is available);
     else XLA at HIGHEST in float32 on the default device."""
-    fn = pass_fn(case, "xla", pass_, precision="highest")
+    def layer(x, w, b):
+        return case.reference(x, w, b, precision="highest")
+
+    fn = layer_pass(layer, pass_, has_bias=case.bias)
     if use_x64:
         try:  # float64 on the host: accelerators emulate it slowly or not at all (TPU)
             host = jax.devices("cpu")[0]
@@ -110,7 +116,6 @@ def reference_outputs(case: Case, pass_: str, arrays: dict, *, use_x64: bool) ->
         with jax.enable_x64(True), jax.default_device(host):
             args = tuple(None if a is None else np.asarray(a, np.float64) for a in _args(case, pass_, arrays))
             if pass_ != "fwd":  # the loss in float64 too
-                layer = _layer_fn(case, "xla", "highest")
                 argnums = (0, 1, 2) if case.bias else (0, 1)
                 fn = jax.grad(lambda x, w, b, ct: jnp.sum(layer(x, w, b) * ct), argnums=argnums)
             out = jax.jit(fn)(*args)
@@ -150,6 +155,50 @@ def _layer_bytes(case: Case, batch: int, dtype: str, pass_: str) -> int:
     return int(item * (n if pass_ == "fwd" else 2 * n))
 
 
+@dataclasses.dataclass
+class _Group:
+    """One group's candidates while they are built: rows, outputs and blocking calls."""
+
+    rows: dict[str, dict] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    runners: dict[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
+    interpreted: dict[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
+    slow: set[str] = dataclasses.field(default_factory=set)
+
+
+def _jconv_candidate(case: Case, impl: str, pass_: str, spec, args, precision, settings: Settings,
+                     platform_: str, row: dict) -> tuple[Callable[[], Any], list[np.ndarray], bool]:
+    """A jconv impl string: planned (the row says what ran and why), compiled, run once."""
+    p = plan_for(spec, impl=impl)
+    row.update(plan=f"{p.impl}:{p.algorithm}", plan_reason=p.reason, interpreted=platform_ in p.interpreted_on)
+    exe, csec, mem = compile_timed(pass_fn(case, impl, pass_, precision), *args)
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(exe(*args))
+    slow = time.perf_counter() - t0 > settings.max_time_s / max(1, settings.iters)  # this call was its warm-up
+    row.update(mem, compile_s=csec)
+    outs = [np.asarray(o, np.float64) for o in jax.tree_util.tree_leaves(out)]
+    return (lambda: jax.block_until_ready(exe(*args))), outs, slow
+
+
+def _time_group(g: _Group, settings: Settings) -> None:
+    """Time the runners together (and the interpreted ones apart); the speedup over the baseline
+    comes from the same rounds."""
+    if g.runners:
+        times = time_interleaved(g.runners, warmup=settings.warmup, iters=settings.iters,
+                                 min_iters=settings.min_iters, max_time_s=settings.max_time_s,
+                                 no_warmup=g.slow, block=settings.block)
+        for impl, ts in times.items():
+            g.rows[impl].update(time_fields(ts, g.rows[impl]["flops"]))
+        if BASELINE in times:
+            for impl in times:
+                if impl != BASELINE and impl in g.outputs:  # a convolution (not a yardstick)
+                    g.rows[impl]["speedup_vs_xla"] = g.rows[BASELINE]["time_median_s"] / g.rows[impl]["time_median_s"]
+    if g.interpreted:
+        times = time_interleaved(g.interpreted, warmup=0, iters=settings.interpreted_iters, min_iters=1, max_time_s=0.0)
+        for impl, ts in times.items():
+            g.rows[impl].update(time_fields(ts, g.rows[impl]["flops"]))
+
+
 def measure_group(
     case: Case,
     batch: int,
@@ -160,106 +209,66 @@ def measure_group(
     *,
     compare_to_xla: bool = True,
 ) -> list[dict]:
-    """One row per impl for ``case`` at ``batch``/``dtype``/``pass_``, timed together.
+    """One row per impl (a jconv impl string or a peer) for ``case`` at ``batch``/``dtype``/
+    ``pass_``, timed together.
 
     An impl that fails (e.g. one not implemented yet) gets a row with ``error`` set and no
     numbers; it is never replaced by another implementation. ``compare_to_xla`` also runs the
-    XLA baseline (untimed unless "xla" is in ``impls``) so every row has ``scaled_err_vs_xla``.
+    baseline peer (:data:`~jconv_experiments.bench.peers.BASELINE`, untimed unless it is in
+    ``impls``) so every row has ``scaled_err_vs_xla``.
     """
     impls = list(dict.fromkeys(impls))
     platform_ = jax.default_backend()
-    device_kind = jax.devices()[0].device_kind
     precision = None if settings.precision in (None, "default") else settings.precision
     arrays = make_inputs(case, batch, dtype, settings.seed)
-    dev_arrays = {k: jax.device_put(v) for k, v in arrays.items()}
-    args = _args(case, pass_, dev_arrays)
+    args = _args(case, pass_, {k: jax.device_put(v) for k, v in arrays.items()})
     spec = case.spec(batch, dtype)
     flops = spec.flops * (1 if pass_ == "fwd" else 3)
     nbytes = _layer_bytes(case, batch, dtype, pass_)
     tol = effective_tolerance(dtype, platform_, settings.precision, pass_, settings.grad_tol_factor)
-
-    use_x64 = flops / 1e9 <= settings.x64_reference_max_gflop
-    ref, ref_kind = reference_outputs(case, pass_, arrays, use_x64=use_x64)
-
+    ref, ref_kind = reference_outputs(case, pass_, arrays, use_x64=flops / 1e9 <= settings.x64_reference_max_gflop)
     base = {
         "case": case.name, "pass": pass_, "dtype": dtype, "batch": batch, "layout": case.layout,
-        "platform": platform_, "device_kind": device_kind,
+        "platform": platform_, "device_kind": jax.devices()[0].device_kind,
         "precision": settings.precision or "default", "reference": ref_kind,
         "flops": flops, "bytes": nbytes, "intensity": flops / nbytes, "tol": tol,
         # not every impl has these (PyTorch: no XLA executable): None where not applicable
         "compile_s": None, "temp_bytes": None, "argument_bytes": None, "output_bytes": None,
     }
-    rows: dict[str, dict] = {}
-    runners: dict[str, Callable[[], Any]] = {}
-    interpreted_runners: dict[str, Callable[[], Any]] = {}
-    outputs: dict[str, list[np.ndarray]] = {}
-    slow: set[str] = set()
-
-    want = list(impls)
-    if compare_to_xla and "xla" not in want:
-        want.append("xla")  # for scaled_err_vs_xla only: no row, not timed
-    for impl in want:
+    g = _Group()
+    for impl in impls + ([BASELINE] if compare_to_xla and BASELINE not in impls else []):
         row = dict(base, impl=impl, error=None, interpreted=False, plan=None)
         try:
             if impl in PEERS:
-                peer = PEERS[impl]
-                if not peer.applies(case, pass_):
+                if not PEERS[impl].applies(case, pass_):
                     continue
-                cand = peer.make(case, batch, pass_, arrays, dtype, precision, settings, platform_)
+                cand = PEERS[impl].make(case, batch, pass_, arrays, dtype, precision, settings, platform_)
                 row.update(cand.fields)
-                runners[impl] = cand.run
-                outs = cand.outputs
+                run, outs = cand.run, cand.outputs
             else:
-                if impl != "xla":
-                    p = plan_for(spec, impl)
-                    row["plan"] = f"{p.impl}:{p.algorithm}"
-                    row["plan_reason"] = p.reason
-                    row["interpreted"] = platform_ in p.interpreted_on
-                fn = pass_fn(case, impl, pass_, precision)
-                exe, csec, mem = compile_timed(fn, *args)
-                t0 = time.perf_counter()
-                out = jax.block_until_ready(exe(*args))
-                if time.perf_counter() - t0 > settings.max_time_s / max(1, settings.iters):
-                    slow.add(impl)  # this first call was its warm-up
-                outs = [np.asarray(o, np.float64) for o in jax.tree_util.tree_leaves(out)]
-                row.update(mem, compile_s=csec)
-                call = (lambda exe=exe: jax.block_until_ready(exe(*args)))
-                (interpreted_runners if row["interpreted"] else runners)[impl] = call
+                run, outs, slow = _jconv_candidate(case, impl, pass_, spec, args, precision, settings, platform_, row)
+                if slow:
+                    g.slow.add(impl)
         except Exception as e:  # noqa: BLE001 - recorded in the row, never swapped for another impl
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-            rows[impl] = row
+            g.rows[impl] = row
             continue
+        (g.interpreted if row["interpreted"] else g.runners)[impl] = run
         if outs is not None:
-            outputs[impl] = outs
+            g.outputs[impl] = outs
             row.update(compare_outputs(outs, ref))
             row["within_tol"] = bool(row["scaled_err"] <= tol)
-        rows[impl] = row
-
-    if "xla" not in impls:
-        runners.pop("xla", None)
-        rows.pop("xla", None)
-    for impl, row in rows.items():
-        if impl in outputs and "xla" in outputs:
-            row["scaled_err_vs_xla"] = max(scaled_error(a, e) for a, e in zip(outputs[impl], outputs["xla"]))
+        g.rows[impl] = row
+    if BASELINE not in impls:  # compared against, not timed
+        g.runners.pop(BASELINE, None)
+        g.rows.pop(BASELINE, None)
+    for impl, row in g.rows.items():
+        if impl in g.outputs and BASELINE in g.outputs:
+            row["scaled_err_vs_xla"] = max(scaled_error(a, e) for a, e in zip(g.outputs[impl], g.outputs[BASELINE]))
             row["agrees_with_xla"] = bool(row["scaled_err_vs_xla"] <= tol)
-
-    if runners:
-        times = time_interleaved(runners, warmup=settings.warmup, iters=settings.iters,
-                                 min_iters=settings.min_iters, max_time_s=settings.max_time_s,
-                                 no_warmup=slow, block=settings.block)
-        for impl, ts in times.items():
-            rows[impl].update(time_fields(ts, rows[impl]["flops"]))
-        if "xla" in times:  # same rounds: the ratio the report uses
-            for impl in times:
-                if impl != "xla" and impl in outputs:  # a convolution (not the GEMM peak)
-                    rows[impl]["speedup_vs_xla"] = rows["xla"]["time_median_s"] / rows[impl]["time_median_s"]
-    if interpreted_runners:
-        times = time_interleaved(interpreted_runners, warmup=0, iters=settings.interpreted_iters,
-                                 min_iters=1, max_time_s=0.0)
-        for impl, ts in times.items():
-            rows[impl].update(time_fields(ts, rows[impl]["flops"]))
+    _time_group(g, settings)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return [dict(rows[i], time_utc=stamp) for i in impls if i in rows]
+    return [dict(g.rows[i], time_utc=stamp) for i in impls if i in g.rows]
 
 
 def geomean(values: Iterable[float]) -> float | None:
@@ -269,5 +278,5 @@ def geomean(values: Iterable[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in vals) / len(vals))
 
 
-__all__ = ["Settings", "make_inputs", "pass_fn", "layer_pass", "reference_outputs", "compare_outputs",
-           "effective_tolerance", "measure_group", "geomean", "PASSES", "PEER_NAMES"]
+__all__ = ["Settings", "make_inputs", "layer_fn", "pass_fn", "layer_pass", "reference_outputs", "compare_outputs",
+           "effective_tolerance", "measure_group", "geomean", "PASSES"]

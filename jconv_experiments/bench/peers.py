@@ -1,5 +1,9 @@
 """Peers: other implementations measured beside jconv's, as candidates like any impl.
 
+* ``"xla"`` (:data:`BASELINE`): ``lax.conv_general_dilated`` called directly in the layer's own
+  layout, what a JAX user runs today: every speedup is relative to it, and the accuracy of every
+  row is also compared against it. (Not jconv's ``impl="xla"`` backend, which runs the same XLA
+  convolution through jconv's primitive.)
 * ``"torch"``: ``torch.nn.functional.conv2d`` (``conv_transpose2d`` for the transposed layer) on
   the same data, NCHW, with ``torch.set_num_threads`` set to the core count; only when torch is
   importable (an optional dependency, never required).
@@ -24,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jconv.timing import compile_timed
+from jconv.timing import compile_timed, layer_pass
 from jconv_experiments.suite import Case
 
 
@@ -42,6 +46,11 @@ class Peer:
     available: Callable[[], bool]
     applies: Callable[[Case, str], bool]  # (case, pass) -> gives a row
     build: Callable[..., Candidate]       # (case, batch, pass_, arrays, dtype, precision, settings, platform)
+    #: computes the layer (its outputs are checked and it has a speedup); False: a yardstick
+    convolution: bool = True
+    #: ``(case, precision) -> layer(x, w, b)``: the peer as a JAX function (an XLA program the
+    #: compile matrix can compile for a target); None: not a JAX program
+    layer: Callable[[Case, Any], Callable] | None = None
 
     def make(self, *args, **kwargs) -> Candidate:
         return self.build(*args, **kwargs)
@@ -66,6 +75,21 @@ def gemm_shape(case: Case, batch: int) -> tuple[int, int, int] | None:
     return batch * ho * wo, kh * kw * spec.in_channels, spec.out_channels
 
 
+
+
+def _xla_layer(case: Case, precision) -> Callable:
+    return lambda x, w, b: case.reference(x, w, b, precision=precision)
+
+
+def _xla_candidate(case, batch, pass_, arrays, dtype, precision, settings, platform_) -> Candidate:
+    args = tuple(jax.device_put(arrays[k]) if arrays.get(k) is not None else None for k in ("x", "w", "b"))
+    if pass_ != "fwd":
+        args += (jax.device_put(arrays["ct"]),)
+    fn = layer_pass(_xla_layer(case, precision), pass_, has_bias=case.bias)
+    exe, csec, mem = compile_timed(fn, *args)
+    out = jax.block_until_ready(exe(*args))
+    outs = [np.asarray(o, np.float64) for o in jax.tree_util.tree_leaves(out)]
+    return Candidate(lambda: jax.block_until_ready(exe(*args)), outs, dict(mem, compile_s=csec))
 
 
 def _np_dtype(dtype: str):
@@ -183,11 +207,17 @@ def _torch_candidate(case, batch, pass_, arrays, dtype, precision, settings, pla
     return Candidate(run, outs, {"plan": f"torch {torch_module().__version__}"})
 
 
+#: the peer every speedup is relative to
+BASELINE = "xla"
+
 PEERS: dict[str, Peer] = {
+    BASELINE: Peer(BASELINE, "lax.conv_general_dilated called directly (XLA's convolution)", lambda: True,
+                   lambda case, pass_: True, _xla_candidate, layer=_xla_layer),
     "torch": Peer("torch", "PyTorch (torch.nn.functional.conv2d)", lambda: torch_module() is not None,
                   lambda case, pass_: True, _torch_candidate),
     "gemm_peak": Peer("gemm_peak", "a same-size GEMM (jnp.dot): the machine's matmul rate", lambda: True,
-                      lambda case, pass_: pass_ == "fwd" and gemm_shape(case, 1) is not None, _gemm_candidate),
+                      lambda case, pass_: pass_ == "fwd" and gemm_shape(case, 1) is not None, _gemm_candidate,
+                  convolution=False),
 }
 
-__all__ = ["Peer", "Candidate", "PEERS", "torch_module", "gemm_shape"]
+__all__ = ["Peer", "Candidate", "PEERS", "BASELINE", "torch_module", "gemm_shape"]

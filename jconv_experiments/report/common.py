@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 
-from jconv_experiments.bench.harness import PEER_NAMES
-from jconv_experiments.bench.store import as_float
 from jconv.impls import registry
+from jconv_experiments.bench.peers import BASELINE, PEERS
+from jconv_experiments.bench.store import as_float
 
 
 def impl_order(impls) -> list[str]:
-    """XLA first, then ``auto``, the registered backends (each with its algorithms) in
-    registration order, then peers; anything else last, sorted."""
+    """The baseline first, then ``auto``, the registered backends (each with its algorithms) in
+    registration order, then the other peers; anything else last, sorted."""
     impls = set(impls)
-    order = ["xla", "auto"]
+    order = [BASELINE, "auto"]
     for name in registry.names():
         order.append(name)
         order += [f"{name}:{a}" for a in registry.get(name).algorithms]
-    order += [p for p in PEER_NAMES if p != "xla"]
+    order += list(PEERS)
     known = [i for i in dict.fromkeys(order) if i in impls]
     return known + sorted(impls - set(known))
 

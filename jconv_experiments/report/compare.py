@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from jconv_experiments.bench.harness import geomean
+from jconv_experiments.bench.peers import BASELINE, PEERS
 from jconv_experiments.bench.store import as_float
 from jconv_experiments.report.common import color, fmt_bytes, fmt_err, fmt_ms, impl_order, machine_line, marker, save, table
 
@@ -30,16 +31,21 @@ def _key(row) -> tuple:
     return row["case"], row["impl"], row["pass"], row["dtype"], row["batch"]
 
 
+def _is_convolution(impl: str) -> bool:
+    """A jconv impl or a peer that computes the layer (not a yardstick such as the GEMM peak)."""
+    return impl not in PEERS or PEERS[impl].convolution
+
+
 def _timed(row) -> bool:
     return row.get("error") is None and not row.get("interpreted") and row.get("time_median_s") is not None
 
 
 def speedups(rows: list[dict]) -> dict[tuple, float]:
     """(case, impl, pass, dtype, batch) -> XLA time / impl time (timed, non-interpreted rows)."""
-    xla = {_group(r): as_float(r["time_median_s"]) for r in rows if r["impl"] == "xla" and _timed(r)}
+    xla = {_group(r): as_float(r["time_median_s"]) for r in rows if r["impl"] == BASELINE and _timed(r)}
     out = {}
     for r in rows:
-        if r["impl"] in ("xla", "gemm_peak") or not _timed(r):
+        if r["impl"] == BASELINE or not _is_convolution(r["impl"]) or not _timed(r):
             continue
         t_x = xla.get(_group(r))
         t = as_float(r["time_median_s"])
@@ -54,9 +60,9 @@ def summary(rows: list[dict]) -> dict:
     for (case, impl, pass_, dtype, _), s in speedups(rows).items():
         by[(impl, pass_, dtype)].append(s)
     geo = {k: geomean(v) for k, v in by.items()}
-    checked = [r for r in rows if r["impl"] != "gemm_peak"]
+    checked = [r for r in rows if _is_convolution(r["impl"])]
     failed_runs = [r for r in checked if r.get("error")]
-    disagree = [r for r in checked if r.get("error") is None and r["impl"] != "xla"
+    disagree = [r for r in checked if r.get("error") is None and r["impl"] != BASELINE
                 and r.get("agrees_with_xla") is False]
     out_of_tol = [r for r in checked if r.get("error") is None and r.get("within_tol") is False]
     return {
@@ -133,7 +139,7 @@ def section_verdict(v: _View) -> list[str]:
 def section_geomeans(v: _View) -> list[str]:
     geo = v.summary["geomean_speedup"]
     cols = [(p, d) for d in v.dtypes for p in v.passes]
-    timed = [i for i in v.impls if i != "xla" and any(k[0] == i for k in geo)]
+    timed = [i for i in v.impls if i != BASELINE and any(k[0] == i for k in geo)]
     if not timed:
         return []
     lines = [[i] + ["-" if geo.get((i, p, d)) is None else f"{geo[(i, p, d)]:.2f}x" for p, d in cols] for i in timed]

@@ -100,7 +100,7 @@ def section_failures(rows: list[dict]) -> list[str]:
 
 
 def section_pallas(rows: list[dict]) -> list[str]:
-    rs = [r for r in rows if r["impl"] == "pallas" and r.get("compiled")]
+    rs = [r for r in rows if r.get("compiled") and r.get("pallas_kernels")]
     if not rs:
         return []
     lines = []

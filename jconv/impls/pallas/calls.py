@@ -30,7 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls.pallas import kernels
 from jconv.impls.pallas.layout import (
     im2col, pack_channels, pack_out_channels, pack_weights, pad_out_grid, phase_tiles, unpack_out_channels,
@@ -169,7 +169,7 @@ def _laid_out_bytes(shape, dtype, target: Target) -> int:
     return lead * (-(-shape[-2] // sub) * sub) * (-(-shape[-1] // 128) * 128) * item
 
 
-def working_set(spec: ConvSpec, target: Target, kind: str, dtype) -> int:
+def working_set(spec: ExecSpec, target: Target, kind: str, dtype) -> int:
     """Bytes one call (``kind`` "fwd" or "dw") of VALID ``spec`` materialises around its kernel,
     as the target lays them out: the padded input, the patches (folded taps), the packed input
     and its row tiles, and the kernel's output and its cropped copy (forward) or the packed
@@ -191,7 +191,7 @@ def working_set(spec: ConvSpec, target: Target, kind: str, dtype) -> int:
     return total
 
 
-def batch_chunk(spec: ConvSpec, target: Target, kind: str, dtype) -> int:
+def batch_chunk(spec: ExecSpec, target: Target, kind: str, dtype) -> int:
     """Examples per call so that :func:`working_set` stays within ``HBM_BUDGET`` of the
     target's memory (the whole batch when it fits, or on a target without a memory figure)."""
     if not target.memory_bytes or spec.batch <= 1:
@@ -208,7 +208,7 @@ def batch_chunk(spec: ConvSpec, target: Target, kind: str, dtype) -> int:
     return -(-spec.batch // k)  # balanced chunks: the least padding (64 examples at 61: 2 x 32)
 
 
-def _should_fold(spec: ConvSpec, target: Target, dtype) -> bool:
+def _should_fold(spec: ExecSpec, target: Target, dtype) -> bool:
     """:func:`.tiling.fold_taps`, when the patches are not much bigger than the tiles."""
     if not fold_taps(spec, target.platform):
         return False
@@ -217,7 +217,7 @@ def _should_fold(spec: ConvSpec, target: Target, dtype) -> bool:
     return _nbytes(_tiles_shape(ftl), dtype) <= FOLD_MAX_RATIO * _nbytes(_tiles_shape(tl), dtype)
 
 
-def _with_dtype(spec: ConvSpec, dtype) -> ConvSpec:
+def _with_dtype(spec: ExecSpec, dtype) -> ExecSpec:
     name = jnp.dtype(dtype).name
     return dataclasses.replace(spec, dtype=name, out_dtype=name)
 
@@ -227,7 +227,7 @@ def _with_dtype(spec: ConvSpec, dtype) -> ConvSpec:
 # ------------------------------------------------------------------------------------------
 
 
-def forward_valid(xp, w, spec: ConvSpec, *, target: Target, out_dtype, precision=None,
+def forward_valid(xp, w, spec: ExecSpec, *, target: Target, out_dtype, precision=None,
                   blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None,
                   _folded: bool = False):
     """Pallas forward of a VALID conv: ``xp`` NHWC already padded, ``w`` HWIO.
@@ -312,7 +312,7 @@ def _splits(target: Target, base_programs: int, steps: int) -> int:
     return max(1, min(steps, -(-2 * sms // max(1, base_programs))))
 
 
-def weight_grad_valid(xp, g, w_shape, spec: ConvSpec, *, target: Target, precision=None,
+def weight_grad_valid(xp, g, w_shape, spec: ExecSpec, *, target: Target, precision=None,
                       blocks: BlockSizes | None = None, interpret: Any = None, fold: bool | None = None,
                       _folded: bool = False):
     """dL/dw (HWIO, float32) of a VALID conv given padded input ``xp`` and cotangent ``g``."""

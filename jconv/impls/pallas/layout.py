@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls.pallas.tiling import Tiling
 
 
@@ -145,7 +145,7 @@ def pad_out_grid(g, tl: Tiling):
     return jnp.pad(g, ((0, 0), (0, tl.out_rows - ho), (0, tl.out_w - wo), (0, 0)))
 
 
-def im2col(xp, spec: ConvSpec, *, channels_first: bool = False):
+def im2col(xp, spec: ExecSpec, *, channels_first: bool = False):
     """(N, Ho, Wo, T*C) patches of padded ``xp``, tap-major (matches HWIO reshaped).
 
     ``channels_first`` builds them from a (N, C, H, W) copy and transposes once at the end: on

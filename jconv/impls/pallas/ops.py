@@ -2,7 +2,7 @@
 
 * forward: the padded (and input-dilated) ``x`` convolved by :func:`.calls.forward_valid`;
 * input gradient: the same forward kernel on the cotangent dilated by the stride and padded,
-  with the flipped, in/out-swapped kernel (:meth:`ConvSpec.input_grad_spec`; XLA pads, flips and
+  with the flipped, in/out-swapped kernel (:meth:`ExecSpec.input_grad_spec`; XLA pads, flips and
   transposes around the kernel);
 * weight gradient: its own kernels (window^T @ cotangent, reduced over batch and row tiles).
 
@@ -22,7 +22,7 @@ import dataclasses
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.impls import registry
 from jconv.impls.common import pad_input, transpose_kernel
 from jconv.impls import partitioning
@@ -56,11 +56,11 @@ def _in_chunks(fn, a, chunk: int):
     return out.reshape((k * chunk,) + out.shape[2:])[:n]
 
 
-def _chunk_of(spec: ConvSpec, target: Target, kind: str, dtype, blocks) -> int:
+def _chunk_of(spec: ExecSpec, target: Target, kind: str, dtype, blocks) -> int:
     return spec.batch if blocks is not None else calls.batch_chunk(spec, target, kind, dtype)
 
 
-def spec_forward(x, w, spec: ConvSpec, target: Target, *, blocks=None, interpret=None):
+def spec_forward(x, w, spec: ExecSpec, target: Target, *, blocks=None, interpret=None):
     vspec = spec.valid_spec()
     chunk = _chunk_of(vspec, target, "fwd", x.dtype, blocks)
 
@@ -73,7 +73,7 @@ def spec_forward(x, w, spec: ConvSpec, target: Target, *, blocks=None, interpret
     return _in_chunks(lambda xc: run(xc, dataclasses.replace(spec, batch=chunk)), x, chunk)
 
 
-def spec_input_grad(dy, w, spec: ConvSpec, target: Target, *, blocks=None, interpret=None):
+def spec_input_grad(dy, w, spec: ExecSpec, target: Target, *, blocks=None, interpret=None):
     ig = spec.input_grad_spec()
     ct = jnp.promote_types(dy.dtype, w.dtype)
     wt = transpose_kernel(w.astype(ct), spec.groups)
@@ -90,7 +90,7 @@ def spec_input_grad(dy, w, spec: ConvSpec, target: Target, *, blocks=None, inter
     return _in_chunks(lambda gc: run(gc, dataclasses.replace(ig, batch=chunk)), dy, chunk)
 
 
-def spec_weight_grad(x, dy, spec: ConvSpec, target: Target, *, blocks=None, interpret=None):
+def spec_weight_grad(x, dy, spec: ExecSpec, target: Target, *, blocks=None, interpret=None):
     """float32 dw."""
     vspec = spec.valid_spec()
     chunk = _chunk_of(vspec, target, "dw", jnp.promote_types(x.dtype, dy.dtype), blocks)
@@ -132,23 +132,23 @@ def _partitioned(target: Target) -> bool:
     return target.platform in partitioning.PARTITIONED_PLATFORMS
 
 
-def forward(x, w, spec: ConvSpec, target: Target):
+def forward(x, w, spec: ExecSpec, target: Target):
     _check_target(target)
     return (_forward_op if _partitioned(target) else _forward)(x, w, spec, target)
 
 
-def input_grad(dy, w, spec: ConvSpec, target: Target):
+def input_grad(dy, w, spec: ExecSpec, target: Target):
     _check_target(target)
     return (_input_grad_op if _partitioned(target) else _input_grad)(dy, w, spec, target)
 
 
-def weight_grad(x, dy, spec: ConvSpec, target: Target):
+def weight_grad(x, dy, spec: ExecSpec, target: Target):
     _check_target(target)
     dw = (_weight_grad_op if _partitioned(target) else _weight_grad)(x, dy, spec, target)
     return dw.astype(spec.dtype)
 
 
-def supports(spec: ConvSpec) -> str | None:
+def supports(spec: ExecSpec) -> str | None:
     if "float64" in (spec.dtype, spec.out_dtype):
         return "impl='pallas' does not support float64 (no f64 matmul in TPU/GPU kernels); use impl='lax' or impl='xla'"
     ho, wo = spec.out_size
@@ -161,8 +161,8 @@ PALLAS = registry.Algorithm("pallas", forward, input_grad, weight_grad, supports
                             summary="Pallas kernels: interpreted on CPU, Mosaic on TPU, Triton on CUDA")
 
 BACKEND = registry.register(registry.Backend(
-    name="pallas", algorithms={"pallas": PALLAS}, default=lambda spec, layout: ("pallas", "requested"),
-    tune_candidates=lambda spec, layout, platform: [] if platform == "cpu" else ["pallas"],
+    name="pallas", algorithms={"pallas": PALLAS}, choose=lambda spec, platform: ("pallas", "requested"),
+    tune_candidates=lambda spec, platform: [] if platform == "cpu" else ["pallas"],
     platforms=("cpu", "tpu", "cuda"), interpreted=("cpu",), split_batch=True,
     summary="the Pallas kernel (Mosaic on TPU, Triton on CUDA, interpreted on CPU)",
 ))

@@ -2,7 +2,7 @@
 tiled geometry they imply. Nothing here touches an array.
 
 A Pallas convolution always runs on an already zero-padded ("VALID") input: a
-:class:`~jconv.geometry.ConvSpec` from :meth:`ConvSpec.valid_spec` (no padding, no input dilation).
+:class:`~jconv.spec.ExecSpec` from :meth:`ExecSpec.valid_spec` (no padding, no input dilation).
 :func:`get_default` picks :class:`BlockSizes` for such a spec and a
 :class:`~jconv.targets.Target`; :func:`make_tiling` turns both into a :class:`Tiling`: padded
 channel counts, group bundles, row tiles, the phase decomposition of the stride and the static
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jconv.geometry import ConvSpec
+from jconv.spec import ExecSpec
 from jconv.targets import Target
 
 PLATFORMS = ("tpu", "cuda", "cpu")
@@ -123,7 +123,7 @@ class BlockSizes:
 class Tiling:
     """The tiled geometry of a VALID spec under :class:`BlockSizes` (all static ints)."""
 
-    spec: ConvSpec
+    spec: ExecSpec
     blocks: BlockSizes
     depthwise: bool
     group_bundle: int          # groups packed block-diagonally into one channel block
@@ -170,7 +170,7 @@ def _largest_block(total: int, unit: int, cap: int) -> int:
     return best
 
 
-def _bundle(spec: ConvSpec, lane: int, platform: str) -> int:
+def _bundle(spec: ExecSpec, lane: int, platform: str) -> int:
     if spec.groups == 1:
         return 1
     gb = max(1, lane // max(spec.group_in_channels, spec.group_out_channels))
@@ -179,7 +179,7 @@ def _bundle(spec: ConvSpec, lane: int, platform: str) -> int:
     return min(gb, spec.groups)
 
 
-def _channel_totals(spec: ConvSpec, lane: int, platform: str) -> tuple[int, int]:
+def _channel_totals(spec: ExecSpec, lane: int, platform: str) -> tuple[int, int]:
     """Padded (input, output) channels of one bundle."""
     if spec.is_depthwise:
         c = _pad_channels(spec.out_channels, lane, platform)
@@ -267,7 +267,7 @@ def fits(tl: Tiling, target: Target) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _tpu_candidates(spec: ConvSpec):
+def _tpu_candidates(spec: ExecSpec):
     """TPU block sizes from the largest (few grid steps, few halo re-reads) to the smallest."""
     ho, wo = spec.out_size
     item = itemsize(spec.dtype)
@@ -296,7 +296,7 @@ def _tpu_candidates(spec: ConvSpec):
                 h = max(1, h // 2)
 
 
-def _cuda_candidates(spec: ConvSpec):
+def _cuda_candidates(spec: ExecSpec):
     ho, wo = spec.out_size
     lane = 16
     cin_b, cout_b = _channel_totals(spec, lane, "cuda")
@@ -310,7 +310,7 @@ def _cuda_candidates(spec: ConvSpec):
                 yield BlockSizes(bh, cin_b, min(cin_b, chunk), min(cout_b, co), lane, out_w, "cuda")
 
 
-def get_default(spec: ConvSpec, target: Target) -> BlockSizes:
+def get_default(spec: ExecSpec, target: Target) -> BlockSizes:
     """Default tile sizes of VALID ``spec`` for ``target``: the largest candidate whose kernels
     fit the target's memory (:func:`fits`). Raises :class:`KernelFitError` when none does."""
     platform = target.platform
@@ -331,7 +331,7 @@ def get_default(spec: ConvSpec, target: Target) -> BlockSizes:
     )
 
 
-def fold_taps(spec: ConvSpec, platform: str) -> bool:
+def fold_taps(spec: ExecSpec, platform: str) -> bool:
     """Whether to fold the kernel taps into the contraction (an XLA im2col, then a 1x1 kernel).
 
     Worth it when few input channels would leave most of each per-tap matmul as lane padding:
@@ -348,14 +348,14 @@ def fold_taps(spec: ConvSpec, platform: str) -> bool:
     return pad(spec.taps * spec.in_channels) < spec.taps * pad(spec.in_channels)
 
 
-def folded(spec: ConvSpec) -> ConvSpec:
+def folded(spec: ExecSpec) -> ExecSpec:
     """The 1x1 VALID spec that :func:`fold_taps` turns ``spec`` into."""
     return dataclasses.replace(spec, in_size=spec.out_size, in_channels=spec.taps * spec.in_channels,
                                kernel_size=(1, 1), stride=(1, 1), dilation=(1, 1), groups=1,
                                padding=((0, 0), (0, 0)), lhs_dilation=(1, 1))
 
 
-def make_tiling(spec: ConvSpec, blocks: BlockSizes | None = None, target: Target | None = None) -> Tiling:
+def make_tiling(spec: ExecSpec, blocks: BlockSizes | None = None, target: Target | None = None) -> Tiling:
     """The :class:`Tiling` of VALID ``spec`` with ``blocks`` (default: :func:`get_default`)."""
     if blocks is None:
         if target is None:
@@ -426,7 +426,7 @@ def forward_cost(tiling: Tiling, out_itemsize: int | None = None) -> dict:
                 x_bytes=x_bytes, w_bytes=w_bytes, out_bytes=o_bytes)
 
 
-def ideal_bytes(spec: ConvSpec) -> int:
+def ideal_bytes(spec: ExecSpec) -> int:
     """Each operand read or written exactly once, unpadded."""
     ho, wo = spec.out_size
     h, w = spec.in_size
