@@ -160,17 +160,23 @@ def test_pallas_matches_or_is_not_implemented(kwargs, shape):
 
 
 def test_impl_is_passed_to_jconv(monkeypatch):
+    import jconv.flax_conv as fc
+
     seen = []
-    real = jconv.linen.conv2d
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["impl"])
-        return real(*args, **kwargs)
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append((real.__name__, kwargs["impl"]))
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(jl, "conv2d", spy)
+        return call
+
+    monkeypatch.setattr(fc, "conv2d", spy(fc.conv2d))
+    monkeypatch.setattr(fc, "conv_general_dilated", spy(fc.conv_general_dilated))
     x = _x((1, 5, 5, 2))
     jl.Conv2D(3, 3, impl="lax:taps").init(jax.random.key(0), x)
-    assert seen == ["lax:taps"]
+    jl.ConvTranspose(3, 3, strides=2, impl="lax:mac").init(jax.random.key(0), x)
+    assert seen == [("conv2d", "lax:taps"), ("conv_general_dilated", "lax:mac")]
 
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
