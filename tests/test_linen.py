@@ -135,11 +135,33 @@ def test_auto_named_conv_loads_flax_checkpoint():
     assert set(model(jl.Conv2D).init(jax.random.key(0), x)["params"]) == {"Conv2D_0", "Conv2D_1"}
 
 
+@pytest.mark.parametrize("module", [
+    jl.Conv2D(4, 3, padding="CIRCULAR", strides=2),
+    jl.Conv2D(4, 3, padding=((1, 0), 2), input_dilation=2),
+    jl.ConvTranspose(4, (3, 3), strides=2, padding="SAME"),
+    jl.ConvTranspose(4, (3, 3), strides=2, padding="CIRCULAR"),
+], ids=["conv-circular", "conv-input-dilation", "transpose-same", "transpose-circular"])
+def test_padding_is_resolved_once(module, monkeypatch):
+    """The modules normalise their fields without resolving padding; the one resolution is the
+    parse of jconv.conv2d / jconv.conv_general_dilated (with the input's shapes)."""
+    from jconv import geometry
+
+    calls = []
+    real = geometry.resolve_padding
+    monkeypatch.setattr(geometry, "resolve_padding", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    module.init(jax.random.key(0), jnp.ones((1, 6, 6, 2)))
+    assert len(calls) == 1
+
+
 def test_tabulate():
     table = nn.tabulate(jl.Conv2D(32, 3, padding="VALID"), jax.random.key(0), console_kwargs={"width": 200})(
         jnp.ones((1, 28, 28, 1))
     )
     assert "Conv2D" in table and "26,26,32" in table and "320" in table
+    table = nn.tabulate(jl.ConvTranspose(8, (2, 2), strides=2), jax.random.key(0), console_kwargs={"width": 200})(
+        jnp.ones((1, 13, 13, 32))
+    )
+    assert "ConvTranspose" in table and "26,26,8" in table and "1,032" in table
 
 
 @pytest.mark.parametrize("kwargs,shape", [
@@ -189,6 +211,11 @@ def test_impl_is_passed_to_jconv(monkeypatch):
     (dict(padding="FULL"), ValueError, "padding (='FULL')"),
     (dict(impl="cuda"), ValueError, "impl (='cuda')"),
     (dict(padding="SAME", input_dilation=2), ValueError, "padding (='SAME') must be explicit"),
+    (dict(strides=0), ValueError, "Conv2D: strides (=0) must be >= 1"),
+    (dict(kernel_dilation=(1, 2, 3)), ValueError, "Conv2D: kernel_dilation (=(1, 2, 3))"),
+    (dict(padding=((1, 1), (1, 1), (1, 1))), ValueError, "Conv2D: padding (=((1, 1), (1, 1), (1, 1))) must have one entry per spatial axis (2)"),
+    (dict(padding=(1, (2, 3, 4))), TypeError, "Conv2D: padding (=(1, (2, 3, 4)))"),
+    (dict(feature_group_count=0), ValueError, "Conv2D: feature_group_count (=0) must be >= 1"),
 ])
 def test_errors_name_the_argument(kwargs, exc, msg):
     kwargs = {"kernel_size": 3, **kwargs}
