@@ -56,19 +56,19 @@ def measure(batch: int, rounds: int, block: int) -> list[dict]:
     ct = jax.random.normal(kc, mods["flax"].apply(params, x).shape, jnp.float32)
 
     def fwd(m):
-        return lambda p, a: m.apply(p, a)
+        return lambda p, a, c: m.apply(p, a)
 
-    def fwd_bwd(m):
-        return jax.grad(lambda p, a: jnp.vdot(m.apply(p, a), ct), argnums=(0, 1))
+    def fwd_bwd(m):  # the cotangent an argument: a constant would be folded into the program
+        return jax.grad(lambda p, a, c: jnp.vdot(m.apply(p, a), c), argnums=(0, 1))
 
     plan = jconv.plan_for(case.spec(batch), "auto")
     rows = []
     for pass_, make in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
         compiled, compile_s, outs = {}, {}, {}
         for name, m in mods.items():
-            compiled[name], compile_s[name], _ = compile_timed(make(m), params, x)
-            outs[name] = compiled[name](params, x)
-        fns = {n: (lambda c=c: jax.block_until_ready(c(params, x))) for n, c in compiled.items()}
+            compiled[name], compile_s[name], _ = compile_timed(make(m), params, x, ct)
+            outs[name] = compiled[name](params, x, ct)
+        fns = {n: (lambda f=f: jax.block_until_ready(f(params, x, ct))) for n, f in compiled.items()}
         times = time_interleaved(fns, iters=rounds, min_iters=rounds, block=block)
         for name, ts in times.items():
             err = max(scaled_error(a, b) for a, b in zip(jax.tree.leaves(outs[name]), jax.tree.leaves(outs["flax"])))
