@@ -169,7 +169,7 @@ def parse_conv_transpose_args(fn: str, *, kernel_size, strides, padding, kernel_
 
 def _flatten_batch(fn: str, inputs):
     """``(*batch, H, W, C)`` -> ``(N, H, W, C)`` and the batch shape to restore (None: one
-    leading batch dimension already)."""
+    leading batch dimension already; ``()``: one unbatched example)."""
     if inputs.ndim < 3:
         raise ValueError(f"{fn}: inputs.shape (={tuple(inputs.shape)}) must be (*batch_dims, H, W, C)")
     if inputs.ndim == 4:
@@ -199,14 +199,13 @@ def flax_conv2d(inputs, kernel, bias, args: ConvArgs, *, flip_kernel=False, prec
                 f"{fn}: input_dilation (={args.input_dilation}) > 1 supports only zero padding without "
                 f"flip_kernel; got padding_mode={args.padding_mode!r}, flip_kernel={flip_kernel}"
             )
-        unbatched = x.ndim == 3
         y = conv_general_dilated(
-            x[None] if unbatched else x, kernel, args.strides, args.padding,
+            x, kernel, args.strides, args.padding,
             lhs_dilation=args.input_dilation, rhs_dilation=args.kernel_dilation, dimension_numbers=_NHWC,
             feature_group_count=args.feature_group_count, precision=precision,
             preferred_element_type=preferred_element_type, impl=impl,
         )
-        y = _add_bias(y[0] if unbatched else y, bias)
+        y = _add_bias(y, bias)
     return y if batch_shape is None else jnp.reshape(y, batch_shape + y.shape[1:])
 
 
@@ -239,9 +238,6 @@ def flax_conv_transpose(inputs, kernel, bias, args: ConvTransposeArgs, *, transp
     :func:`jconv.conv_general_dilated` (``lhs_dilation = strides``, window stride 1), the
     kernel flipped and its channel axes swapped first for ``transpose_kernel``."""
     x, batch_shape = _flatten_batch(fn, inputs)
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
     if transpose_kernel:  # stored (KH, KW, out, in): flip H and W, swap the channel axes -> HWIO
         kernel = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
     y = conv_general_dilated(
@@ -250,5 +246,5 @@ def flax_conv_transpose(inputs, kernel, bias, args: ConvTransposeArgs, *, transp
     )
     if args.circular:
         y = _circular(y, x.shape[1:3], args, transpose_kernel)
-    y = _add_bias(y[0] if unbatched else y, bias)
+    y = _add_bias(y, bias)
     return y if batch_shape is None else jnp.reshape(y, batch_shape + y.shape[1:])

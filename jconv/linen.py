@@ -120,7 +120,8 @@ class Conv2D(nn.Module):
 
 class Conv(Conv2D):
     """:class:`Conv2D` under flax's class name, so auto-named layers are ``Conv_0, Conv_1, ...``
-    exactly as with ``flax.linen.Conv`` (checkpoints of auto-named models load unchanged)."""
+    exactly as with ``flax.linen.Conv``: the module to put in place of ``nn.Conv`` in existing
+    models (their checkpoints load unchanged)."""
 
 
 class ConvTranspose(nn.Module):
