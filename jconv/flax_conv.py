@@ -122,11 +122,11 @@ def parse_conv_args(fn: str, *, kernel_size, strides, padding, input_dilation, k
             padding, padding_mode = pads, mode
         elif name == "CAUSAL":
             raise ValueError(f"{fn}: padding (={padding!r}) is only defined for 1-D convolutions (as in flax)")
-        elif name in ("SAME", "VALID"):
+        elif name in ("SAME", "SAME_LOWER", "VALID"):
             padding = name  # needs the input size: conv2d resolves it
         else:
-            raise ValueError(f"{fn}: padding (={padding!r}) must be 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', "
-                             "an int, (ph, pw) or ((top, bottom), (left, right))")
+            raise ValueError(f"{fn}: padding (={padding!r}) must be 'SAME', 'SAME_LOWER', 'VALID', 'CIRCULAR', "
+                             "'REFLECT', an int, (ph, pw) or ((top, bottom), (left, right))")
     else:
         padding = _explicit_pads(fn, padding)
     return ConvArgs(

@@ -15,6 +15,7 @@ GRID = [
     (dict(), (2, 9, 9, 4), 6),  # flax default: SAME
     (dict(padding="VALID"), (2, 9, 9, 4), 6),
     (dict(padding="SAME", strides=2), (2, 9, 8, 4), 6),
+    (dict(padding="SAME_LOWER", strides=(1, 2)), (2, 8, 8, 4), 6),  # lax's other SAME
     (dict(padding="CIRCULAR", strides=(2, 1)), (2, 9, 9, 4), 6),
     (dict(padding="REFLECT", kernel_dilation=2), (2, 9, 9, 4), 6),
     (dict(padding=1, feature_group_count=2), (2, 7, 7, 4), 6),
