@@ -1,15 +1,20 @@
-"""``jconv.nnx.Conv2D``: a drop-in for ``flax.nnx.Conv`` that runs :func:`jconv.conv2d`.
+"""Flax nnx modules that run jconv: drop-ins for ``flax.nnx.Conv`` and ``flax.nnx.ConvTranspose``.
 
   from flax import nnx
   import jconv.nnx
 
-  nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)          # before
-  jconv.nnx.Conv2D(1, 32, 3, padding="VALID", rngs=rngs)       # after
+  nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)                # before
+  jconv.nnx.Conv2D(1, 32, 3, padding="VALID", rngs=rngs)             # after
+  nnx.ConvTranspose(32, 16, (3, 3), strides=2, rngs=rngs)            # before
+  jconv.nnx.ConvTranspose(32, 16, (3, 3), strides=2, rngs=rngs)      # after
 
-A subclass of ``flax.nnx.Conv``: the same constructor arguments, defaults, parameters
-(``kernel`` HWIO, ``bias``), shapes and initialisation (the same keys drawn from ``rngs`` in the
-same order), so ``nnx.state`` of one loads into the other. Extras from :func:`jconv.conv2d`:
-``padding_mode``, ``flip_kernel`` and ``impl``. An int ``kernel_size`` means ``(k, k)``.
+Subclasses of flax's modules: the same constructor arguments, defaults, parameters (``kernel``,
+``bias``), shapes and initialisation (flax's own constructor draws the same keys from ``rngs``
+in the same order), so ``nnx.state`` of one loads into the other. nnx names parameters after
+attributes, not classes, so the class name never shows in a state. Extra: ``impl`` (and, for
+:class:`Conv2D`, ``padding_mode`` and ``flip_kernel``) from :func:`jconv.conv2d`. An int
+``kernel_size`` means ``(k, k)``. The static arguments are normalised once, in the constructor
+(:mod:`jconv.flax_conv`); change them by building a new module.
 
 (To keep flax's own ``nnx.Conv`` and only swap the convolution primitive, pass
 ``nnx.Conv(..., conv_general_dilated=jconv.conv_general_dilated)``.)
@@ -27,9 +32,23 @@ from flax.nnx.nn import dtypes
 from flax.nnx.nn.linear import default_bias_init, default_kernel_init
 
 from jconv.conv import conv_general_dilated
-from jconv.linen import flax_conv2d, kernel_shape
+from jconv.flax_conv import flax_conv2d, flax_conv_transpose, parse_conv_args, parse_conv_transpose_args
+from jconv.linen import check_mask
 
-__all__ = ["Conv2D"]
+__all__ = ["Conv2D", "ConvTranspose"]
+
+
+def _no_sharding(fn: str, out_sharding) -> None:
+    if out_sharding is not None:
+        raise NotImplementedError(f"{fn}: out_sharding (={out_sharding}) is not supported; leave it None")
+
+
+def _kernel_and_bias(module):
+    """The module's (masked) kernel and bias values."""
+    kernel = module.kernel[...]
+    if module.mask is not None:
+        kernel = kernel * module.mask
+    return kernel, (module.bias[...] if module.bias is not None else None)
 
 
 class Conv2D(nnx.Conv):
@@ -80,9 +99,13 @@ class Conv2D(nnx.Conv):
         kernel_metadata=MappingProxyType({}),
         bias_metadata=MappingProxyType({}),
     ):
-        kh, kw, _, _ = kernel_shape("Conv2D", kernel_size, in_features, out_features, feature_group_count)
+        fn = "Conv2D"
+        self.conv_args = parse_conv_args(
+            fn, kernel_size=kernel_size, strides=strides, padding=padding, input_dilation=input_dilation,
+            kernel_dilation=kernel_dilation, feature_group_count=feature_group_count, padding_mode=padding_mode,
+        )
         super().__init__(
-            in_features, out_features, (kh, kw), strides,
+            in_features, out_features, self.conv_args.kernel_size, strides,
             padding=padding, input_dilation=input_dilation, kernel_dilation=kernel_dilation,
             feature_group_count=feature_group_count, use_bias=use_bias, mask=mask, dtype=dtype,
             param_dtype=param_dtype, precision=precision, kernel_init=kernel_init,
@@ -97,21 +120,82 @@ class Conv2D(nnx.Conv):
     def __call__(self, inputs, out_sharding=None):
         """``inputs``: ``(*batch_dims, H, W, C)`` (no batch dims: one example)."""
         fn = "Conv2D"
-        if out_sharding is not None:
-            raise NotImplementedError(f"{fn}: out_sharding (={out_sharding}) is not supported; leave it None")
-        if self.mask is not None and tuple(self.mask.shape) != tuple(self.kernel_shape):
-            raise ValueError(
-                f"{fn}: mask.shape (={tuple(self.mask.shape)}) must equal the kernel shape (={tuple(self.kernel_shape)})"
-            )
-        kernel = self.kernel[...]
-        if self.mask is not None:
-            kernel = kernel * self.mask
-        bias = self.bias[...] if self.bias is not None else None
+        _no_sharding(fn, out_sharding)
+        check_mask(fn, self.mask, self.kernel_shape)
+        kernel, bias = _kernel_and_bias(self)
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         return flax_conv2d(
-            inputs, kernel, bias,
-            strides=self.strides, padding=self.padding, input_dilation=self.input_dilation,
-            kernel_dilation=self.kernel_dilation, feature_group_count=self.feature_group_count,
-            padding_mode=self.padding_mode, flip_kernel=self.flip_kernel, precision=self.precision,
+            inputs, kernel, bias, self.conv_args, flip_kernel=self.flip_kernel, precision=self.precision,
             preferred_element_type=self.preferred_element_type, impl=self.impl, fn=fn,
+        )
+
+
+class ConvTranspose(nnx.ConvTranspose):
+    """2-D transposed convolution with ``flax.nnx.ConvTranspose``'s arguments, computed by
+    jconv's input-dilated convolution. See :class:`jconv.linen.ConvTranspose` for the meaning of
+    every argument.
+
+    Example: in place of ``nnx.ConvTranspose(4, 8, (3, 3), strides=2, rngs=rngs)``:
+
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from flax import nnx
+    >>> from jconv.nnx import ConvTranspose
+    >>> up = ConvTranspose(4, 8, (3, 3), strides=2, rngs=nnx.Rngs(0))
+    >>> up.kernel[...].shape
+    (3, 3, 4, 8)
+    >>> y = up(jnp.ones((1, 16, 16, 4)))
+    >>> y.shape
+    (1, 32, 32, 8)
+    >>> ref = nnx.ConvTranspose(4, 8, (3, 3), strides=2, rngs=nnx.Rngs(0))
+    >>> bool(np.allclose(y, ref(jnp.ones((1, 16, 16, 4))), atol=1e-5))
+    True
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: None | int | Sequence[int] = None,
+        *,
+        padding: Any = "SAME",
+        kernel_dilation: None | int | Sequence[int] = None,
+        use_bias: bool = True,
+        mask: Any = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: Any = default_kernel_init,
+        bias_init: Any = default_bias_init,
+        transpose_kernel: bool = False,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
+        impl: str = "auto",
+        rngs: nnx.Rngs,
+        kernel_metadata=MappingProxyType({}),
+        bias_metadata=MappingProxyType({}),
+    ):
+        self.conv_args = parse_conv_transpose_args(
+            "ConvTranspose", kernel_size=kernel_size, strides=strides, padding=padding,
+            kernel_dilation=kernel_dilation,
+        )
+        super().__init__(
+            in_features, out_features, self.conv_args.kernel_size, strides,
+            padding=padding, kernel_dilation=kernel_dilation, use_bias=use_bias, mask=mask, dtype=dtype,
+            param_dtype=param_dtype, precision=precision, kernel_init=kernel_init, bias_init=bias_init,
+            transpose_kernel=transpose_kernel, promote_dtype=promote_dtype,
+            preferred_element_type=preferred_element_type, rngs=rngs, kernel_metadata=kernel_metadata,
+            bias_metadata=bias_metadata,
+        )
+        self.impl = impl
+
+    def __call__(self, inputs):
+        """``inputs``: ``(*batch_dims, H, W, C)`` (no batch dims: one example)."""
+        fn = "ConvTranspose"
+        check_mask(fn, self.mask, self.kernel_shape)
+        kernel, bias = _kernel_and_bias(self)
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return flax_conv_transpose(
+            inputs, kernel, bias, self.conv_args, transpose_kernel=self.transpose_kernel,
+            precision=self.precision, preferred_element_type=self.preferred_element_type, impl=self.impl, fn=fn,
         )

@@ -15,6 +15,7 @@ GRID = [
     (dict(), (2, 9, 9, 4), 6),  # flax default: SAME
     (dict(padding="VALID"), (2, 9, 9, 4), 6),
     (dict(padding="SAME", strides=2), (2, 9, 8, 4), 6),
+    (dict(padding="SAME_LOWER", strides=(1, 2)), (2, 8, 8, 4), 6),  # lax's other SAME
     (dict(padding="CIRCULAR", strides=(2, 1)), (2, 9, 9, 4), 6),
     (dict(padding="REFLECT", kernel_dilation=2), (2, 9, 9, 4), 6),
     (dict(padding=1, feature_group_count=2), (2, 7, 7, 4), 6),
@@ -135,11 +136,33 @@ def test_auto_named_conv_loads_flax_checkpoint():
     assert set(model(jl.Conv2D).init(jax.random.key(0), x)["params"]) == {"Conv2D_0", "Conv2D_1"}
 
 
+@pytest.mark.parametrize("module", [
+    jl.Conv2D(4, 3, padding="CIRCULAR", strides=2),
+    jl.Conv2D(4, 3, padding=((1, 0), 2), input_dilation=2),
+    jl.ConvTranspose(4, (3, 3), strides=2, padding="SAME"),
+    jl.ConvTranspose(4, (3, 3), strides=2, padding="CIRCULAR"),
+], ids=["conv-circular", "conv-input-dilation", "transpose-same", "transpose-circular"])
+def test_padding_is_resolved_once(module, monkeypatch):
+    """The modules normalise their fields without resolving padding; the one resolution is the
+    parse of jconv.conv2d / jconv.conv_general_dilated (with the input's shapes)."""
+    from jconv import geometry
+
+    calls = []
+    real = geometry.resolve_padding
+    monkeypatch.setattr(geometry, "resolve_padding", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    module.init(jax.random.key(0), jnp.ones((1, 6, 6, 2)))
+    assert len(calls) == 1
+
+
 def test_tabulate():
     table = nn.tabulate(jl.Conv2D(32, 3, padding="VALID"), jax.random.key(0), console_kwargs={"width": 200})(
         jnp.ones((1, 28, 28, 1))
     )
     assert "Conv2D" in table and "26,26,32" in table and "320" in table
+    table = nn.tabulate(jl.ConvTranspose(8, (2, 2), strides=2), jax.random.key(0), console_kwargs={"width": 200})(
+        jnp.ones((1, 13, 13, 32))
+    )
+    assert "ConvTranspose" in table and "26,26,8" in table and "1,032" in table
 
 
 @pytest.mark.parametrize("kwargs,shape", [
@@ -160,17 +183,23 @@ def test_pallas_matches_or_is_not_implemented(kwargs, shape):
 
 
 def test_impl_is_passed_to_jconv(monkeypatch):
+    import jconv.flax_conv as fc
+
     seen = []
-    real = jconv.linen.conv2d
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["impl"])
-        return real(*args, **kwargs)
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append((real.__name__, kwargs["impl"]))
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(jl, "conv2d", spy)
+        return call
+
+    monkeypatch.setattr(fc, "conv2d", spy(fc.conv2d))
+    monkeypatch.setattr(fc, "conv_general_dilated", spy(fc.conv_general_dilated))
     x = _x((1, 5, 5, 2))
     jl.Conv2D(3, 3, impl="lax:taps").init(jax.random.key(0), x)
-    assert seen == ["lax:taps"]
+    jl.ConvTranspose(3, 3, strides=2, impl="lax:mac").init(jax.random.key(0), x)
+    assert seen == [("conv2d", "lax:taps"), ("conv_general_dilated", "lax:mac")]
 
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
@@ -183,6 +212,11 @@ def test_impl_is_passed_to_jconv(monkeypatch):
     (dict(padding="FULL"), ValueError, "padding (='FULL')"),
     (dict(impl="cuda"), ValueError, "impl (='cuda')"),
     (dict(padding="SAME", input_dilation=2), ValueError, "padding (='SAME') must be explicit"),
+    (dict(strides=0), ValueError, "Conv2D: strides (=0) must be >= 1"),
+    (dict(kernel_dilation=(1, 2, 3)), ValueError, "Conv2D: kernel_dilation (=(1, 2, 3))"),
+    (dict(padding=((1, 1), (1, 1), (1, 1))), ValueError, "Conv2D: padding (=((1, 1), (1, 1), (1, 1))) must have one entry per spatial axis (2)"),
+    (dict(padding=(1, (2, 3, 4))), TypeError, "Conv2D: padding (=(1, (2, 3, 4)))"),
+    (dict(feature_group_count=0), ValueError, "Conv2D: feature_group_count (=0) must be >= 1"),
 ])
 def test_errors_name_the_argument(kwargs, exc, msg):
     kwargs = {"kernel_size": 3, **kwargs}

@@ -85,6 +85,38 @@ def test_state_loads_across_and_trains_under_jit():
     assert_close(ours.kernel[...], ref.kernel[...], jnp.float32)
 
 
+def test_encoder_decoder_trains_under_jit_as_flax():
+    """Conv2D down, ConvTranspose up: a jitted nnx optimiser loop matches flax's modules'."""
+    import optax
+
+    class AutoEncoder(nnx.Module):
+        def __init__(self, conv, up, rngs):
+            self.down = conv(2, 4, (3, 3), strides=2, rngs=rngs)
+            self.up = up(4, 2, (4, 4), strides=2, transpose_kernel=True, rngs=rngs)
+
+        def __call__(self, x):
+            return self.up(nnx.relu(self.down(x)))
+
+    x = _x((2, 8, 8, 2))
+
+    def losses(model):
+        opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, opt):
+            loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - x) ** 2))(model)
+            opt.update(model, grads)
+            return loss
+
+        return [float(step(model, opt)) for _ in range(4)]
+
+    ref = AutoEncoder(nnx.Conv, nnx.ConvTranspose, nnx.Rngs(0))
+    ours = AutoEncoder(jn.Conv2D, jn.ConvTranspose, nnx.Rngs(0))
+    np.testing.assert_allclose(losses(ours), losses(ref), rtol=1e-4)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float32, factor=5), nnx.state(ours, nnx.Param),
+                 nnx.state(ref, nnx.Param))
+
+
 def test_dtype_promotion_and_preferred_element_type():
     x = _x((2, 6, 6, 3)).astype(jnp.bfloat16)
     for kw in (dict(), dict(dtype=jnp.bfloat16), dict(param_dtype=jnp.bfloat16),
@@ -113,5 +145,9 @@ def test_errors():
         jn.Conv2D(2, 3, (3, 3, 3), rngs=nnx.Rngs(0))
     with pytest.raises(NotImplementedError, match="out_sharding"):
         jn.Conv2D(2, 3, 3, rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 2)), out_sharding="x")
+    with pytest.raises(ValueError, match=r"Conv2D: strides \(=\(1, 0\)\) must be >= 1"):  # at construction
+        jn.Conv2D(2, 3, 3, strides=(1, 0), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"Conv2D: padding \(='CIRCULAR'\) already sets padding_mode='circular'"):
+        jn.Conv2D(2, 3, 3, padding="CIRCULAR", padding_mode="reflect", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"conv2d: groups \(=2\) must divide input channels \(=3\)"):
         jn.Conv2D(3, 4, 3, feature_group_count=2, rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 3)))
