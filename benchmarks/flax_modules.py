@@ -3,7 +3,7 @@
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/flax_modules.py            # measure -> docs/perf/flax_modules.*
     .venv/bin/python benchmarks/flax_modules.py --table                     # the docs/flax.md table
 
-The layer is jconv.suite's ``unet_up_transposed`` (64x64x64 -> 128x128x32, 3x3, stride 2, the
+The layer is jconv_experiments.suite's ``unet_up_transposed`` (64x64x64 -> 128x128x32, 3x3, stride 2, the
 input-dilated convolution's pads ((1, 2), (1, 2))), written as flax writes it:
 ``ConvTranspose(32, (3, 3), strides=2, padding=((1, 2), (1, 2)))``. Candidates, all in one
 process with the same params and input: flax's module, jconv's with ``impl="auto"`` and jconv's
@@ -44,8 +44,8 @@ def measure(batch: int, rounds: int, block: int) -> list[dict]:
     import jax.numpy as jnp
 
     import jconv
-    from jconv.bench.timing import compile_timed, time_interleaved
-    from jconv.suite import CASES
+    from jconv.timing import compile_timed, time_interleaved
+    from jconv_experiments.suite import CASES
     from jconv.testing import scaled_error
 
     case = CASES["unet_up_transposed"]
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             print(table([json.loads(line) for line in f if line.strip()], env))
         return 0
     sys.path.insert(0, os.path.join(HERE, ".."))
-    from jconv.bench.env import env_info
+    from jconv_experiments.bench.env import env_info
 
     rows = measure(a.batch, a.rounds, a.block)
     env = env_info()
