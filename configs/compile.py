@@ -30,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.impls = ""                                # "" = each config's impls (peers skipped)
     c.dtypes = ""                               # "" = each config's dtypes; or e.g. "float32"
     c.passes = ""                               # "" = each config's passes; or "fwd" / "fwd+bwd"
+    c.first = "pallas,xla,lax"                  # compile these impls first, in this order (the
+                                                # kernels, where the failures were); then the rest
     c.workers = 2                               # compiler processes
     c.timeout_s = 1800                          # per compile
     c.retry_errors = False                      # True: compile the failed rows again

@@ -228,10 +228,12 @@ def _program_key(work: programs.Work) -> tuple:
     return (work.target, work.case, impl, work.dtype, work.pass_, work.batch, work.precision)
 
 
-def _order(works: list[programs.Work]) -> list[programs.Work]:
-    """The order to compile in: impls in the order the configs name them, and within each the
-    targets taken in turn, so a run stopped early has covered every target."""
-    impl_rank = {impl: i for i, impl in enumerate(dict.fromkeys(w.impl for w in works))}
+def _order(works: list[programs.Work], first: str = "") -> list[programs.Work]:
+    """The order to compile in: the impls named in ``first`` (config.first), then the others as
+    the configs name them, and within each the targets taken in turn, so a run stopped early has
+    covered every target."""
+    named = _names("first", first) if first else []
+    impl_rank = {impl: i for i, impl in enumerate(dict.fromkeys(named + [w.impl for w in works]))}
     rank: dict[tuple, int] = {}
     keyed = []
     for w in works:
@@ -287,7 +289,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             bar.set_postfix_str(f"{row['target']} {row['case']} {row['impl']} {row['dtype']} {row['pass']}"
                                 f" {'ok' if row.get('compiled') else 'FAILED'}")
 
-        firsts = _order([v[0] for v in by_impl_first.values()])
+        firsts = _order([v[0] for v in by_impl_first.values()], config.get("first", ""))
         if firsts:  # a finished run starts no compiler process
             pool = _Pool(min(int(config.workers), len(firsts)), float(config.timeout_s))
             try:

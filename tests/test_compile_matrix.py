@@ -12,7 +12,7 @@ import pytest
 from aot_helpers import _env, require_compiler
 from configs import compile as compile_config
 from jconv_experiments import compile_matrix
-from jconv_experiments.bench.harness import PEER_NAMES
+from jconv_experiments.bench.peers import PEERS
 from jconv_experiments.suite import SUITES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def test_work_items_are_the_configs_work_on_their_targets():
     works = compile_matrix.work_items(_config())
     keys = [w.key for w in works]
     assert len(keys) == len(set(keys))
-    assert not [w for w in works if w.impl in PEER_NAMES and w.impl != "xla"]
+    assert not [w for w in works if w.impl in PEERS and w.impl != "xla"]
     tpu_b32 = {w.target for w in works if w.batch == 32 and w.target.startswith("v")}
     assert tpu_b32 == {"v5e", "v6e"}  # configs/colab_tpu.py: compile_targets
     for t in ("v4", "v5e", "v5p", "v6e"):
@@ -65,10 +65,12 @@ def test_work_items_are_the_configs_work_on_their_targets():
 
 
 def test_order_takes_kernels_first_and_targets_in_turn():
-    works = compile_matrix._order(compile_matrix.work_items(_config(configs="gpu")))
+    config = _config(configs="gpu")
+    works = compile_matrix._order(compile_matrix.work_items(config), config.first)
     first = works[:3]
     assert {w.impl for w in first} == {"pallas"} and len({w.target for w in first}) == 3
-    ranks = [compile_matrix.IMPL_ORDER.get(w.impl, 9) for w in works]
+    order = ["pallas", "xla", "lax", "auto"]
+    ranks = [order.index(w.impl) for w in works]
     assert ranks == sorted(ranks)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from jconv_experiments.bench.peers import BASELINE, PEERS
 from jconv.timing import compile_timed, layer_pass, time_fields, time_interleaved
-from jconv.conv import plan_for
+from jconv import select
 from jconv_experiments.suite import Case
 from jconv.testing import max_errors, scaled_error, tolerance
 
@@ -168,8 +168,9 @@ class _Group:
 
 def _jconv_candidate(case: Case, impl: str, pass_: str, spec, args, precision, settings: Settings,
                      platform_: str, row: dict) -> tuple[Callable[[], Any], list[np.ndarray], bool]:
-    """A jconv impl string: planned (the row says what ran and why), compiled, run once."""
-    p = plan_for(spec, impl=impl)
+    """A jconv impl string: planned as ``conv2d`` plans it (the row says what ran and why, or
+    conv2d's own error), compiled, run once."""
+    p = select.plan(spec.execute_spec(), impl, fn="conv2d")
     row.update(plan=f"{p.impl}:{p.algorithm}", plan_reason=p.reason, interpreted=platform_ in p.interpreted_on)
     exe, csec, mem = compile_timed(pass_fn(case, impl, pass_, precision), *args)
     t0 = time.perf_counter()
