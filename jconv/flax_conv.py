@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jconv import geometry
 from jconv.conv import conv2d, conv_general_dilated
 from jconv.geometry import fmt, is_int
+from jconv.impls.common import add_bias
 
 __all__ = ["ConvArgs", "ConvTransposeArgs", "parse_conv_args", "parse_conv_transpose_args", "flax_conv2d",
            "flax_conv_transpose"]
@@ -177,10 +178,6 @@ def _flatten_batch(fn: str, inputs):
     return jnp.reshape(inputs, (-1,) + inputs.shape[-3:]), inputs.shape[:-3]
 
 
-def _add_bias(y, bias):
-    return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + bias.shape)
-
-
 def flax_conv2d(inputs, kernel, bias, args: ConvArgs, *, flip_kernel=False, precision=None,
                 preferred_element_type=None, impl="auto", fn="Conv2D"):
     """``flax.linen.Conv``'s computation on jconv: :func:`jconv.conv2d`, or
@@ -205,7 +202,7 @@ def flax_conv2d(inputs, kernel, bias, args: ConvArgs, *, flip_kernel=False, prec
             feature_group_count=args.feature_group_count, precision=precision,
             preferred_element_type=preferred_element_type, impl=impl,
         )
-        y = _add_bias(y, bias)
+        y = add_bias(y, bias)
     return y if batch_shape is None else jnp.reshape(y, batch_shape + y.shape[1:])
 
 
@@ -246,5 +243,5 @@ def flax_conv_transpose(inputs, kernel, bias, args: ConvTransposeArgs, *, transp
     )
     if args.circular:
         y = _circular(y, x.shape[1:3], args, transpose_kernel)
-    y = _add_bias(y, bias)
+    y = add_bias(y, bias)
     return y if batch_shape is None else jnp.reshape(y, batch_shape + y.shape[1:])

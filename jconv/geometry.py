@@ -177,29 +177,7 @@ def canonical_precision(fn: str, precision: Any):
 # --------------------------------------------------------------------------------------------
 
 
-def parse_conv2d(
-    x_shape: Sequence[int],
-    x_dtype: Any,
-    w_shape: Sequence[int],
-    w_dtype: Any,
-    b_shape: Sequence[int] | None = None,
-    b_dtype: Any = None,
-    *,
-    stride: Any = 1,
-    padding: Any = "VALID",
-    dilation: Any = 1,
-    lhs_dilation: Any = 1,
-    groups: Any = 1,
-    layout: Any = "NHWC",
-    padding_mode: Any = "zeros",
-    flip_kernel: Any = False,
-    precision: Any = None,
-    preferred_element_type: Any = None,
-    allow_negative_padding: bool = False,
-    fn: str = "conv2d",
-) -> ConvSpec:
-    """Check every argument of a Conv2D call and return its :class:`ConvSpec`."""
-    # ---- kinds of the simple arguments ----
+def _layout_and_mode(fn: str, layout: Any, padding_mode: Any, flip_kernel: Any) -> tuple[str, str]:
     if not isinstance(layout, str):
         raise TypeError(f"{fn}: layout (={fmt(layout)}) must be a string")
     lay = layout.upper()
@@ -212,24 +190,29 @@ def parse_conv2d(
         raise ValueError(f"{fn}: padding_mode (={padding_mode!r}) must be one of {', '.join(map(repr, PADDING_MODES))}")
     if not isinstance(flip_kernel, (bool, np.bool_)):
         raise TypeError(f"{fn}: flip_kernel (={fmt(flip_kernel)}) must be a bool")
+    return lay, mode
+
+
+def _groups(fn: str, groups: Any) -> int:
     if not is_int(groups):
         raise TypeError(f"{fn}: groups (={fmt(groups)}) must be an int")
-    groups = int(groups)
     if groups < 1:
         raise ValueError(f"{fn}: groups (={groups}) must be >= 1")
-    stride = pair(fn, "stride", stride)
-    dilation = pair(fn, "dilation", dilation)
-    lhs_dilation = pair(fn, "lhs_dilation", lhs_dilation)
-    prec = canonical_precision(fn, precision)
+    return int(groups)
 
-    # ---- dtypes ----
+
+def _dtypes(fn: str, x_dtype: Any, w_dtype: Any, preferred_element_type: Any) -> tuple[str, str]:
+    """``(dtype, out_dtype)`` of a call."""
     xd = _dtype_name(fn, "x.dtype", x_dtype)
     wd = _dtype_name(fn, "w.dtype", w_dtype)
     if xd != wd:
         raise TypeError(f"{fn}: x.dtype (={xd}) and w.dtype (={wd}) must match; cast one of them")
-    out_dtype = xd if preferred_element_type is None else _dtype_name(fn, "preferred_element_type", preferred_element_type)
+    out = xd if preferred_element_type is None else _dtype_name(fn, "preferred_element_type", preferred_element_type)
+    return xd, out
 
-    # ---- shapes ----
+
+def _shapes(fn: str, lay: str, x_shape, w_shape, groups: int):
+    """``(batched, (n, h, w, c), (kh, kw, ci, co))`` of the arrays, checked against each other."""
     x_shape = tuple(int(s) for s in x_shape)
     w_shape = tuple(int(s) for s in w_shape)
     if len(x_shape) not in (3, 4):
@@ -259,20 +242,22 @@ def parse_conv2d(
             f"{fn}: w.shape (={w_shape}) has {ci} input channels per group, but x has {c} channels "
             f"and groups={groups}, so the kernel needs {c // groups}"
         )
-    if b_shape is not None:
-        b_shape = tuple(int(s) for s in b_shape)
-        if b_shape != (co,):
-            raise ValueError(f"{fn}: b.shape (={b_shape}) must be (C_out,) = ({co},)")
-        bd = _dtype_name(fn, "b.dtype", b_dtype)
-        if bd != xd:
-            raise TypeError(f"{fn}: b.dtype (={bd}) must match x.dtype (={xd})")
+    return batched, (n, h, w_, c), (kh, kw, ci, co)
 
-    # ---- padding ----
-    k_eff = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
-    dil_in = ((h - 1) * lhs_dilation[0] + 1, (w_ - 1) * lhs_dilation[1] + 1)
-    pads = resolve_padding(fn, padding, dil_in, k_eff, stride, allow_negative=allow_negative_padding)
+
+def _bias(fn: str, b_shape, b_dtype, co: int, dtype: str) -> None:
+    b_shape = tuple(int(s) for s in b_shape)
+    if b_shape != (co,):
+        raise ValueError(f"{fn}: b.shape (={b_shape}) must be (C_out,) = ({co},)")
+    bd = _dtype_name(fn, "b.dtype", b_dtype)
+    if bd != dtype:
+        raise TypeError(f"{fn}: b.dtype (={bd}) must match x.dtype (={dtype})")
+
+
+def _check_padding(fn: str, padding: Any, pads: Pads, mode: str, in_size: Pair, dil_in: Pair, k_eff: Pair) -> None:
+    """The padding mode's limits, and a kernel that fits the padded input."""
     if mode in ("reflect", "circular"):
-        for (lo, hi), size, axis in zip(pads, (h, w_), ("height", "width")):
+        for (lo, hi), size, axis in zip(pads, in_size, ("height", "width")):
             if max(lo, hi) >= size:
                 raise ValueError(
                     f"{fn}: padding (={fmt(padding)}) with padding_mode={mode!r} must be smaller than "
@@ -286,25 +271,48 @@ def parse_conv2d(
                 "pad more, or use a smaller kernel or dilation"
             )
 
+
+def parse_conv2d(
+    x_shape: Sequence[int],
+    x_dtype: Any,
+    w_shape: Sequence[int],
+    w_dtype: Any,
+    b_shape: Sequence[int] | None = None,
+    b_dtype: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = "VALID",
+    dilation: Any = 1,
+    lhs_dilation: Any = 1,
+    groups: Any = 1,
+    layout: Any = "NHWC",
+    padding_mode: Any = "zeros",
+    flip_kernel: Any = False,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    allow_negative_padding: bool = False,
+    fn: str = "conv2d",
+) -> ConvSpec:
+    """Check every argument of a Conv2D call and return its :class:`~jconv.spec.ConvSpec`."""
+    lay, mode = _layout_and_mode(fn, layout, padding_mode, flip_kernel)
+    groups = _groups(fn, groups)
+    stride = pair(fn, "stride", stride)
+    dilation = pair(fn, "dilation", dilation)
+    lhs_dilation = pair(fn, "lhs_dilation", lhs_dilation)
+    prec = canonical_precision(fn, precision)
+    dtype, out_dtype = _dtypes(fn, x_dtype, w_dtype, preferred_element_type)
+    batched, (n, h, w_, c), (kh, kw, _, co) = _shapes(fn, lay, x_shape, w_shape, groups)
+    if b_shape is not None:
+        _bias(fn, b_shape, b_dtype, co, dtype)
+    k_eff = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+    dil_in = ((h - 1) * lhs_dilation[0] + 1, (w_ - 1) * lhs_dilation[1] + 1)
+    pads = resolve_padding(fn, padding, dil_in, k_eff, stride, allow_negative=allow_negative_padding)
+    _check_padding(fn, padding, pads, mode, (h, w_), dil_in, k_eff)
     return ConvSpec(
-        batch=n,
-        in_size=(h, w_),
-        in_channels=c,
-        out_channels=co,
-        kernel_size=(kh, kw),
-        stride=stride,
-        padding=pads,  # type: ignore[arg-type]
-        dilation=dilation,
-        lhs_dilation=lhs_dilation,
-        groups=groups,
-        layout=lay,
-        batched=batched,
-        padding_mode=mode,
-        flip_kernel=bool(flip_kernel),
-        has_bias=b_shape is not None,
-        dtype=xd,
-        out_dtype=out_dtype,
-        precision=prec,
+        batch=n, in_size=(h, w_), in_channels=c, out_channels=co, kernel_size=(kh, kw), stride=stride,
+        padding=pads, dilation=dilation, lhs_dilation=lhs_dilation, groups=groups, layout=lay,
+        batched=batched, padding_mode=mode, flip_kernel=bool(flip_kernel), has_bias=b_shape is not None,
+        dtype=dtype, out_dtype=out_dtype, precision=prec,
     )
 
 

@@ -23,17 +23,6 @@ def pad_input(x, spec: ExecSpec):
     return lax.pad(x, zero, ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
 
 
-def tap_slice(xp, spec: ExecSpec, i: int, j: int):
-    """The (N, H_out, W_out, C) window of padded ``xp`` that kernel tap (i, j) multiplies."""
-    ho, wo = spec.out_size
-    sh, sw = spec.stride
-    dh, dw = spec.dilation
-    n, _, _, c = xp.shape
-    start = (0, i * dh, j * dw, 0)
-    limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
-    return lax.slice(xp, start, limit, (1, sh, sw, 1))
-
-
 def add_bias(y, b):
     """``y`` (..., C_out) plus bias ``b`` (C_out,), without implicit rank promotion."""
     return y if b is None else y + b.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
