@@ -32,7 +32,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import jconv
+from jconv import primitive
+from jconv.files import atomic_write
+from jconv.timing import time_interleaved
 from jconv_experiments import data as data_lib
 from jconv_experiments.models import MnistCNN
 
@@ -180,29 +182,18 @@ def evaluate(eval_step, params, images, labels, batch_size: int, sharding) -> tu
 def compare_step_speed(config, state, x, y, mesh: Mesh, rounds: int) -> dict:
     """Median time of one train step with jconv.linen.Conv2D vs flax.linen.Conv.
 
-    Same parameters, optimiser state and batch; both compiled first, then timed interleaved
-    (jconv, flax, jconv, flax, ...) so machine noise hits both alike.
+    Same parameters, optimiser state and batch; both compiled first, then timed together by
+    :func:`jconv.timing.time_interleaved` (rounds of 3-call blocks, the first of each block
+    untimed). The steps timed keep their input state (no donation), so every call gets the same.
     """
     tx = _optimizer(config)
-    steps = {  # the jconv one is the step training just used (cached, compiled)
+    steps = {
         name: make_train_step(MnistCNN(impl=config.impl, conv=name, dropout_rate=config.dropout_rate),
-                              tx, config.seed, mesh)
+                              tx, config.seed, mesh, donate=False)
         for name in ("jconv", "flax")
     }
-
-    def fresh():  # the steps donate their state: hand each call its own copy, made untimed
-        return jax.block_until_ready(jax.tree.map(jnp.copy, state))
-
-    for fn in steps.values():  # compile + warm up
-        for _ in range(2):
-            jax.block_until_ready(fn(fresh(), x, y))
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            s = fresh()
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(s, x, y))
-            times[name].append(time.perf_counter() - t0)
+    runners = {name: (lambda fn=fn: jax.block_until_ready(fn(state, x, y))) for name, fn in steps.items()}
+    times = time_interleaved(runners, warmup=2, iters=rounds, min_iters=rounds, block=3)
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         "kind": "speed",
@@ -299,19 +290,16 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def _write_metrics(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _plan_note(config) -> str:
-    """Which jconv implementation runs the two convolutions (for the record)."""
-    notes = []
-    for name, (h, cin, cout) in (("conv1", (28, 1, 32)), ("conv2", (13, 32, 64))):
-        spec = jconv.parse_conv2d((config.batch_size, h, h, cin), "float32", (3, 3, cin, cout), "float32")
-        plan = jconv.plan_for(spec, config.impl)
-        notes.append(f"{name}: {plan.impl}:{plan.algorithm}")
-    return ", ".join(notes)
+def plan_note(model, params, batch_size: int) -> str:
+    """Which backend and algorithm run each convolution of the model's forward, in order
+    (``conv1: ...``): what the traced program binds, so it follows the model, not a list of shapes."""
+    x = jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x, deterministic=True))(params, x)
+    return ", ".join(f"conv{i}: {e.params['impl']}:{e.params['algorithm']}"
+                     for i, e in enumerate(primitive.conv_eqns(jaxpr), start=1))
 
 
 def train_and_evaluate(config, workdir) -> dict[str, Any]:
@@ -330,16 +318,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         absl_logging.set_verbosity(verbosity)
 
 
-def _train_and_evaluate(config, workdir) -> dict[str, Any]:
-    import orbax.checkpoint as ocp
-    from tqdm.auto import tqdm
-
-    if config.get("distributed", False):
-        jax.distributed.initialize()
-    workdir = Path(workdir)
-    main = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
-
+def _datasets(config):
+    """``(xtr, ytr), (xte, yte)``: the config's dataset, cut to its subsets."""
     ds = data_lib.load_dataset(config.dataset, data_dir=config.get("data_dir") or None,
                                cache_dir=config.get("cache_dir") or None)
     (xtr, ytr), (xte, yte) = ds["train"], ds["test"]
@@ -347,31 +327,66 @@ def _train_and_evaluate(config, workdir) -> dict[str, Any]:
         xtr, ytr = xtr[:config.train_subset], ytr[:config.train_subset]
     if config.get("test_subset", 0):
         xte, yte = xte[:config.test_subset], yte[:config.test_subset]
+    return (xtr, ytr), (xte, yte)
 
+
+def _restore(config, workdir: Path, state):
+    """``(manager or None, start epoch, state)``: the last checkpoint of ``workdir``, if any."""
+    import orbax.checkpoint as ocp
+
+    mngr = _checkpoint_manager(workdir) if config.get("checkpoint", True) else None
+    if mngr is None or mngr.latest_step() is None:
+        return mngr, 0, state
+    start = int(mngr.latest_step())
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return mngr, start, mngr.restore(start, args=ocp.args.StandardRestore(abstract))
+
+
+def _train_epoch(train_step, state, xtr, ytr, epoch: int, config, sharding, show: bool):
+    """One epoch: ``(state, per-step losses, seconds)``. The order is a function of (seed, epoch)."""
+    from tqdm.auto import tqdm
+
+    bs = config.batch_size
+    perm = np.random.default_rng([config.seed, epoch]).permutation(len(xtr))
+    t0 = time.perf_counter()
+    losses = []
+    for i in tqdm(range(len(xtr) // bs), desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
+                  disable=not show, leave=False):
+        idx = np.sort(perm[i * bs:(i + 1) * bs])
+        state, loss = train_step(state, *_global_batch(sharding, xtr[idx], ytr[idx]))
+        losses.append(loss)
+    losses = [float(v) for v in jax.device_get(losses)]
+    return state, losses, time.perf_counter() - t0
+
+
+def _check_batch(config, ndev: int, n_train: int) -> None:
+    bs = config.batch_size
+    if bs % ndev or bs % jax.process_count():
+        raise ValueError(f"train_and_evaluate: batch_size (={bs}) must be divisible by the number of devices (={ndev})")
+    if n_train < bs:
+        raise ValueError(f"train_and_evaluate: batch_size (={bs}) exceeds the training set (={n_train})")
+
+
+def _train_and_evaluate(config, workdir) -> dict[str, Any]:
+    import orbax.checkpoint as ocp
+
+    if config.get("distributed", False):
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    (xtr, ytr), (xte, yte) = _datasets(config)
     mesh = make_mesh(config.get("num_devices", 0))
     # The mesh in context lets ops that XLA cannot partition by itself (Pallas' Mosaic kernels
     # on TPU) split the batch with shard_map; for XLA's own ops it changes nothing.
     with jax.set_mesh(mesh):
-        ndev = mesh.size
-        bs = config.batch_size
-        if bs % ndev or bs % jax.process_count():
-            raise ValueError(f"train_and_evaluate: batch_size (={bs}) must be divisible by the number of devices (={ndev})")
-        if len(xtr) < bs:
-            raise ValueError(f"train_and_evaluate: batch_size (={bs}) exceeds the training set (={len(xtr)})")
+        ndev, bs = mesh.size, config.batch_size
+        _check_batch(config, ndev, len(xtr))
         eval_bs = -(-config.get("eval_batch_size", 256) // ndev) * ndev
         replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
         model = MnistCNN(impl=config.impl, conv=config.get("conv", "jconv"), dropout_rate=config.dropout_rate)
         tx = _optimizer(config)
-        state = create_state(model, tx, config.seed, replicated)
-
-        # ---- resume ----
-        mngr = _checkpoint_manager(workdir) if config.get("checkpoint", True) else None
-        start_epoch = 0
-        if mngr is not None and mngr.latest_step() is not None:
-            start_epoch = int(mngr.latest_step())
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = mngr.restore(start_epoch, args=ocp.args.StandardRestore(abstract))
+        mngr, start_epoch, state = _restore(config, workdir, create_state(model, tx, config.seed, replicated))
         metrics_path = workdir / "metrics.jsonl"
         # records past the checkpoint belong to an epoch that is about to run again
         records = [r for r in _read_metrics(metrics_path) if r.get("kind") == "epoch" and r["epoch"] <= start_epoch]
@@ -379,74 +394,52 @@ def _train_and_evaluate(config, workdir) -> dict[str, Any]:
             _write_metrics(metrics_path, records)
             if start_epoch:
                 print(f"train_mnist: resumed from the checkpoint of epoch {start_epoch} in {workdir}")
-
-        train_step = make_train_step(model, tx, config.seed, mesh)
-        eval_step = make_eval_step(model, mesh)
-        steps_per_epoch = len(xtr) // bs
+        train_step, eval_step = make_train_step(model, tx, config.seed, mesh), make_eval_step(model, mesh)
         losses: list[float] = []
         for epoch in range(start_epoch + 1, config.num_epochs + 1):
-            perm = np.random.default_rng([config.seed, epoch]).permutation(len(xtr))
-            t0 = time.perf_counter()
-            epoch_losses = []
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
-                       disable=not (main and config.get("progress", True)), leave=False)
-            for i in bar:
-                idx = np.sort(perm[i * bs:(i + 1) * bs])
-                state, loss = train_step(state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]))
-                epoch_losses.append(loss)
-            epoch_losses = [float(v) for v in jax.device_get(epoch_losses)]
-            train_time = time.perf_counter() - t0
+            state, epoch_losses, train_time = _train_epoch(train_step, state, xtr, ytr, epoch, config, batch_sharding,
+                                                           main and config.get("progress", True))
             t1 = time.perf_counter()
             acc, test_loss = evaluate(eval_step, state["params"], xte, yte, eval_bs, batch_sharding)
-            record = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": int(state["step"]),
-                "train_loss": float(np.mean(epoch_losses)),
-                "test_loss": test_loss,
-                "test_accuracy": acc,
-                "epoch_time_s": train_time,
-                "eval_time_s": time.perf_counter() - t1,
-                "examples_per_s": steps_per_epoch * bs / train_time,
-                "num_devices": ndev,
-            }
+            record = {"kind": "epoch", "epoch": epoch, "step": int(state["step"]),
+                      "train_loss": float(np.mean(epoch_losses)), "test_loss": test_loss, "test_accuracy": acc,
+                      "epoch_time_s": train_time, "eval_time_s": time.perf_counter() - t1,
+                      "examples_per_s": len(epoch_losses) * bs / train_time, "num_devices": ndev}
             losses += epoch_losses
             records.append(record)
             if main:
                 _write_metrics(metrics_path, records)  # metrics first: a kill before the checkpoint re-runs the epoch
-                bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, test accuracy {acc:.4f}, "
-                          f"{train_time:.1f}s")
+                print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, test accuracy {acc:.4f}, {train_time:.1f}s")
             if mngr is not None:
                 mngr.save(epoch, args=ocp.args.StandardSave(state))
                 mngr.wait_until_finished()
         if mngr is not None:
             mngr.close()
+        return _finish(config, workdir, model, state, records, losses, mesh, (xtr, ytr), (xte, yte), main)
 
-        params = state["params"]
-        speed = None
-        if main and config.get("plots", True):
-            plot_filters(params, workdir / "filters.png")
-            plot_feature_maps(model, params, xte[0], int(yte[0]), workdir / "feature_maps.png")
-        if config.get("speed_rounds", 0):
-            idx = np.arange(bs)
-            speed = compare_step_speed(config, state, *_global_batch(batch_sharding, xtr[idx], ytr[idx]), mesh,
-                                       config.speed_rounds)
-            if main:
-                _write_metrics(metrics_path, records + [speed])
+
+def _finish(config, workdir: Path, model, state, records, losses, mesh, train, test, main: bool) -> dict[str, Any]:
+    """Pictures, the speed comparison and ``summary.json`` after training."""
+    (xtr, ytr), (xte, yte) = train, test
+    params, bs, speed = state["params"], config.batch_size, None
+    if main and config.get("plots", True):
+        plot_filters(params, workdir / "filters.png")
+        plot_feature_maps(model, params, xte[0], int(yte[0]), workdir / "feature_maps.png")
+    if config.get("speed_rounds", 0):
+        idx = np.arange(bs)
+        sharding = NamedSharding(mesh, P("data"))
+        speed = compare_step_speed(config, state, *_global_batch(sharding, xtr[idx], ytr[idx]), mesh, config.speed_rounds)
         if main:
-            summary = {
-                "dataset": config.dataset,
-                "train_examples": len(xtr),
-                "test_examples": len(xte),
-                "epochs": config.num_epochs,
-                "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
-                "train_time_s": sum(r["epoch_time_s"] for r in records),
-                "impl": config.impl,
-                "plan": _plan_note(config) if config.get("conv", "jconv") == "jconv" else "flax.linen.Conv",
-                "speed": speed,
-                "devices": f"{ndev} x {jax.devices()[0].device_kind}",
-                "jax": jax.__version__,
-                "cpu_count": os.cpu_count(),
-            }
-            (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return {"records": records, "losses": losses, "params": params, "speed": speed}
+            _write_metrics(workdir / "metrics.jsonl", records + [speed])
+    if main:
+        summary = {
+            "dataset": config.dataset, "train_examples": len(xtr), "test_examples": len(xte),
+            "epochs": config.num_epochs,
+            "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
+            "train_time_s": sum(r["epoch_time_s"] for r in records), "impl": config.impl,
+            "plan": plan_note(model, params, bs) if config.get("conv", "jconv") == "jconv" else "flax.linen.Conv",
+            "speed": speed, "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
+            "jax": jax.__version__, "cpu_count": os.cpu_count(),
+        }
+        atomic_write(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return {"records": records, "losses": losses, "params": params, "speed": speed}
