@@ -18,6 +18,7 @@ import ml_collections
 
 import jconv
 from jconv import tune_cache, tuning
+from jconv.files import atomic_write_json
 from jconv_experiments import bench, report
 from jconv.geometry import FLOAT_DTYPES
 from jconv.impls import registry
@@ -184,9 +185,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             if impl.partition(":")[0] in registry.unavailable():
                 why = registry.unavailable()[impl.partition(":")[0]]
                 print(f"compare: impl {impl!r} is skipped: {why}", file=sys.stderr)
-        with open(env_path + ".tmp", "w") as f:
-            json.dump(env, f, indent=2)
-        os.replace(env_path + ".tmp", env_path)
+        atomic_write_json(env_path, env, indent=2)
     st = settings(config)
     if config.tune:  # auto reads (and a resumed run reuses) the workdir's tune cache
         jconv.use_tune_cache(os.path.join(workdir, "tune.json"))

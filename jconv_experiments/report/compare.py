@@ -40,12 +40,14 @@ def _timed(row) -> bool:
     return row.get("error") is None and not row.get("interpreted") and row.get("time_median_s") is not None
 
 
-def speedups(rows: list[dict]) -> dict[tuple, float]:
-    """(case, impl, pass, dtype, batch) -> XLA time / impl time (timed, non-interpreted rows)."""
-    xla = {_group(r): as_float(r["time_median_s"]) for r in rows if r["impl"] == BASELINE and _timed(r)}
+def speedups(rows: list[dict], versus: str = BASELINE) -> dict[tuple, float]:
+    """(case, impl, pass, dtype, batch) -> ``versus``'s time / impl time (timed, non-interpreted
+    rows of the same group, so measured in the same rounds). ``versus``: the baseline (XLA) or
+    another peer, e.g. ``"torch"``."""
+    xla = {_group(r): as_float(r["time_median_s"]) for r in rows if r["impl"] == versus and _timed(r)}
     out = {}
     for r in rows:
-        if r["impl"] == BASELINE or not _is_convolution(r["impl"]) or not _timed(r):
+        if r["impl"] == versus or not _is_convolution(r["impl"]) or not _timed(r):
             continue
         t_x = xla.get(_group(r))
         t = as_float(r["time_median_s"])
@@ -54,12 +56,20 @@ def speedups(rows: list[dict]) -> dict[tuple, float]:
     return out
 
 
-def summary(rows: list[dict]) -> dict:
-    """The verdict: agreement with XLA and geometric-mean speedups (also used by the notebook)."""
+def _geomeans(sp: dict[tuple, float]) -> dict[tuple, float]:
     by = defaultdict(list)
-    for (case, impl, pass_, dtype, _), s in speedups(rows).items():
+    for (case, impl, pass_, dtype, _), s in sp.items():
         by[(impl, pass_, dtype)].append(s)
-    geo = {k: geomean(v) for k, v in by.items()}
+    return {k: geomean(v) for k, v in by.items()}
+
+
+def summary(rows: list[dict]) -> dict:
+    """The verdict: agreement with XLA, geometric-mean speedups over XLA, and over each other
+    peer that computes the layer (``geomean_vs``: peer -> {(impl, pass, dtype): ratio}); also
+    used by the notebook."""
+    geo = _geomeans(speedups(rows))
+    peers = [p for p in PEERS if p != BASELINE and PEERS[p].convolution and any(r["impl"] == p for r in rows)]
+    vs = {p: {k: g for k, g in _geomeans(speedups(rows, versus=p)).items() if k[0] != BASELINE} for p in peers}
     checked = [r for r in rows if _is_convolution(r["impl"])]
     failed_runs = [r for r in checked if r.get("error")]
     disagree = [r for r in checked if r.get("error") is None and r["impl"] != BASELINE
@@ -72,6 +82,7 @@ def summary(rows: list[dict]) -> dict:
         "failed": failed_runs,
         "out_of_tolerance": out_of_tol,
         "geomean_speedup": geo,
+        "geomean_vs": vs,
     }
 
 
@@ -129,6 +140,10 @@ def section_verdict(v: _View) -> list[str]:
     for impl in impl_order({k[0] for k, g in s["geomean_speedup"].items() if g is not None}):
         parts = [f"{p} {d} **{g:.2f}x**" for (i, p, d), g in s["geomean_speedup"].items() if i == impl and g is not None]
         md.append(f"- {impl}: geometric-mean speedup over XLA: " + ", ".join(parts))
+    for peer, geo in s["geomean_vs"].items():
+        for impl in impl_order({k[0] for k, g in geo.items() if g is not None}):
+            parts = [f"{p} {d} **{g:.2f}x**" for (i, p, d), g in geo.items() if i == impl and g is not None]
+            md.append(f"- {impl} vs {peer}: geometric-mean speedup over {peer}: " + ", ".join(parts))
     interpreted = sorted({r["impl"] for r in v.rows if r.get("interpreted") and not r.get("error")})
     if interpreted:
         md.append(f"- {', '.join(interpreted)} ran interpreted (no compiled kernel on this platform): "
