@@ -18,14 +18,21 @@ CONFIG_gpu := gpu
 CONFIG_tpu := tpu
 PLATFORMS_cpu := JAX_PLATFORMS=cpu
 
-.PHONY: run test install install-test clean
+# PyTorch, the speed peer `make run` measures on a CPU (optional: the run goes on without it).
+# The default takes the CPU build where pip finds one (e.g. a local wheel); elsewhere set
+# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" for PyTorch's CPU index.
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PEER_cpu := torch
+
+.PHONY: run test test-all install install-test clean
 
 # The optional native CPU backend (impl="onednn", plugins/onednn) is built where the machine can
 # (Linux x86-64, a C++17 compiler); where it cannot, the run goes on without it and says why.
 PLUGIN_cpu  := plugins/onednn
 PLUGIN_test := plugins/onednn
 
-$(VENV)/.installed-%: pyproject.toml $(wildcard plugins/onednn/pyproject.toml plugins/onednn/src/*.cc)
+$(VENV)/.installed-%: pyproject.toml $(wildcard plugins/onednn/pyproject.toml plugins/onednn/src/*.cc plugins/onednn/jconv_onednn/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS_$*)]"
@@ -33,22 +40,35 @@ $(VENV)/.installed-%: pyproject.toml $(wildcard plugins/onednn/pyproject.toml pl
 	  $(PY) -m pip install -q ./$(PLUGIN_$*) \
 	  || echo "make: the jconv-onednn plugin could not be built here (pip's error above); jconv runs without impl='onednn'"; \
 	fi
+	@if [ -n "$(PEER_$*)" ]; then \
+	  $(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)" \
+	  || echo "make: PyTorch ($(TORCH_SPEC)) could not be installed here (pip's error above); the report goes on without the PyTorch peer"; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed-$(ACCEL)
 
 install-test: $(VENV)/.installed-test
 
-# The main job: compare jconv with lax.conv_general_dilated on this machine's device
+# The main job: compare jconv with lax.conv_general_dilated (and PyTorch) on this machine's device
 # (CPU: configs/default.py into runs/default; GPU: configs/gpu.py into runs/gpu; TPU: runs/tpu).
 run: $(VENV)/.installed-$(ACCEL)
 	$(PLATFORMS_$(ACCEL)) $(PY) -m jconv_experiments --config=configs/$(CONFIG_$(ACCEL)).py --workdir=runs/$(CONFIG_$(ACCEL))
 
-# The whole suite on the CPU: Pallas interpreted; GPU (CUDA, deviceless) and TPU (libtpu)
-# compile-only, required here (a missing compiler fails the run instead of skipping).
-# JCONV_AOT_EARLY=1: those compiles start at once in the background (tests/aot_helpers.py).
+# The tests on the CPU: Pallas interpreted; GPU (CUDA, deviceless) and TPU (libtpu) compile-only,
+# required here (a missing compiler fails the run instead of skipping). JCONV_AOT_EARLY=1: the
+# compile-only checks start at once in the background (tests/aot_helpers.py).
+# `make test`: every behaviour, grids chosen by what they catch, one GPU and one TPU target.
+# `make test-all` (CI): adds the tests marked slow (long float64 and second-order grids, the
+# multi-process training) and every GPU and TPU target.
+TEST_ENV := JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 JCONV_AOT_EARLY=1
+TESTS    := tests plugins/onednn/tests
+
 test: $(VENV)/.installed-test
-	JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 JCONV_AOT_EARLY=1 $(PY) -m pytest -n 2 --dist=loadfile -q --durations=15 tests plugins/onednn/tests
+	$(TEST_ENV) JCONV_AOT_SET=quick $(PY) -m pytest -n 2 --dist=loadfile -q --durations=15 -m "not slow" $(TESTS)
+
+test-all: $(VENV)/.installed-test
+	$(TEST_ENV) JCONV_AOT_SET=full $(PY) -m pytest -n 2 --dist=loadfile -q --durations=25 $(TESTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
