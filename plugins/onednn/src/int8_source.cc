@@ -1,0 +1,126 @@
+// See int8_source.h.
+
+#include "int8_source.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace jconv_onednn {
+
+namespace {
+
+size_t AlignUp64(size_t x) { return (x + 63) / 64 * 64; }
+
+// Smallest k with k * d >= v (d >= 1), for any sign of v.
+int64_t CeilDiv(int64_t v, int64_t d) {
+  return v >= 0 ? (v + d - 1) / d : -((-v) / d);
+}
+
+}  // namespace
+
+SignedSourceFix::SignedSourceFix(const Axis& rows, const Axis& cols,
+                                 int64_t co)
+    : kh_(rows.k), kw_(cols.k), co_(co), ho_(rows.out), wo_(cols.out) {
+  Classes(Ranges(rows), &row_class_, &row_range_);
+  Classes(Ranges(cols), &col_class_, &col_range_);
+}
+
+std::vector<std::pair<int64_t, int64_t>> SignedSourceFix::Ranges(
+    const Axis& a) {
+  // Output o reads input o * stride - pad_lo + k * dilation, inside [0, in)
+  // for k in [lo, hi).
+  std::vector<std::pair<int64_t, int64_t>> out(a.out);
+  for (int64_t o = 0; o < a.out; ++o) {
+    const int64_t start = o * a.stride - a.pad_lo;
+    const int64_t lo = std::clamp<int64_t>(CeilDiv(-start, a.dilation), 0, a.k);
+    const int64_t hi =
+        std::clamp<int64_t>(CeilDiv(a.in - start, a.dilation), 0, a.k);
+    out[o] = {lo, std::max(lo, hi)};
+  }
+  return out;
+}
+
+void SignedSourceFix::Classes(
+    const std::vector<std::pair<int64_t, int64_t>>& ranges,
+    std::vector<int32_t>* class_of,
+    std::vector<std::pair<int64_t, int64_t>>* class_range) {
+  class_of->resize(ranges.size());
+  class_range->clear();
+  for (size_t o = 0; o < ranges.size(); ++o) {
+    auto it = std::find(class_range->begin(), class_range->end(), ranges[o]);
+    if (it == class_range->end()) {
+      class_range->push_back(ranges[o]);
+      it = class_range->end() - 1;
+    }
+    (*class_of)[o] = static_cast<int32_t>(it - class_range->begin());
+  }
+}
+
+size_t SignedSourceFix::scratch_bytes() const {
+  const size_t taps = static_cast<size_t>(kh_ * kw_ * co_) * 4;
+  const size_t comp =
+      row_range_.size() * col_range_.size() * static_cast<size_t>(co_) * 4;
+  return AlignUp64(taps) + AlignUp64(comp);
+}
+
+void SignedSourceFix::ShiftSource(const void* x, void* out, int64_t count) {
+  const uint8_t* src = static_cast<const uint8_t*>(x);
+  uint8_t* dst = static_cast<uint8_t*>(out);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) dst[i] = src[i] ^ 0x80u;
+}
+
+void SignedSourceFix::Apply(const int8_t* w, int64_t cig, int32_t* y,
+                            int64_t n, void* scratch) const {
+  // Unsigned arithmetic: int32 wrap-around without undefined behaviour.
+  uint32_t* tap_sum = static_cast<uint32_t*>(scratch);
+  uint32_t* comp = reinterpret_cast<uint32_t*>(
+      static_cast<char*>(scratch) +
+      AlignUp64(static_cast<size_t>(kh_ * kw_ * co_) * 4));
+  const int64_t co = co_;
+
+  // tap_sum[kh][kw][o] = sum_i w[kh][kw][i][o]
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < kh_ * kw_; ++t) {
+    uint32_t* s = tap_sum + t * co;
+    std::memset(s, 0, static_cast<size_t>(co) * 4);
+    const int8_t* wt = w + t * cig * co;
+    for (int64_t i = 0; i < cig; ++i) {
+      const int8_t* row = wt + i * co;
+      for (int64_t o = 0; o < co; ++o) s[o] += static_cast<uint32_t>(row[o]);
+    }
+  }
+
+  // comp[rc][cc][o] = 128 * sum of tap_sum over the class's in-bounds taps
+  const int64_t nrc = static_cast<int64_t>(row_range_.size());
+  const int64_t ncc = static_cast<int64_t>(col_range_.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t rc_cc = 0; rc_cc < nrc * ncc; ++rc_cc) {
+    const auto [kh0, kh1] = row_range_[rc_cc / ncc];
+    const auto [kw0, kw1] = col_range_[rc_cc % ncc];
+    uint32_t* c = comp + rc_cc * co;
+    std::memset(c, 0, static_cast<size_t>(co) * 4);
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      for (int64_t kw = kw0; kw < kw1; ++kw) {
+        const uint32_t* s = tap_sum + (kh * kw_ + kw) * co;
+        for (int64_t o = 0; o < co; ++o) c[o] += s[o];
+      }
+    }
+    for (int64_t o = 0; o < co; ++o) c[o] *= 128u;
+  }
+
+  // y[b][ho][wo][o] -= comp[class(ho)][class(wo)][o]
+  uint32_t* yu = reinterpret_cast<uint32_t*>(y);
+#pragma omp parallel for schedule(static)
+  for (int64_t bh = 0; bh < n * ho_; ++bh) {
+    const int64_t rc = row_class_[bh % ho_];
+    uint32_t* yrow = yu + bh * wo_ * co;
+    for (int64_t x = 0; x < wo_; ++x) {
+      const uint32_t* c = comp + (rc * ncc + col_class_[x]) * co;
+      uint32_t* yp = yrow + x * co;
+      for (int64_t o = 0; o < co; ++o) yp[o] -= c[o];
+    }
+  }
+}
+
+}  // namespace jconv_onednn
