@@ -11,6 +11,11 @@ namespace {
 
 size_t AlignUp64(size_t x) { return (x + 63) / 64 * 64; }
 
+// Below this many bytes a pass runs on the calling thread: an OpenMP region
+// costs more than it saves on data that sits in cache (and much more when
+// other processes keep the cores busy).
+constexpr int64_t kParallelBytes = int64_t{1} << 20;
+
 // Smallest k with k * d >= v (d >= 1), for any sign of v.
 int64_t CeilDiv(int64_t v, int64_t d) {
   return v >= 0 ? (v + d - 1) / d : -((-v) / d);
@@ -66,21 +71,19 @@ size_t SignedSourceFix::scratch_bytes() const {
 void SignedSourceFix::ShiftSource(const void* x, void* out, int64_t count) {
   const uint8_t* src = static_cast<const uint8_t*>(x);
   uint8_t* dst = static_cast<uint8_t*>(out);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (count > kParallelBytes)
   for (int64_t i = 0; i < count; ++i) dst[i] = src[i] ^ 0x80u;
 }
 
-void SignedSourceFix::Apply(const int8_t* w, int64_t cig, int32_t* y,
-                            int64_t n, void* scratch) const {
+void SignedSourceFix::Prepare(const int8_t* w, int64_t cig,
+                              void* scratch) const {
   // Unsigned arithmetic: int32 wrap-around without undefined behaviour.
-  uint32_t* tap_sum = static_cast<uint32_t*>(scratch);
-  uint32_t* comp = reinterpret_cast<uint32_t*>(
-      static_cast<char*>(scratch) +
-      AlignUp64(static_cast<size_t>(kh_ * kw_ * co_) * 4));
+  uint32_t* tap_sum = TapSums(scratch);
+  uint32_t* comp = Compensation(scratch);
   const int64_t co = co_;
 
   // tap_sum[kh][kw][o] = sum_i w[kh][kw][i][o]
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (kh_ * kw_ * cig * co > kParallelBytes)
   for (int64_t t = 0; t < kh_ * kw_; ++t) {
     uint32_t* s = tap_sum + t * co;
     std::memset(s, 0, static_cast<size_t>(co) * 4);
@@ -92,10 +95,9 @@ void SignedSourceFix::Apply(const int8_t* w, int64_t cig, int32_t* y,
   }
 
   // comp[rc][cc][o] = 128 * sum of tap_sum over the class's in-bounds taps
-  const int64_t nrc = static_cast<int64_t>(row_range_.size());
   const int64_t ncc = static_cast<int64_t>(col_range_.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t rc_cc = 0; rc_cc < nrc * ncc; ++rc_cc) {
+  const int64_t classes = static_cast<int64_t>(row_range_.size()) * ncc;
+  for (int64_t rc_cc = 0; rc_cc < classes; ++rc_cc) {
     const auto [kh0, kh1] = row_range_[rc_cc / ncc];
     const auto [kw0, kw1] = col_range_[rc_cc % ncc];
     uint32_t* c = comp + rc_cc * co;
@@ -108,10 +110,14 @@ void SignedSourceFix::Apply(const int8_t* w, int64_t cig, int32_t* y,
     }
     for (int64_t o = 0; o < co; ++o) c[o] *= 128u;
   }
+}
 
+void SignedSourceFix::Apply(int32_t* y, int64_t n, const void* scratch) const {
   // y[b][ho][wo][o] -= comp[class(ho)][class(wo)][o]
+  const uint32_t* comp = Compensation(const_cast<void*>(scratch));
+  const int64_t co = co_, ncc = static_cast<int64_t>(col_range_.size());
   uint32_t* yu = reinterpret_cast<uint32_t*>(y);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * ho_ * wo_ * co * 4 > kParallelBytes)
   for (int64_t bh = 0; bh < n * ho_; ++bh) {
     const int64_t rc = row_class_[bh % ho_];
     uint32_t* yrow = yu + bh * wo_ * co;
@@ -121,6 +127,16 @@ void SignedSourceFix::Apply(const int8_t* w, int64_t cig, int32_t* y,
       for (int64_t o = 0; o < co; ++o) yp[o] -= c[o];
     }
   }
+}
+
+uint32_t* SignedSourceFix::TapSums(void* scratch) const {
+  return static_cast<uint32_t*>(scratch);
+}
+
+uint32_t* SignedSourceFix::Compensation(void* scratch) const {
+  return reinterpret_cast<uint32_t*>(
+      static_cast<char*>(scratch) +
+      AlignUp64(static_cast<size_t>(kh_ * kw_ * co_) * 4));
 }
 
 }  // namespace jconv_onednn

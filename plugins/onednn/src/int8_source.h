@@ -16,6 +16,12 @@
 // inside the input: one value per (row class, column class, output channel).
 // In int32 two's-complement arithmetic the result is exact whenever it fits
 // in int32 (intermediate wrap-around cancels).
+//
+// Used only when oneDNN's own int8-source path could round: k = KH * KW *
+// C_in/groups products with |(x + 128) * w| <= 255 * 128 stay below 2^24 for
+// k <= 514, and there oneDNN's float32 compensation is exact.  The caller
+// runs oneDNN over a few images at a time, shifting their source just before
+// and compensating their output just after, while both are in cache.
 
 #ifndef JCONV_ONEDNN_INT8_SOURCE_H_
 #define JCONV_ONEDNN_INT8_SOURCE_H_
@@ -36,17 +42,20 @@ class SignedSourceFix {
   SignedSourceFix() = default;
   SignedSourceFix(const Axis& rows, const Axis& cols, int64_t co);
 
-  // Bytes of scratch Apply needs (64-byte aligned pieces).
+  // Bytes of scratch Prepare and Apply need (64-byte aligned pieces).
   size_t scratch_bytes() const;
 
   // out[i] = x[i] + 128 as uint8 (a bit flip), for `count` bytes.
   static void ShiftSource(const void* x, void* out, int64_t count);
 
-  // y (N, Ho, Wo, Co), int32, computed from the shifted source:
-  // y -= 128 * (sum of w over the input channels and the in-bounds taps).
+  // Computes, into `scratch`, 128 * (sum of w over the input channels and
+  // the in-bounds taps) per (row class, column class, output channel).
   // w: (KH, KW, cig, Co) int8, the HWIO kernel (grouped: memory h, w, i, g, o).
-  void Apply(const int8_t* w, int64_t cig, int32_t* y, int64_t n,
-             void* scratch) const;
+  void Prepare(const int8_t* w, int64_t cig, void* scratch) const;
+
+  // y (n, Ho, Wo, Co), int32, computed from the shifted source: subtracts
+  // what Prepare computed into `scratch`.
+  void Apply(int32_t* y, int64_t n, const void* scratch) const;
 
  private:
   // Kernel index range [lo, hi) inside the input, per output index.
@@ -54,6 +63,9 @@ class SignedSourceFix {
   static void Classes(const std::vector<std::pair<int64_t, int64_t>>& ranges,
                       std::vector<int32_t>* class_of,
                       std::vector<std::pair<int64_t, int64_t>>* class_range);
+
+  uint32_t* TapSums(void* scratch) const;
+  uint32_t* Compensation(void* scratch) const;
 
   int64_t kh_ = 0, kw_ = 0, co_ = 0, ho_ = 0, wo_ = 0;
   std::vector<int32_t> row_class_, col_class_;

@@ -236,11 +236,12 @@ struct Plan {
   dnnl::primitive w_reorder;      // user->prim (fwd, bwd-data) or prim->user
   memory::desc reorder_scratch_md;
   std::string impl;               // oneDNN implementation name
-  // int8 sources reach oneDNN as uint8 x + 128; `fix` subtracts the
-  // difference in int32 afterwards (int8_source.h).
+  // int8 sources with k > 514 reach oneDNN as uint8 x + 128; `fix`
+  // subtracts the difference in int32 afterwards (int8_source.h).  oneDNN
+  // then runs `batch` images at a time, `chunks` times (else batch = N).
   bool shift_src = false;
   jconv_onednn::SignedSourceFix fix;
-  int64_t n = 0, cig = 0;
+  int64_t cig = 0, batch = 0, chunks = 1;
 
   // Scratch layout inside one XLA allocation:
   // [conv | weights | reorder | shifted source | fix].
@@ -271,6 +272,10 @@ Tag WeightTag(const Geometry& g) {
 //     CPU; ref is plain integer C++);
 //   * kernels for ISAs without VNNI (":avx512_core", ":avx2", ":sse41")
 //     saturate int16 pair sums (vpmaddubsw): wrong even for small k.
+// Products per output (k) up to which every |int32 intermediate| of a
+// uint8/int8 x int8 convolution, k * 255 * 128, is at most 2^24.
+constexpr int64_t kMaxFloatExactK = (int64_t{1} << 24) / (255 * 128);
+
 bool ExactInt8Impl(const std::string& impl, int64_t k) {
   auto has = [&](const char* s) { return impl.find(s) != std::string::npos; };
   auto starts = [&](const char* s) { return impl.rfind(s, 0) == 0; };
@@ -279,18 +284,33 @@ bool ExactInt8Impl(const std::string& impl, int64_t k) {
   if (isa_tagged && !vnni) return false;
   const bool stores_int32 = vnni && (starts("brgconv:") || starts("brgconv_1x1:") ||
                                      starts("brdgmm_dw:"));
-  constexpr int64_t kMaxFloatExactK = (int64_t{1} << 24) / (255 * 128);
   return stores_int32 || k <= kMaxFloatExactK;
+}
+
+// Images per oneDNN call on the shifted int8 path: the largest divisor of N
+// whose int32 output fits in about 1 MiB, so that the compensation pass
+// finds it in cache.
+int64_t ShiftedBatch(const Geometry& g) {
+  const int64_t image = g.ho * g.wo * g.co * 4;
+  int64_t best = 1;
+  for (int64_t d = 1; d <= g.n; ++d) {
+    if (g.n % d == 0 && d * image <= (int64_t{1} << 20)) best = d;
+  }
+  return best;
 }
 
 std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
                                 WeightsPolicy policy, const Geometry& g) {
   const dnnl::engine& eng = Engine();
   auto plan = std::make_shared<Plan>();
-  plan->shift_src = t.src == Dt::s8;
-  plan->x_md = memory::desc({g.n, g.ci, g.h, g.w},
+  const int64_t k = g.kh * g.kw * (g.ci / g.groups);
+  plan->shift_src = t.src == Dt::s8 && k > kMaxFloatExactK;
+  plan->batch = plan->shift_src ? ShiftedBatch(g) : g.n;
+  plan->chunks = g.n / plan->batch;
+  plan->x_md = memory::desc({plan->batch, g.ci, g.h, g.w},
                             plan->shift_src ? Dt::u8 : t.src, Tag::nhwc);
-  plan->y_md = memory::desc({g.n, g.co, g.ho, g.wo}, t.dst, Tag::nhwc);
+  plan->y_md =
+      memory::desc({plan->batch, g.co, g.ho, g.wo}, t.dst, Tag::nhwc);
   plan->w_user_md = memory::desc(WeightDims(g), t.wei, WeightTag(g));
   plan->b_md = bias ? memory::desc({g.co}, t.dst, Tag::a) : memory::desc();
   // int8 always lets oneDNN choose the weight layout: with plain weights
@@ -320,7 +340,6 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
       plan->y_md, strides, dilates, pad_l, pad_r, attr);
   if (t.is_int8()) {
     // Walk oneDNN's implementation list (best first) to the first exact one.
-    const int64_t k = g.kh * g.kw * (g.ci / g.groups);
     while (!ExactInt8Impl(fwd_pd.impl_info_str(), k)) {
       if (!fwd_pd.next_impl()) {
         throw std::runtime_error(
@@ -383,7 +402,6 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
     plan->fix = jconv_onednn::SignedSourceFix(
         {g.h, g.kh, g.ho, g.sh, g.dh, g.pt}, {g.w, g.kw, g.wo, g.sw, g.dw, g.pl},
         g.co);
-    plan->n = g.n;
     plan->cig = g.ci / g.groups;
   }
   plan->total_scratch =
@@ -688,36 +706,6 @@ ffi::Error Execute(Op op, const Plan& plan, void* x, void* w, void* y,
   memory w_user(plan.w_user_md, eng, w);
   memory w_prim = w_user;
   if (plan.reorder_w) w_prim = memory(plan.w_prim_md, eng, base + plan.off_w);
-
-  std::unordered_map<int, memory> args;
-  args.reserve(6);
-  args.emplace(DNNL_ARG_SCRATCHPAD,
-               memory(plan.conv_scratch_md, eng, base));
-  switch (op) {
-    case Op::kFwd:
-      if (plan.shift_src) {
-        jconv_onednn::SignedSourceFix::ShiftSource(
-            x, base + plan.off_x, static_cast<int64_t>(plan.x_md.get_size()));
-        x = base + plan.off_x;
-      }
-      args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, x));
-      args.emplace(DNNL_ARG_WEIGHTS, w_prim);
-      args.emplace(DNNL_ARG_DST, memory(plan.y_md, eng, y));
-      if (b) args.emplace(DNNL_ARG_BIAS, memory(plan.b_md, eng, b));
-      break;
-    case Op::kBwdData:
-      args.emplace(DNNL_ARG_DIFF_SRC, memory(plan.x_md, eng, x));
-      args.emplace(DNNL_ARG_WEIGHTS, w_prim);
-      args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, y));
-      break;
-    case Op::kBwdWeights:
-      args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, x));
-      args.emplace(DNNL_ARG_DIFF_WEIGHTS, w_prim);
-      args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, y));
-      if (b) args.emplace(DNNL_ARG_DIFF_BIAS, memory(plan.b_md, eng, b));
-      break;
-  }
-
   auto run_reorder = [&](const memory& from, const memory& to) {
     plan.w_reorder.execute(
         stream, {{DNNL_ARG_FROM, from},
@@ -726,13 +714,54 @@ ffi::Error Execute(Op op, const Plan& plan, void* x, void* w, void* y,
                   memory(plan.reorder_scratch_md, eng,
                          base + plan.off_reorder)}});
   };
-  if (plan.reorder_w && op != Op::kBwdWeights) run_reorder(w_user, w_prim);
-  plan.conv.execute(stream, args);
-  if (plan.reorder_w && op == Op::kBwdWeights) run_reorder(w_prim, w_user);
-  stream.wait();
   if (plan.shift_src) {
-    plan.fix.Apply(static_cast<const int8_t*>(w), plan.cig,
-                   static_cast<int32_t*>(y), plan.n, base + plan.off_fix);
+    plan.fix.Prepare(static_cast<const int8_t*>(w), plan.cig,
+                     base + plan.off_fix);
+  }
+  if (plan.reorder_w && op != Op::kBwdWeights) run_reorder(w_user, w_prim);
+
+  // One oneDNN call, or (shifted int8 sources) one per `plan.batch` images.
+  const size_t x_step = plan.x_md.get_size(), y_step = plan.y_md.get_size();
+  for (int64_t c = 0; c < plan.chunks; ++c) {
+    void* xc = static_cast<char*>(x) + c * x_step;
+    void* yc = static_cast<char*>(y) + c * y_step;
+    if (plan.shift_src) {
+      jconv_onednn::SignedSourceFix::ShiftSource(xc, base + plan.off_x,
+                                                 static_cast<int64_t>(x_step));
+      xc = base + plan.off_x;
+    }
+    std::unordered_map<int, memory> args;
+    args.reserve(6);
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(plan.conv_scratch_md, eng, base));
+    switch (op) {
+      case Op::kFwd:
+        args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, xc));
+        args.emplace(DNNL_ARG_WEIGHTS, w_prim);
+        args.emplace(DNNL_ARG_DST, memory(plan.y_md, eng, yc));
+        if (b) args.emplace(DNNL_ARG_BIAS, memory(plan.b_md, eng, b));
+        break;
+      case Op::kBwdData:
+        args.emplace(DNNL_ARG_DIFF_SRC, memory(plan.x_md, eng, xc));
+        args.emplace(DNNL_ARG_WEIGHTS, w_prim);
+        args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, yc));
+        break;
+      case Op::kBwdWeights:
+        args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, xc));
+        args.emplace(DNNL_ARG_DIFF_WEIGHTS, w_prim);
+        args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, yc));
+        if (b) args.emplace(DNNL_ARG_DIFF_BIAS, memory(plan.b_md, eng, b));
+        break;
+    }
+    plan.conv.execute(stream, args);
+    stream.wait();
+    if (plan.shift_src) {
+      plan.fix.Apply(static_cast<int32_t*>(yc), plan.batch,
+                     base + plan.off_fix);
+    }
+  }
+  if (plan.reorder_w && op == Op::kBwdWeights) {
+    run_reorder(w_prim, w_user);
+    stream.wait();
   }
   return ffi::Error::Success();
 }
