@@ -124,6 +124,37 @@ def test_large_accumulations_are_exact(name, xdt):
     _assert_exact(_plugin(x, w, geo), ref)
 
 
+def _widened(case):
+    """The case with enough input channels per group for k = KH*KW*C_in/groups > 514, where
+    int8 sources take the plugin's shifted path (int8_source.h) instead of oneDNN's own."""
+    n, h, w, ci, co, (kh, kw), stride, dil, pad, groups = case
+    cig = -(-515 // (kh * kw))
+    return (n, h, w, cig * groups, co, (kh, kw), stride, dil, pad, groups)
+
+
+@needs_int8
+@pytest.mark.parametrize("name", list(CASES))
+def test_shifted_path_geometries(name):
+    """Every geometry (padding classes, strides, dilations, groups) on the shifted int8 path."""
+    rng = np.random.default_rng(13)
+    case = _widened(CASES[name])
+    xs, ws = _shapes(case)
+    x, w = _ints(rng, xs, -128, 127, "int8"), _ints(rng, ws, -128, 127, "int8")
+    geo = _geo(case)
+    _assert_exact(_plugin(x, w, geo), _ref(x, w, geo))
+
+
+@needs_int8
+def test_shifted_path_in_several_calls():
+    """Images whose int32 output exceeds 1 MiB go through oneDNN one at a time."""
+    rng = np.random.default_rng(17)
+    case = (3, 40, 30, 60, 240, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 1)
+    xs, ws = _shapes(case)
+    x, w = _ints(rng, xs, -128, 127, "int8"), _ints(rng, ws, -128, 127, "int8")
+    geo = _geo(case)
+    _assert_exact(_plugin(x, w, geo), _ref(x, w, geo))
+
+
 @needs_int8
 def test_weights_layout_knob_does_not_apply_to_int8():
     """'plain' weights would leave oneDNN only its float-through int8 kernels."""
