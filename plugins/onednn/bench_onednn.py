@@ -335,6 +335,7 @@ def env_record():
     flags = fields.get("Flags", "").split()
     return {"kind": "env", "cpu_model": fields.get("Model name", "").strip(),
             "flags": {f: f in flags for f in FLAGS}, "nproc": os.cpu_count(),
+            "affinity_cpus": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "jax": jax.__version__,
             "onednn": ".".join(map(str, jo.onednn_version())),
             "onednn_threads": jo.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -364,7 +365,11 @@ def int8_layer(name, spec, block_s, blocks):
         fn, x, w = calls[impl]
         if not np.array_equal(np.asarray(fn(x, w)), np.asarray(ref)):
             sys.exit(f"{name}: {impl} differs from XLA")
-    medians, samples = timed({k: ((lambda f=f, x=x, w=w: f(x, w)), jax_sync)
+    # each call waits for its result: the time of one convolution, as inside a jitted model
+    # (XLA:CPU's async dispatch would otherwise run several plugin calls at once, each on its own
+    # thread and OpenMP team, while its own convolutions share one thread pool)
+    medians, samples = timed({k: ((lambda f=f, x=x, w=w: jax.block_until_ready(f(x, w))),
+                                  lambda out: None)
                               for k, (f, x, w) in calls.items()},
                              block_s=block_s, blocks=blocks, samples=True)
     describe = {dt: jo.describe("fwd", spec.x_shape, spec.kernel_shape, dtype=dt, **geo)
@@ -402,8 +407,9 @@ def int8_table(path):
     env = next(r for r in records if r["kind"] == "env")
     rows = [r for r in records if r["kind"] == "int8_forward"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env["flags"].items())
-    out = [f"{env['cpu_model']} ({env['nproc']} CPUs; {flags}); oneDNN {env['onednn']} with "
-           f"{env['onednn_threads']} OpenMP threads; jax {env['jax']}; {env['date']}", "",
+    out = [f"{env['cpu_model']} ({env['nproc']} CPUs, process pinned to {env['affinity_cpus']}; "
+           f"{flags}); oneDNN {env['onednn']} with {env['onednn_threads']} OpenMP threads; "
+           f"XLA_FLAGS={env['XLA_FLAGS']}; jax {env['jax']}; {env['date']}", "",
            "| layer | N | " + " | ".join(INT8_IMPLS) + " | XLA int8 / oneDNN int8 "
            "| oneDNN f32 / oneDNN int8 | XLA int8 / XLA f32 |",
            "|---|---:|" + "---:|" * (len(INT8_IMPLS) + 3)]

@@ -25,8 +25,12 @@ Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
 
 
 def _geometry():
-    from jconv import geometry
-
+    try:
+        from jconv import geometry
+    except ImportError as e:
+        raise ImportError("jconv_onednn: the calls read their arguments with jconv's parser "
+                          "(jconv.geometry); install jconv, from the checkout this plugin came "
+                          f"with ({e})") from e
     return geometry
 
 

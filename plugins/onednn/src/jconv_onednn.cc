@@ -290,11 +290,13 @@ bool ExactInt8Impl(const std::string& impl, int64_t k) {
 // Images per oneDNN call on the shifted int8 path: the largest divisor of N
 // whose int32 output fits in about 1 MiB, so that the compensation pass
 // finds it in cache.
+constexpr int64_t kShiftChunkBytes = int64_t{1} << 20;
+
 int64_t ShiftedBatch(const Geometry& g) {
   const int64_t image = g.ho * g.wo * g.co * 4;
   int64_t best = 1;
   for (int64_t d = 1; d <= g.n; ++d) {
-    if (g.n % d == 0 && d * image <= (int64_t{1} << 20)) best = d;
+    if (g.n % d == 0 && d * image <= kShiftChunkBytes) best = d;
   }
   return best;
 }
