@@ -301,6 +301,23 @@ int64_t ShiftedBatch(const Geometry& g) {
   return best;
 }
 
+// Walks oneDNN's implementation list (best first) to the first exact int8
+// one (ExactInt8Impl); throws when there is none.
+void SelectExactInt8Impl(dnnl::convolution_forward::primitive_desc* pd,
+                         int64_t k) {
+  while (!ExactInt8Impl(pd->impl_info_str(), k)) {
+    if (!pd->next_impl()) {
+      throw std::runtime_error(
+          std::string("oneDNN has no exact int8 implementation for this "
+                      "convolution on this CPU (the last one offered: ") +
+          pd->impl_info_str() + ")");
+    }
+  }
+}
+
+void AddWeightReorderAndScratch(Op op, const Geometry& g,
+                                const dnnl::primitive_attr& attr, Plan* plan);
+
 std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
                                 WeightsPolicy policy, const Geometry& g) {
   const dnnl::engine& eng = Engine();
@@ -340,17 +357,7 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
                   : dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, plan->x_md, w_query, plan->b_md,
       plan->y_md, strides, dilates, pad_l, pad_r, attr);
-  if (t.is_int8()) {
-    // Walk oneDNN's implementation list (best first) to the first exact one.
-    while (!ExactInt8Impl(fwd_pd.impl_info_str(), k)) {
-      if (!fwd_pd.next_impl()) {
-        throw std::runtime_error(
-            std::string("oneDNN has no exact int8 implementation for this "
-                        "convolution on this CPU (the last one offered: ") +
-            fwd_pd.impl_info_str() + ")");
-      }
-    }
-  }
+  if (t.is_int8()) SelectExactInt8Impl(&fwd_pd, k);
 
   switch (op) {
     case Op::kFwd: {
@@ -383,9 +390,18 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
     }
   }
 
+  AddWeightReorderAndScratch(op, g, attr, plan.get());
+  return plan;
+}
+
+// The weight reorder (user <-> primitive layout) when the layouts differ,
+// the int8-source compensation, and the scratch layout of `plan`.
+void AddWeightReorderAndScratch(Op op, const Geometry& g,
+                                const dnnl::primitive_attr& attr, Plan* plan) {
   plan->reorder_w = plan->w_prim_md != plan->w_user_md;
   size_t reorder_scratch = 0;
   if (plan->reorder_w) {
+    const dnnl::engine& eng = Engine();
     const bool to_prim = op != Op::kBwdWeights;
     const memory::desc& src = to_prim ? plan->w_user_md : plan->w_prim_md;
     const memory::desc& dst = to_prim ? plan->w_prim_md : plan->w_user_md;
@@ -408,7 +424,6 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
   }
   plan->total_scratch =
       plan->off_fix + AlignUp(plan->shift_src ? plan->fix.scratch_bytes() : 0);
-  return plan;
 }
 
 // Bounded LRU cache of plans.  Lookups and insertions hold a mutex; plan
