@@ -4,9 +4,10 @@ package ``jconv-onednn`` (``plugins/onednn``; ``make install`` builds it where i
 Forward, input gradient and weight gradient are oneDNN primitives on channels-last data (the
 plugin's ``conv_forward``, ``conv_backward_data``, ``conv_backward_weights``); the convolution
 primitive (:mod:`jconv.primitive`) makes every transformation out of them. Float32 and bfloat16
-(bfloat16 where the CPU has bfloat16 instructions); what oneDNN does not run here (input
-dilation, float16/float64, an output dtype other than the input's) is a clear error naming the
-reason, never another implementation.
+(bfloat16 where the CPU has bfloat16 instructions), and the forward int8/uint8 x int8 -> int32
+convolution of quantized inference (exact; on CPUs with VNNI or AMX); what oneDNN does not run
+here (input dilation, float16/float64, an output dtype other than the input's, or other than
+int32 for integers) is a clear error naming the reason, never another implementation.
 
 A native custom call: it lowers for the CPU only, and ``jax.export`` refuses it as not portable
 (the primitive's lowering says so for other platforms). On a batch-sharded input, XLA's
@@ -47,7 +48,13 @@ def _geometry(spec: ExecSpec) -> dict:
     return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
 
 
+_INT_SOURCES = ("int8", "uint8")
+
+
 def _forward(x, w, spec: ExecSpec, target=None):
+    if spec.dtype in _INT_SOURCES:
+        # the operands as they are (x int8/uint8, w int8: the plugin checks), exact int32 sums
+        return jconv_onednn.conv_forward(x, w, preferred_element_type=spec.out_dtype, **_geometry(spec))
     return jconv_onednn.conv_forward(x.astype(spec.dtype), w.astype(spec.dtype), **_geometry(spec))
 
 
@@ -82,8 +89,11 @@ def weight_grad(x, dy, spec: ExecSpec, target=None):
 
 
 def supports(spec: ExecSpec) -> str | None:
+    if spec.dtype in _INT_SOURCES:
+        return _supports_int8(spec)
     if spec.dtype not in ("float32", "bfloat16"):
-        return f"impl='onednn' computes float32 and bfloat16, not {spec.dtype}; use impl='lax' or impl='xla'"
+        return (f"impl='onednn' computes float32 and bfloat16 (and int8/uint8 -> int32 forward), not "
+                f"{spec.dtype}; use impl='lax' or impl='xla'")
     if spec.out_dtype != spec.dtype:
         return (f"impl='onednn' returns its input dtype ({spec.dtype}), not preferred_element_type "
                 f"{spec.out_dtype}; use impl='lax' or impl='xla'")
@@ -94,10 +104,27 @@ def supports(spec: ExecSpec) -> str | None:
     return None
 
 
+def _supports_int8(spec: ExecSpec) -> str | None:
+    """The forward convolution of int8 or uint8 ``x`` with int8 ``w`` into exact int32 sums (the
+    kernel dtype is the plugin's to check: a spec carries one dtype)."""
+    if spec.out_dtype != "int32":
+        return (f"impl='onednn' computes {spec.dtype} convolutions into int32 (preferred_element_type=int32), "
+                f"not {spec.out_dtype}; use impl='lax' or impl='xla'")
+    if not hasattr(jconv_onednn, "int8_supported"):
+        return "impl='onednn' int8 needs a newer jconv-onednn plugin (this one has no int8); reinstall it"
+    if not jconv_onednn.int8_supported():
+        return ("impl='onednn' int8 needs a CPU with VNNI or AMX (AVX512_VNNI, AVX-VNNI), where oneDNN's int8 "
+                "kernels are exact; this one has neither")
+    if spec.lhs_dilation != (1, 1):
+        return "impl='onednn' does not run input dilation (transposed convolution); use impl='lax' or impl='xla'"
+    return None
+
+
 def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
     """``impl="auto"`` on the CPU (asked first there: :data:`jconv.select.AUTO_ORDER`): oneDNN
     for every convolution it runs (float32 and bfloat16, no input dilation, bfloat16 only on a
-    CPU with bfloat16 instructions), except strided bfloat16 depthwise, which it declines.
+    CPU with bfloat16 instructions; the int8/uint8 -> int32 forward on a CPU with VNNI or AMX),
+    except strided bfloat16 depthwise, which it declines.
     Measured on the whole suite against the lax/XLA plans, XLA and PyTorch: docs/performance.md
     (the oneDNN section)."""
     if platform != "cpu" or supports(spec) is not None:

@@ -3,6 +3,15 @@
 Usage (after `pip install ./plugins/onednn`; PyTorch optional):
     JAX_PLATFORMS=cpu python plugins/onednn/bench_onednn.py [--quick] [--no-torch]
                                                             [--no-bf16] [--no-f32] [--only NAME ...]
+    JAX_PLATFORMS=cpu PYTHONPATH=. python plugins/onednn/bench_onednn.py --int8 [--out FILE.jsonl]
+    python plugins/onednn/bench_onednn.py --table FILE.jsonl      # the int8 table of a results file
+
+--int8: quantized inference, the forward int8 x int8 -> int32 convolution (lax with
+preferred_element_type=int32) through XLA and through the plugin (also uint8 x int8, and both in
+float32 for scale) on the dense layers of jconv's default suite (jconv.suite; groups 1, NHWC, no
+input dilation) at the experiments' batch (configs/default.py: 8, lowered so one forward is at
+most 1 GFLOP). Each result must equal XLA's exactly before it is timed. Writes a JSONL file: an
+env record (lscpu, versions, threads), then one record per layer.
 
 For every layer it times, in this one process, with warm-up and the median of
 blocks of calls:
@@ -16,6 +25,7 @@ median over blocks, with the blocks of all implementations interleaved.
 """
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -55,12 +65,14 @@ LAYERS = [
 BF16_LAYERS = LAYERS[:5]
 
 
-def timed(fns, *, block_s, blocks):
+def timed(fns, *, block_s, blocks, samples=False):
     """Median seconds per call of each function in `fns` ({name: (fn, sync)}).
 
     Every function is warmed up and calibrated to blocks of about block_s,
-    then the blocks are interleaved (one block of each function per round),
-    so a slow-down of the machine during the run hits all of them alike.
+    then the blocks are interleaved (one block of each function per round,
+    each block after one untimed call), so a slow-down of the machine during
+    the run hits all of them alike.  With samples=True also returns the
+    per-block times.
     """
     inner = {}
     for name, (fn, sync) in fns.items():
@@ -70,15 +82,17 @@ def timed(fns, *, block_s, blocks):
         sync(fn())
         one = max(time.perf_counter() - t0, 1e-6)
         inner[name] = max(1, int(block_s / one))
-    samples = {name: [] for name in fns}
+    got = {name: [] for name in fns}
     for _ in range(blocks):
         for name, (fn, sync) in fns.items():
+            sync(fn())
             t0 = time.perf_counter()
             for _ in range(inner[name]):
                 out = fn()
             sync(out)
-            samples[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: float(np.median(v)) for name, v in samples.items()}
+            got[name].append((time.perf_counter() - t0) / inner[name])
+    medians = {name: float(np.median(v)) for name, v in got.items()}
+    return (medians, got) if samples else medians
 
 
 def jax_sync(out):
@@ -197,8 +211,14 @@ def main():
     ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--no-f32", action="store_true")
     ap.add_argument("--only", nargs="*", help="substrings of layer names to run")
+    ap.add_argument("--int8", action="store_true", help="int8 forward vs XLA's int8 (see above)")
+    ap.add_argument("--out", default=os.path.join(_here, "results", "int8_forward.jsonl"),
+                    help="--int8: the JSONL file to write")
+    ap.add_argument("--table", metavar="JSONL", help="print the int8 table of a results file")
     args = ap.parse_args()
     block_s, blocks = (0.1, 5) if args.quick else (0.25, 7)
+    if args.table:
+        return print(int8_table(args.table))
 
     if not jo.available():
         sys.exit(f"jconv_onednn unavailable: {jo.unavailable_reason()}")
@@ -208,6 +228,9 @@ def main():
             import torch  # noqa: F401
         except ImportError:
             torch = None
+
+    if args.int8:
+        return run_int8(args.only, block_s, blocks, args.out)
 
     print(cpu_model())
     print(f"nproc {os.cpu_count()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
@@ -282,6 +305,129 @@ def main():
             table(run(BF16_LAYERS, "bfloat16"), "bfloat16")
         else:
             print("\nbfloat16: skipped (no native bf16 on this CPU)")
+
+
+# ---------------------------------------------------------------------------
+# int8 (quantized inference): forward int8 x int8 -> int32
+# ---------------------------------------------------------------------------
+
+INT8_IMPLS = ("xla_int8", "onednn_int8", "onednn_uint8", "xla_f32", "onednn_f32")
+FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def suite_dense_layers():
+    """(name, ConvSpec) of jconv's default suite's dense layers at the experiments' batch."""
+    from jconv.suite import CASES, SUITES
+
+    out = []
+    for name in SUITES["default"]:
+        case = CASES[name]
+        if case.groups != 1 or case.lhs_dilation != (1, 1) or case.layout != "NHWC":
+            continue
+        batch = max(1, min(8, int(1.0 // (case.flops(1) / 1e9))))
+        out.append((name, case.spec(batch)))
+    return out
+
+
+def env_record():
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    return {"kind": "env", "cpu_model": fields.get("Model name", "").strip(),
+            "flags": {f: f in flags for f in FLAGS}, "nproc": os.cpu_count(),
+            "affinity_cpus": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "jax": jax.__version__,
+            "onednn": ".".join(map(str, jo.onednn_version())),
+            "onednn_threads": jo.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "lscpu": lscpu}
+
+
+def int8_layer(name, spec, block_s, blocks):
+    rng = np.random.default_rng(0)
+    geo = dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=1)
+    ints = lambda lo, hi, shape, dt: jnp.asarray(rng.integers(lo, hi, shape, endpoint=True), dt)
+    x8, xu8 = ints(-128, 127, spec.x_shape, jnp.int8), ints(0, 255, spec.x_shape, jnp.uint8)
+    w8 = ints(-128, 127, spec.kernel_shape, jnp.int8)
+    xf, wf = x8.astype(jnp.float32), w8.astype(jnp.float32)
+
+    def xla(pet):
+        return jax.jit(lambda x, w: lax.conv_general_dilated(
+            x, w, spec.stride, spec.padding, rhs_dilation=spec.dilation, dimension_numbers=DN,
+            preferred_element_type=pet))
+
+    dnn_int = jax.jit(lambda x, w: jo.conv_forward(x, w, preferred_element_type=jnp.int32, **geo))
+    calls = {"xla_int8": (xla(jnp.int32), x8, w8), "onednn_int8": (dnn_int, x8, w8),
+             "onednn_uint8": (dnn_int, xu8, w8), "xla_f32": (xla(None), xf, wf),
+             "onednn_f32": (jax.jit(lambda x, w: jo.conv_forward(x, w, **geo)), xf, wf)}
+    # exactness first: int8 against XLA's int8, uint8 against XLA's int32 convolution
+    for impl, ref in (("onednn_int8", calls["xla_int8"][0](x8, w8)),
+                      ("onednn_uint8", xla(jnp.int32)(xu8.astype(jnp.int32), w8.astype(jnp.int32)))):
+        fn, x, w = calls[impl]
+        if not np.array_equal(np.asarray(fn(x, w)), np.asarray(ref)):
+            sys.exit(f"{name}: {impl} differs from XLA")
+    # each call waits for its result: the time of one convolution, as inside a jitted model
+    # (XLA:CPU's async dispatch would otherwise run several plugin calls at once, each on its own
+    # thread and OpenMP team, while its own convolutions share one thread pool)
+    medians, samples = timed({k: ((lambda f=f, x=x, w=w: jax.block_until_ready(f(x, w))),
+                                  lambda out: None)
+                              for k, (f, x, w) in calls.items()},
+                             block_s=block_s, blocks=blocks, samples=True)
+    describe = {dt: jo.describe("fwd", spec.x_shape, spec.kernel_shape, dtype=dt, **geo)
+                for dt in ("int8", "uint8", "float32")}
+    return {"kind": "int8_forward", "layer": name, "batch": spec.batch,
+            "x_shape": list(spec.x_shape), "w_shape": list(spec.kernel_shape),
+            "stride": list(spec.stride), "padding": [list(p) for p in spec.padding],
+            "dilation": list(spec.dilation), "gflop": spec.flops / 1e9,
+            "ms": {k: v * 1e3 for k, v in medians.items()},
+            "block_ms": {k: [round(t * 1e3, 4) for t in v] for k, v in samples.items()},
+            "onednn_impl": describe}
+
+
+def run_int8(only, block_s, blocks, out_path):
+    if not jo.int8_supported():
+        sys.exit("int8: this CPU has no VNNI/AMX; the plugin refuses int8 convolutions here")
+    records = [env_record()]
+    print(records[0]["cpu_model"], {k: v for k, v in records[0]["flags"].items() if v})
+    for name, spec in suite_dense_layers():
+        if only and not any(o in name for o in only):
+            continue
+        records.append(int8_layer(name, spec, block_s, blocks))
+        print(f"  done {name}", file=sys.stderr, flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    print(int8_table(out_path))
+
+
+def int8_table(path):
+    """Markdown: ms per call (median of blocks), the speed-ups, geometric means."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    env = next(r for r in records if r["kind"] == "env")
+    rows = [r for r in records if r["kind"] == "int8_forward"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env["flags"].items())
+    out = [f"{env['cpu_model']} ({env['nproc']} CPUs, process pinned to {env['affinity_cpus']}; "
+           f"{flags}); oneDNN {env['onednn']} with {env['onednn_threads']} OpenMP threads; "
+           f"XLA_FLAGS={env['XLA_FLAGS']}; jax {env['jax']}; {env['date']}", "",
+           "| layer | N | " + " | ".join(INT8_IMPLS) + " | XLA int8 / oneDNN int8 "
+           "| oneDNN f32 / oneDNN int8 | XLA int8 / XLA f32 |",
+           "|---|---:|" + "---:|" * (len(INT8_IMPLS) + 3)]
+    ratios = {"x": [], "f": [], "xf": []}
+    for r in rows:
+        ms = r["ms"]
+        x, f = ms["xla_int8"] / ms["onednn_int8"], ms["onednn_f32"] / ms["onednn_int8"]
+        xf = ms["xla_int8"] / ms["xla_f32"]
+        for k, v in zip(ratios, (x, f, xf)):
+            ratios[k].append(v)
+        out.append(f"| {r['layer']} | {r['batch']} | "
+                   + " | ".join(f"{ms[k]:.3f}" for k in INT8_IMPLS)
+                   + f" | {x:.2f}x | {f:.2f}x | {xf:.2f}x |")
+    geo = {k: float(np.exp(np.mean(np.log(v)))) for k, v in ratios.items()}
+    cells = ["geometric mean", ""] + [""] * len(INT8_IMPLS) + [f"{geo[k]:.2f}x" for k in ratios]
+    out.append("| " + " | ".join(cells) + " |")
+    out += ["", "ms per call, median of interleaved blocks; ratios > 1: the denominator is faster."]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 //   b  : (C_out,)
 //
 // Handlers (names as registered from Python):
-//   jconv_onednn_conv_fwd            (x, w)        -> y
+//   jconv_onednn_conv_fwd            (x, w)        -> y   (float or int8)
 //   jconv_onednn_conv_fwd_bias       (x, w, b)     -> y
 //   jconv_onednn_conv_bwd_data       (dy, w)       -> dx
 //   jconv_onednn_conv_bwd_weights    (x, dy)       -> dw
@@ -20,8 +20,12 @@
 //   dilation = [dh, dw]                  (>= 1, JAX convention; oneDNN gets d-1)
 //   groups   = int                       (>= 1)
 //
-// Every tensor has the same dtype, float32 or bfloat16; oneDNN accumulates in
-// float32 and writes the output in the input dtype.
+// Float convolutions: every tensor has the same dtype, float32 or bfloat16;
+// oneDNN accumulates in float32 and writes the output in the input dtype.
+// Integer convolutions (forward only, no bias): x int8 or uint8, w int8,
+// y int32, the exact int32 sum of the products (what lax computes with
+// preferred_element_type=int32).  They run only on CPUs with VNNI or AMX,
+// where oneDNN's int8 kernels multiply-accumulate exactly (see Int8Supported).
 //
 // Primitive cache: for each (op, dtype, bias, weight-layout policy, OpenMP
 // thread count, geometry) we build the oneDNN
@@ -60,6 +64,7 @@
 
 #include <omp.h>
 
+#include "int8_source.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -109,6 +114,28 @@ bool Bf16Supported() {
   return supported;
 }
 
+// Exact int8 convolutions: VNNI (vpdpbusd) or AMX.  Without them oneDNN's
+// x86 int8 kernels use vpmaddubsw, whose int16 pair sums saturate, and for
+// int8 sources they halve the weights to avoid that (a rounding); neither is
+// what lax computes, so int8 calls are refused there.
+bool Int8Supported() {
+  static const bool supported = [] {
+    switch (dnnl::get_effective_cpu_isa()) {
+      case dnnl::cpu_isa::avx2_vnni:
+      case dnnl::cpu_isa::avx2_vnni_2:
+      case dnnl::cpu_isa::avx512_core_vnni:
+      case dnnl::cpu_isa::avx512_core_bf16:
+      case dnnl::cpu_isa::avx512_core_fp16:
+      case dnnl::cpu_isa::avx512_core_amx:
+      case dnnl::cpu_isa::avx512_core_amx_fp16:
+        return true;
+      default:
+        return false;
+    }
+  }();
+  return supported;
+}
+
 // Weight-layout policy (see README.md for the measurements behind it).
 //   kAny   : let oneDNN choose the weight layout (format_tag::any) and
 //            reorder HWIO <-> that layout on every call when they differ.
@@ -140,6 +167,15 @@ int ApplyThreadSetting() {
 
 enum class Op : int64_t { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
+// The oneDNN data types of one convolution: activations (x / dx), weights
+// (w / dw), output (y / dy).  Float convolutions use one type for all three;
+// int8 forward ones are {s8 or u8, s8, s32}.
+struct Types {
+  Dt src = Dt::f32, wei = Dt::f32, dst = Dt::f32;
+  static Types Same(Dt dt) { return {dt, dt, dt}; }
+  bool is_int8() const { return wei == Dt::s8; }
+};
+
 struct Geometry {
   int64_t n = 0, h = 0, w = 0, ci = 0;  // input, NHWC
   int64_t kh = 0, kw = 0, co = 0;       // kernel (KH, KW, ci/groups, co)
@@ -161,7 +197,7 @@ int64_t OutSize(int64_t in, int64_t k, int64_t s, int64_t d, int64_t p0,
 }
 
 struct Key {
-  std::array<int64_t, 23> v;
+  std::array<int64_t, 25> v;
   bool operator==(const Key& o) const { return v == o.v; }
 };
 
@@ -177,9 +213,10 @@ struct KeyHash {
   }
 };
 
-Key MakeKey(Op op, Dt dt, bool bias, WeightsPolicy policy, int threads,
+Key MakeKey(Op op, Types t, bool bias, WeightsPolicy policy, int threads,
             const Geometry& g) {
-  return Key{{static_cast<int64_t>(op), static_cast<int64_t>(dt),
+  return Key{{static_cast<int64_t>(op), static_cast<int64_t>(t.src),
+              static_cast<int64_t>(t.wei), static_cast<int64_t>(t.dst),
               bias ? 1 : 0, static_cast<int64_t>(policy), threads, g.n, g.h, g.w,
               g.ci, g.kh, g.kw, g.co, g.ho, g.wo, g.groups, g.sh, g.sw, g.dh,
               g.dw, g.pt, g.pb, g.pl, g.pr}};
@@ -199,9 +236,17 @@ struct Plan {
   dnnl::primitive w_reorder;      // user->prim (fwd, bwd-data) or prim->user
   memory::desc reorder_scratch_md;
   std::string impl;               // oneDNN implementation name
+  // int8 sources with k > 514 reach oneDNN as uint8 x + 128; `fix`
+  // subtracts the difference in int32 afterwards (int8_source.h).  oneDNN
+  // then runs `batch` images at a time, `chunks` times (else batch = N).
+  bool shift_src = false;
+  jconv_onednn::SignedSourceFix fix;
+  int64_t cig = 0, batch = 0, chunks = 1;
 
-  // Scratch layout inside one XLA allocation: [conv | weights | reorder].
-  size_t off_w = 0, off_reorder = 0, total_scratch = 0;
+  // Scratch layout inside one XLA allocation:
+  // [conv | weights | reorder | shifted source | fix].
+  size_t off_w = 0, off_reorder = 0, off_x = 0, off_fix = 0;
+  size_t total_scratch = 0;
 };
 
 size_t AlignUp(size_t x, size_t a = 64) { return (x + a - 1) / a * a; }
@@ -215,17 +260,84 @@ Tag WeightTag(const Geometry& g) {
   return g.groups == 1 ? Tag::hwio : Tag::hwigo;
 }
 
-std::shared_ptr<Plan> BuildPlan(Op op, Dt dt, bool bias, WeightsPolicy policy,
-                                const Geometry& g) {
+// Whether oneDNN implementation `impl` computes a uint8 x int8 -> int32
+// convolution with k = KH * KW * C_in/groups products per output exactly.
+// Measured on oneDNN 3.2 (avx512_core_vnni), with every implementation it
+// offers for large-k shapes (README.md, "int8"):
+//   * brgconv, brgconv_1x1, brdgmm_dw on VNNI/AMX ISAs store the int32
+//     accumulator as it is: exact;
+//   * jit_int8, jit_int8_1x1, gemm (x64:gemm_s8u8s32) and ref convert it
+//     to float32 and back, exact only while |sum| <= 2^24, which holds for
+//     k * 255 * 128 <= 2^24, i.e. k <= 514 (the gemm uses VNNI on a VNNI
+//     CPU; ref is plain integer C++);
+//   * kernels for ISAs without VNNI (":avx512_core", ":avx2", ":sse41")
+//     saturate int16 pair sums (vpmaddubsw): wrong even for small k.
+// Products per output (k) up to which every |int32 intermediate| of a
+// uint8/int8 x int8 convolution, k * 255 * 128, is at most 2^24.
+constexpr int64_t kMaxFloatExactK = (int64_t{1} << 24) / (255 * 128);
+
+bool ExactInt8Impl(const std::string& impl, int64_t k) {
+  auto has = [&](const char* s) { return impl.find(s) != std::string::npos; };
+  auto starts = [&](const char* s) { return impl.rfind(s, 0) == 0; };
+  const bool vnni = has("vnni") || has("amx");
+  const bool isa_tagged = has("sse41") || has("avx2") || has("avx512");
+  if (isa_tagged && !vnni) return false;
+  const bool stores_int32 = vnni && (starts("brgconv:") || starts("brgconv_1x1:") ||
+                                     starts("brdgmm_dw:"));
+  return stores_int32 || k <= kMaxFloatExactK;
+}
+
+// Images per oneDNN call on the shifted int8 path: the largest divisor of N
+// whose int32 output fits in about 1 MiB, so that the compensation pass
+// finds it in cache.
+constexpr int64_t kShiftChunkBytes = int64_t{1} << 20;
+
+int64_t ShiftedBatch(const Geometry& g) {
+  const int64_t image = g.ho * g.wo * g.co * 4;
+  int64_t best = 1;
+  for (int64_t d = 1; d <= g.n; ++d) {
+    if (g.n % d == 0 && d * image <= kShiftChunkBytes) best = d;
+  }
+  return best;
+}
+
+// Walks oneDNN's implementation list (best first) to the first exact int8
+// one (ExactInt8Impl); throws when there is none.
+void SelectExactInt8Impl(dnnl::convolution_forward::primitive_desc* pd,
+                         int64_t k) {
+  while (!ExactInt8Impl(pd->impl_info_str(), k)) {
+    if (!pd->next_impl()) {
+      throw std::runtime_error(
+          std::string("oneDNN has no exact int8 implementation for this "
+                      "convolution on this CPU (the last one offered: ") +
+          pd->impl_info_str() + ")");
+    }
+  }
+}
+
+void AddWeightReorderAndScratch(Op op, const Geometry& g,
+                                const dnnl::primitive_attr& attr, Plan* plan);
+
+std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
+                                WeightsPolicy policy, const Geometry& g) {
   const dnnl::engine& eng = Engine();
   auto plan = std::make_shared<Plan>();
-  plan->x_md = memory::desc({g.n, g.ci, g.h, g.w}, dt, Tag::nhwc);
-  plan->y_md = memory::desc({g.n, g.co, g.ho, g.wo}, dt, Tag::nhwc);
-  plan->w_user_md = memory::desc(WeightDims(g), dt, WeightTag(g));
-  plan->b_md = bias ? memory::desc({g.co}, dt, Tag::a) : memory::desc();
+  const int64_t k = g.kh * g.kw * (g.ci / g.groups);
+  plan->shift_src = t.src == Dt::s8 && k > kMaxFloatExactK;
+  plan->batch = plan->shift_src ? ShiftedBatch(g) : g.n;
+  plan->chunks = g.n / plan->batch;
+  plan->x_md = memory::desc({plan->batch, g.ci, g.h, g.w},
+                            plan->shift_src ? Dt::u8 : t.src, Tag::nhwc);
+  plan->y_md =
+      memory::desc({plan->batch, g.co, g.ho, g.wo}, t.dst, Tag::nhwc);
+  plan->w_user_md = memory::desc(WeightDims(g), t.wei, WeightTag(g));
+  plan->b_md = bias ? memory::desc({g.co}, t.dst, Tag::a) : memory::desc();
+  // int8 always lets oneDNN choose the weight layout: with plain weights
+  // oneDNN 3.2 has only its gemm and reference int8 convolutions, which are
+  // not exact (see ExactInt8Impl).
   const memory::desc w_query =
-      policy == WeightsPolicy::kAny
-          ? memory::desc(WeightDims(g), dt, Tag::any)
+      policy == WeightsPolicy::kAny || t.is_int8()
+          ? memory::desc(WeightDims(g), t.wei, Tag::any)
           : plan->w_user_md;
 
   const memory::dims strides = {g.sh, g.sw};
@@ -237,11 +349,15 @@ std::shared_ptr<Plan> BuildPlan(Op op, Dt dt, bool bias, WeightsPolicy policy,
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
 
   // Forward descriptor: the forward op itself, and the "hint" that oneDNN
-  // requires to create backward primitives.
-  const dnnl::convolution_forward::primitive_desc fwd_pd(
-      eng, dnnl::prop_kind::forward_training,
+  // requires to create backward primitives.  int8 convolutions exist for
+  // inference only.
+  dnnl::convolution_forward::primitive_desc fwd_pd(
+      eng,
+      t.is_int8() ? dnnl::prop_kind::forward_inference
+                  : dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, plan->x_md, w_query, plan->b_md,
       plan->y_md, strides, dilates, pad_l, pad_r, attr);
+  if (t.is_int8()) SelectExactInt8Impl(&fwd_pd, k);
 
   switch (op) {
     case Op::kFwd: {
@@ -274,9 +390,18 @@ std::shared_ptr<Plan> BuildPlan(Op op, Dt dt, bool bias, WeightsPolicy policy,
     }
   }
 
+  AddWeightReorderAndScratch(op, g, attr, plan.get());
+  return plan;
+}
+
+// The weight reorder (user <-> primitive layout) when the layouts differ,
+// the int8-source compensation, and the scratch layout of `plan`.
+void AddWeightReorderAndScratch(Op op, const Geometry& g,
+                                const dnnl::primitive_attr& attr, Plan* plan) {
   plan->reorder_w = plan->w_prim_md != plan->w_user_md;
   size_t reorder_scratch = 0;
   if (plan->reorder_w) {
+    const dnnl::engine& eng = Engine();
     const bool to_prim = op != Op::kBwdWeights;
     const memory::desc& src = to_prim ? plan->w_user_md : plan->w_prim_md;
     const memory::desc& dst = to_prim ? plan->w_prim_md : plan->w_user_md;
@@ -288,8 +413,17 @@ std::shared_ptr<Plan> BuildPlan(Op op, Dt dt, bool bias, WeightsPolicy policy,
   plan->off_w = AlignUp(plan->conv_scratch_md.get_size());
   plan->off_reorder =
       plan->off_w + AlignUp(plan->reorder_w ? plan->w_prim_md.get_size() : 0);
-  plan->total_scratch = plan->off_reorder + AlignUp(reorder_scratch);
-  return plan;
+  plan->off_x = plan->off_reorder + AlignUp(reorder_scratch);
+  plan->off_fix =
+      plan->off_x + AlignUp(plan->shift_src ? plan->x_md.get_size() : 0);
+  if (plan->shift_src) {
+    plan->fix = jconv_onednn::SignedSourceFix(
+        {g.h, g.kh, g.ho, g.sh, g.dh, g.pt}, {g.w, g.kw, g.wo, g.sw, g.dw, g.pl},
+        g.co);
+    plan->cig = g.ci / g.groups;
+  }
+  plan->total_scratch =
+      plan->off_fix + AlignUp(plan->shift_src ? plan->fix.scratch_bytes() : 0);
 }
 
 // Bounded LRU cache of plans.  Lookups and insertions hold a mutex; plan
@@ -365,14 +499,14 @@ PlanCache& Cache() {
   return *cache;
 }
 
-std::shared_ptr<const Plan> GetPlan(Op op, Dt dt, bool bias,
+std::shared_ptr<const Plan> GetPlan(Op op, Types t, bool bias,
                                     const Geometry& g) {
   const auto policy =
       static_cast<WeightsPolicy>(g_weights_policy.load(std::memory_order_relaxed));
   const int threads = ApplyThreadSetting();
-  const Key key = MakeKey(op, dt, bias, policy, threads, g);
+  const Key key = MakeKey(op, t, bias, policy, threads, g);
   if (auto plan = Cache().Lookup(key)) return plan;
-  return Cache().Insert(key, BuildPlan(op, dt, bias, policy, g));
+  return Cache().Insert(key, BuildPlan(op, t, bias, policy, g));
 }
 
 // ---------------------------------------------------------------------------
@@ -401,8 +535,8 @@ const char* DtypeName(ffi::DataType t) {
   }
 }
 
-// All buffers must share one dtype, float32 or bfloat16.
-ffi::Error CheckDtype(std::initializer_list<ffi::DataType> types, Dt* out) {
+// All buffers of a float convolution share one dtype, float32 or bfloat16.
+ffi::Error CheckDtype(std::initializer_list<ffi::DataType> types, Types* out) {
   const ffi::DataType t = *types.begin();
   for (ffi::DataType u : types) {
     if (u != t) {
@@ -412,7 +546,7 @@ ffi::Error CheckDtype(std::initializer_list<ffi::DataType> types, Dt* out) {
     }
   }
   if (t == ffi::DataType::F32) {
-    *out = Dt::f32;
+    *out = Types::Same(Dt::f32);
   } else if (t == ffi::DataType::BF16) {
     if (!Bf16Supported()) {
       return ffi::Error::InvalidArgument(
@@ -420,12 +554,43 @@ ffi::Error CheckDtype(std::initializer_list<ffi::DataType> types, Dt* out) {
           "bfloat16 needs a CPU with native bf16 support (AVX512_BF16, AMX "
           "or AVX2-VNNI-2); this CPU has none, use float32");
     }
-    *out = Dt::bf16;
+    *out = Types::Same(Dt::bf16);
   } else {
     return ffi::Error::InvalidArgument(
         std::string(kPrefix) + "unsupported dtype " + DtypeName(t) +
-        "; supported: float32, bfloat16");
+        "; supported: float32, bfloat16 (and int8/uint8 x int8 -> int32 for "
+        "the forward convolution)");
   }
+  return ffi::Error::Success();
+}
+
+bool IsInteger(ffi::DataType t) {
+  return t == ffi::DataType::S8 || t == ffi::DataType::U8 ||
+         t == ffi::DataType::S32;
+}
+
+// The forward convolution's operand types: a float convolution (see
+// CheckDtype), or an integer one: x int8 or uint8, w int8, y int32, no bias.
+ffi::Error CheckForwardTypes(ffi::DataType x, ffi::DataType w, ffi::DataType y,
+                             const ffi::DataType* b, Types* out) {
+  if (!IsInteger(x) && !IsInteger(w) && !IsInteger(y)) {
+    return b ? CheckDtype({x, w, *b, y}, out) : CheckDtype({x, w, y}, out);
+  }
+  auto bad = [](const std::string& msg) {
+    return ffi::Error::InvalidArgument(std::string(kPrefix) + msg);
+  };
+  if ((x != ffi::DataType::S8 && x != ffi::DataType::U8) ||
+      w != ffi::DataType::S8 || y != ffi::DataType::S32) {
+    return bad(std::string("integer convolutions take x int8 or uint8, w "
+                           "int8 and give int32; got x ") +
+               DtypeName(x) + ", w " + DtypeName(w) + ", y " + DtypeName(y));
+  }
+  if (b) return bad("integer convolutions take no bias");
+  if (!Int8Supported()) {
+    return bad("exact int8 convolutions need a CPU with VNNI or AMX "
+               "(AVX512_VNNI, AVX-VNNI); this CPU has neither");
+  }
+  *out = {x == ffi::DataType::S8 ? Dt::s8 : Dt::u8, Dt::s8, Dt::s32};
   return ffi::Error::Success();
 }
 
@@ -558,31 +723,6 @@ ffi::Error Execute(Op op, const Plan& plan, void* x, void* w, void* y,
   memory w_user(plan.w_user_md, eng, w);
   memory w_prim = w_user;
   if (plan.reorder_w) w_prim = memory(plan.w_prim_md, eng, base + plan.off_w);
-
-  std::unordered_map<int, memory> args;
-  args.reserve(6);
-  args.emplace(DNNL_ARG_SCRATCHPAD,
-               memory(plan.conv_scratch_md, eng, base));
-  switch (op) {
-    case Op::kFwd:
-      args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, x));
-      args.emplace(DNNL_ARG_WEIGHTS, w_prim);
-      args.emplace(DNNL_ARG_DST, memory(plan.y_md, eng, y));
-      if (b) args.emplace(DNNL_ARG_BIAS, memory(plan.b_md, eng, b));
-      break;
-    case Op::kBwdData:
-      args.emplace(DNNL_ARG_DIFF_SRC, memory(plan.x_md, eng, x));
-      args.emplace(DNNL_ARG_WEIGHTS, w_prim);
-      args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, y));
-      break;
-    case Op::kBwdWeights:
-      args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, x));
-      args.emplace(DNNL_ARG_DIFF_WEIGHTS, w_prim);
-      args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, y));
-      if (b) args.emplace(DNNL_ARG_DIFF_BIAS, memory(plan.b_md, eng, b));
-      break;
-  }
-
   auto run_reorder = [&](const memory& from, const memory& to) {
     plan.w_reorder.execute(
         stream, {{DNNL_ARG_FROM, from},
@@ -591,10 +731,55 @@ ffi::Error Execute(Op op, const Plan& plan, void* x, void* w, void* y,
                   memory(plan.reorder_scratch_md, eng,
                          base + plan.off_reorder)}});
   };
+  if (plan.shift_src) {
+    plan.fix.Prepare(static_cast<const int8_t*>(w), plan.cig,
+                     base + plan.off_fix);
+  }
   if (plan.reorder_w && op != Op::kBwdWeights) run_reorder(w_user, w_prim);
-  plan.conv.execute(stream, args);
-  if (plan.reorder_w && op == Op::kBwdWeights) run_reorder(w_prim, w_user);
-  stream.wait();
+
+  // One oneDNN call, or (shifted int8 sources) one per `plan.batch` images.
+  const size_t x_step = plan.x_md.get_size(), y_step = plan.y_md.get_size();
+  for (int64_t c = 0; c < plan.chunks; ++c) {
+    void* xc = static_cast<char*>(x) + c * x_step;
+    void* yc = static_cast<char*>(y) + c * y_step;
+    if (plan.shift_src) {
+      jconv_onednn::SignedSourceFix::ShiftSource(xc, base + plan.off_x,
+                                                 static_cast<int64_t>(x_step));
+      xc = base + plan.off_x;
+    }
+    std::unordered_map<int, memory> args;
+    args.reserve(6);
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(plan.conv_scratch_md, eng, base));
+    switch (op) {
+      case Op::kFwd:
+        args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, xc));
+        args.emplace(DNNL_ARG_WEIGHTS, w_prim);
+        args.emplace(DNNL_ARG_DST, memory(plan.y_md, eng, yc));
+        if (b) args.emplace(DNNL_ARG_BIAS, memory(plan.b_md, eng, b));
+        break;
+      case Op::kBwdData:
+        args.emplace(DNNL_ARG_DIFF_SRC, memory(plan.x_md, eng, xc));
+        args.emplace(DNNL_ARG_WEIGHTS, w_prim);
+        args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, yc));
+        break;
+      case Op::kBwdWeights:
+        args.emplace(DNNL_ARG_SRC, memory(plan.x_md, eng, xc));
+        args.emplace(DNNL_ARG_DIFF_WEIGHTS, w_prim);
+        args.emplace(DNNL_ARG_DIFF_DST, memory(plan.y_md, eng, yc));
+        if (b) args.emplace(DNNL_ARG_DIFF_BIAS, memory(plan.b_md, eng, b));
+        break;
+    }
+    plan.conv.execute(stream, args);
+    stream.wait();
+    if (plan.shift_src) {
+      plan.fix.Apply(static_cast<int32_t*>(yc), plan.batch,
+                     base + plan.off_fix);
+    }
+  }
+  if (plan.reorder_w && op == Op::kBwdWeights) {
+    run_reorder(w_prim, w_user);
+    stream.wait();
+  }
   return ffi::Error::Success();
 }
 
@@ -604,7 +789,7 @@ void FillDegenerate(ffi::AnyBuffer::Dimensions dims, Dt dt, void* out,
                     const void* bias) {
   int64_t count = 1;
   for (int64_t d : dims) count *= d;
-  const size_t elem = dt == Dt::f32 ? 4 : 2;
+  const size_t elem = memory::data_type_size(dt);
   if (count == 0) return;
   if (!bias) {
     std::memset(out, 0, static_cast<size_t>(count) * elem);
@@ -640,13 +825,11 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
                    I64s padding, I64s dilation, int64_t groups,
                    ffi::ScratchAllocator& scratch) {
   return Guarded([&]() -> ffi::Error {
-    Dt dt;
+    Types types;
+    const ffi::DataType b_type = b ? b->element_type() : ffi::DataType::F32;
     ffi::Error err =
-        b ? CheckDtype({x.element_type(), w.element_type(), b->element_type(),
-                        y.element_type()},
-                       &dt)
-          : CheckDtype({x.element_type(), w.element_type(), y.element_type()},
-                       &dt);
+        CheckForwardTypes(x.element_type(), w.element_type(), y.element_type(),
+                          b ? &b_type : nullptr, &types);
     if (err.failure()) return err;
     Geometry g;
     err = MakeGeometry(x.dimensions(), w.dimensions(), y.dimensions(), stride,
@@ -659,11 +842,11 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
     }
     if (y.element_count() == 0) return ffi::Error::Success();
     if (x.element_count() == 0 || w.element_count() == 0) {
-      FillDegenerate(y.dimensions(), dt, y.untyped_data(),
+      FillDegenerate(y.dimensions(), types.dst, y.untyped_data(),
                      b ? b->untyped_data() : nullptr);
       return ffi::Error::Success();
     }
-    auto plan = GetPlan(Op::kFwd, dt, b != nullptr, g);
+    auto plan = GetPlan(Op::kFwd, types, b != nullptr, g);
     return Execute(Op::kFwd, *plan, x.untyped_data(), w.untyped_data(),
                    y.untyped_data(), b ? b->untyped_data() : nullptr, scratch);
   });
@@ -689,9 +872,9 @@ ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w,
                        I64s padding, I64s dilation, int64_t groups,
                        ffi::ScratchAllocator scratch) {
   return Guarded([&]() -> ffi::Error {
-    Dt dt;
+    Types types;
     ffi::Error err = CheckDtype(
-        {dy.element_type(), w.element_type(), dx->element_type()}, &dt);
+        {dy.element_type(), w.element_type(), dx->element_type()}, &types);
     if (err.failure()) return err;
     Geometry g;
     err = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(),
@@ -699,10 +882,10 @@ ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w,
     if (err.failure()) return err;
     if (dx->element_count() == 0) return ffi::Error::Success();
     if (dy.element_count() == 0 || w.element_count() == 0) {
-      FillDegenerate(dx->dimensions(), dt, dx->untyped_data(), nullptr);
+      FillDegenerate(dx->dimensions(), types.dst, dx->untyped_data(), nullptr);
       return ffi::Error::Success();
     }
-    auto plan = GetPlan(Op::kBwdData, dt, false, g);
+    auto plan = GetPlan(Op::kBwdData, types, false, g);
     return Execute(Op::kBwdData, *plan, dx->untyped_data(), w.untyped_data(),
                    dy.untyped_data(), nullptr, scratch);
   });
@@ -713,13 +896,14 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                            I64s padding, I64s dilation, int64_t groups,
                            ffi::ScratchAllocator& scratch) {
   return Guarded([&]() -> ffi::Error {
-    Dt dt;
+    Types types;
     ffi::Error err =
         db ? CheckDtype({x.element_type(), dy.element_type(),
                          dw.element_type(), db->element_type()},
-                        &dt)
+                        &types)
            : CheckDtype(
-                 {x.element_type(), dy.element_type(), dw.element_type()}, &dt);
+                 {x.element_type(), dy.element_type(), dw.element_type()},
+                 &types);
     if (err.failure()) return err;
     Geometry g;
     err = MakeGeometry(x.dimensions(), dw.dimensions(), dy.dimensions(),
@@ -734,11 +918,14 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
     if (x.element_count() == 0 || dy.element_count() == 0 ||
         dw.element_count() == 0) {
       // Empty reduction: the gradients are zero.
-      FillDegenerate(dw.dimensions(), dt, dw.untyped_data(), nullptr);
-      if (db) FillDegenerate(db->dimensions(), dt, db->untyped_data(), nullptr);
+      FillDegenerate(dw.dimensions(), types.wei, dw.untyped_data(), nullptr);
+      if (db) {
+        FillDegenerate(db->dimensions(), types.dst, db->untyped_data(),
+                       nullptr);
+      }
       return ffi::Error::Success();
     }
-    auto plan = GetPlan(Op::kBwdWeights, dt, db != nullptr, g);
+    auto plan = GetPlan(Op::kBwdWeights, types, db != nullptr, g);
     return Execute(Op::kBwdWeights, *plan, x.untyped_data(), dw.untyped_data(),
                    dy.untyped_data(), db ? db->untyped_data() : nullptr,
                    scratch);
@@ -839,6 +1026,14 @@ JCONV_EXPORT int32_t jconv_onednn_bf16_supported() {
   }
 }
 
+JCONV_EXPORT int32_t jconv_onednn_int8_supported() {
+  try {
+    return Int8Supported() ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
 // oneDNN's effective ISA as its integer code (dnnl_cpu_isa_t).
 JCONV_EXPORT int32_t jconv_onednn_cpu_isa() {
   return static_cast<int32_t>(dnnl::get_effective_cpu_isa());
@@ -880,7 +1075,8 @@ JCONV_EXPORT int32_t jconv_onednn_get_num_threads() {
 }
 
 // Describes the oneDNN implementation chosen for one convolution, for
-// diagnostics.  op: 0 fwd, 1 bwd-data, 2 bwd-weights; dtype: 0 f32, 1 bf16.
+// diagnostics.  op: 0 fwd, 1 bwd-data, 2 bwd-weights; dtype: 0 f32, 1 bf16,
+// 2 int8 x int8 -> int32, 3 uint8 x int8 -> int32 (forward only).
 // geom = [n,h,w,ci, kh,kw,co, sh,sw, dh,dw, pt,pb,pl,pr, groups, bias].
 // Writes a NUL-terminated string into buf; returns 0 on success, -1 on error
 // (the message is then in buf).
@@ -891,6 +1087,12 @@ JCONV_EXPORT int32_t jconv_onednn_describe(int32_t op, int32_t dtype,
   int32_t rc = 0;
   try {
     if (op < 0 || op > 2) throw std::invalid_argument("op must be 0, 1 or 2");
+    if (dtype < 0 || dtype > 3) {
+      throw std::invalid_argument("dtype must be 0, 1, 2 or 3");
+    }
+    if (dtype >= 2 && op != 0) {
+      throw std::invalid_argument("integer convolutions are forward only");
+    }
     Geometry g;
     g.n = geom[0]; g.h = geom[1]; g.w = geom[2]; g.ci = geom[3];
     g.kh = geom[4]; g.kw = geom[5]; g.co = geom[6];
@@ -899,8 +1101,10 @@ JCONV_EXPORT int32_t jconv_onednn_describe(int32_t op, int32_t dtype,
     g.groups = geom[15];
     g.ho = OutSize(g.h, g.kh, g.sh, g.dh, g.pt, g.pb);
     g.wo = OutSize(g.w, g.kw, g.sw, g.dw, g.pl, g.pr);
-    const Dt dt = dtype == 1 ? Dt::bf16 : Dt::f32;
-    auto plan = GetPlan(static_cast<Op>(op), dt, geom[16] != 0, g);
+    const Types types[] = {Types::Same(Dt::f32), Types::Same(Dt::bf16),
+                           {Dt::s8, Dt::s8, Dt::s32},
+                           {Dt::u8, Dt::s8, Dt::s32}};
+    auto plan = GetPlan(static_cast<Op>(op), types[dtype], geom[16] != 0, g);
     text = plan->impl;
     if (plan->reorder_w) text += " +weight-reorder";
     text += " scratch=" + std::to_string(plan->total_scratch);

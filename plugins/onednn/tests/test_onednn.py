@@ -20,34 +20,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from onednn_cases import CASES, DN
+
 jo = pytest.importorskip("jconv_onednn")
 
 pytestmark = pytest.mark.skipif(not jo.available(),
                                 reason=f"jconv_onednn unavailable: {jo.unavailable_reason()}")
-
-DN = ("NHWC", "HWIO", "NHWC")
-
-
-# name: (N, H, W, C_in, C_out, (KH, KW), stride, dilation, ((top, bottom), (left, right)), groups)
-CASES = {
-    "dense3x3": (2, 8, 8, 8, 16, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 1),
-    "grouped": (2, 9, 7, 8, 12, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 4),
-    "depthwise_m1": (2, 8, 8, 6, 6, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 6),
-    "depthwise_m2": (2, 8, 8, 6, 12, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 6),
-    "depthwise_strided_dilated": (2, 11, 10, 4, 8, (3, 3), (2, 1), (2, 1), ((2, 1), (0, 2)), 4),
-    "stride2": (2, 9, 9, 4, 8, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), 1),
-    "stride_2x1_dilation_1x2": (2, 9, 10, 4, 8, (3, 3), (2, 1), (1, 2), ((1, 1), (2, 2)), 1),
-    "dilation2": (2, 11, 11, 4, 8, (3, 3), (1, 1), (2, 2), ((2, 2), (2, 2)), 1),
-    "asym_padding": (2, 8, 9, 4, 8, (3, 3), (1, 1), (1, 1), ((0, 2), (1, 0)), 1),
-    "padding_beyond_kernel": (1, 5, 6, 3, 4, (3, 2), (1, 1), (1, 1), ((3, 2), (0, 3)), 1),
-    "1x1": (3, 7, 7, 16, 32, (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)), 1),
-    "1x1_stride2": (2, 8, 7, 16, 8, (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0)), 1),
-    "kernel_fills_padded_input": (2, 5, 4, 3, 4, (6, 5), (1, 1), (1, 1), ((1, 0), (0, 1)), 1),
-    "stride_larger_than_kernel": (2, 10, 11, 4, 4, (2, 2), (3, 3), (1, 1), ((0, 0), (0, 0)), 1),
-    "batch1": (1, 6, 6, 4, 4, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 1),
-    "stem7x7": (1, 16, 16, 3, 8, (7, 7), (2, 2), (1, 1), ((3, 3), (3, 3)), 1),
-    "grouped_1x5": (2, 6, 12, 6, 9, (1, 5), (1, 2), (1, 1), ((0, 0), (2, 2)), 3),
-}
 
 DTYPES = {
     # dtype: tolerance on max|err| / max|ref|
@@ -132,12 +110,15 @@ def test_backward(name, dtype):
 
 
 def test_padding_forms_and_plain_weights_layout():
-    """int / (ph, pw) paddings, and the 'plain' weight layout knob."""
+    """int / (ph, pw) / string paddings (jconv's parser), and the 'plain' weight layout knob."""
     x, w, _, _, _ = _make(CASES["dense3x3"], "float32")
     geo = dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1)
     ref = _ref_conv(x, w, geo)
     _close(jo.conv_forward(x, w, padding=1), ref, 1e-5, "padding=int")
     _close(jo.conv_forward(x, w, padding=(1, 1)), ref, 1e-5, "padding=pair")
+    _close(jo.conv_forward(x, w, padding="SAME"), ref, 1e-5, "padding='SAME'")
+    assert jo.conv_output_shape(x.shape, w.shape, stride=2, padding="SAME") == (2, 4, 4, 16)
+    assert jo.conv_output_shape(x.shape, w.shape, padding="VALID") == (2, 6, 6, 16)
     try:
         jo.set_weights_layout("plain")
         _close(jax.jit(lambda x, w: jo.conv_forward(x, w, padding=1))(x, w), ref, 1e-5,
@@ -216,7 +197,7 @@ def test_python_geometry_errors():
     x = jnp.ones((1, 5, 5, 4))
     with pytest.raises(ValueError, match="groups"):
         jo.conv_forward(x, jnp.ones((3, 3, 4, 6)), groups=4)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="negative"):
         jo.conv_forward(x, jnp.ones((3, 3, 4, 4)), padding=((-1, 0), (0, 0)))
     with pytest.raises(ValueError, match="stride"):
         jo.conv_forward(x, jnp.ones((3, 3, 4, 4)), stride=0)
@@ -225,7 +206,7 @@ def test_python_geometry_errors():
 
 
 def test_bf16_refused_without_native_support(monkeypatch):
-    monkeypatch.setattr(jo, "bf16_supported", lambda: False)
+    monkeypatch.setattr(jo.settings, "bf16_supported", lambda: False)
     with pytest.raises(TypeError, match="bfloat16"):
         jo.conv_forward(jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
 

@@ -1,0 +1,258 @@
+"""The convolutions: each one ``jax.ffi.ffi_call`` into the native library.
+
+Arguments are checked here, before anything is traced, with errors naming the function and the
+argument. Stride, dilation and padding are read by jconv's own parser (:mod:`jconv.geometry`,
+imported on first use: jconv imports this package while it initialises itself).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, NamedTuple, Sequence, Tuple, Union
+
+import numpy as np
+
+from jconv_onednn import _loader, settings
+
+#: Batched calls (jax.vmap) loop over the mapped axis, one oneDNN call per element (README.md).
+VMAP_METHOD = "sequential"
+
+FLOAT_DTYPES = ("float32", "bfloat16")
+INT_SOURCE_DTYPES = ("int8", "uint8")
+
+IntPair = Union[int, Sequence[int]]
+Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+
+
+def _geometry():
+    try:
+        from jconv import geometry
+    except ImportError as e:
+        raise ImportError("jconv_onednn: the calls read their arguments with jconv's parser "
+                          "(jconv.geometry); install jconv, from the checkout this plugin came "
+                          f"with ({e})") from e
+    return geometry
+
+
+class _Conv(NamedTuple):
+    """One convolution's resolved geometry."""
+
+    stride: Tuple[int, int]
+    padding: Tuple[Tuple[int, int], Tuple[int, int]]
+    dilation: Tuple[int, int]
+    out_shape: Tuple[int, int, int, int]
+
+    def attrs(self, groups: int) -> dict:
+        (pt, pb), (pl, pr) = self.padding
+        return dict(stride=np.asarray(self.stride, np.int64),
+                    padding=np.asarray((pt, pb, pl, pr), np.int64),
+                    dilation=np.asarray(self.dilation, np.int64), groups=np.int64(groups))
+
+
+def _out_size(n, k, s, d, p0, p1):
+    """As XLA: 0 when the dilated kernel is larger than the padded input."""
+    return max(0, (n + p0 + p1 - (k - 1) * d - 1) // s + 1)
+
+
+def _resolve(fn: str, x_shape, w_shape, stride, padding, dilation) -> _Conv:
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"{fn}: expected an NHWC input and an HWIO kernel, got shapes "
+                         f"{tuple(x_shape)} and {tuple(w_shape)}")
+    geo = _geometry()
+    s = geo.pair(fn, "stride", stride)
+    d = geo.pair(fn, "dilation", dilation)
+    n, h, w, _ = (int(v) for v in x_shape)
+    kh, kw, _, co = (int(v) for v in w_shape)
+    k_eff = ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1)
+    pads = geo.resolve_padding(fn, padding, (h, w), k_eff, s)
+    (pt, pb), (pl, pr) = pads
+    out = (n, _out_size(h, kh, s[0], d[0], pt, pb), _out_size(w, kw, s[1], d[1], pl, pr), co)
+    return _Conv(s, pads, d, out)
+
+
+def _check_groups(fn: str, x_shape, w_shape, groups) -> int:
+    if not _geometry().is_int(groups) or int(groups) < 1:
+        raise ValueError(f"{fn}: groups (={groups!r}) must be an int >= 1")
+    groups = int(groups)
+    ci, cig, co = int(x_shape[3]), int(w_shape[2]), int(w_shape[3])
+    if ci % groups or co % groups or cig * groups != ci:
+        raise ValueError(f"{fn}: groups (={groups}) does not fit input channels {ci} and kernel "
+                         f"{tuple(w_shape)} (expected (KH, KW, {ci}/groups, C_out), C_out "
+                         "divisible by groups)")
+    return groups
+
+
+def _float_dtype(fn: str, *arrays) -> np.dtype:
+    names = [np.dtype(a.dtype).name for a in arrays]
+    if len(set(names)) > 1:
+        raise TypeError(f"{fn}: all operands must share one dtype, got {names}")
+    dt = np.dtype(arrays[0].dtype)
+    if dt.name not in FLOAT_DTYPES:
+        note = (" (integer convolutions: conv_forward only, int8/uint8 x int8 with "
+                "preferred_element_type=int32)" if dt.name in INT_SOURCE_DTYPES else "")
+        raise TypeError(f"{fn}: unsupported dtype {dt.name}; supported: float32, bfloat16{note}")
+    if dt.name == "bfloat16" and not settings.bf16_supported():
+        raise TypeError(f"{fn}: this CPU has no native bfloat16 support (AVX512_BF16, AMX or "
+                        "AVX2-VNNI-2); use float32")
+    return dt
+
+
+def _int8_out_dtype(fn: str, x, w, b, preferred) -> np.dtype:
+    """int32 for an int8/uint8 x int8 forward convolution, or a TypeError."""
+    xd, wd = np.dtype(x.dtype).name, np.dtype(w.dtype).name
+    if wd != "int8":
+        raise TypeError(f"{fn}: w dtype (={wd}) must be int8 with an {xd} x (oneDNN's integer "
+                        "convolutions take int8 weights)")
+    if preferred is None or np.dtype(preferred) != np.dtype(np.int32):
+        raise TypeError(f"{fn}: preferred_element_type (={preferred!r}) must be int32 for {xd} "
+                        "inputs: the plugin returns the exact int32 sums, as "
+                        "lax.conv_general_dilated(..., preferred_element_type=jnp.int32); "
+                        "narrower integer outputs are not offered")
+    if b is not None:
+        raise TypeError(f"{fn}: integer convolutions take no bias (b dtype "
+                        f"{np.dtype(b.dtype).name}); add it to the int32 result")
+    if not settings.int8_supported():
+        raise TypeError(f"{fn}: exact int8 convolutions need a CPU with VNNI or AMX (AVX512_VNNI, "
+                        "AVX-VNNI); this one has neither")
+    return np.dtype(np.int32)
+
+
+def conv_output_shape(x_shape, w_shape, *, stride: IntPair = 1, padding: Padding = 0,
+                      dilation: IntPair = 1) -> Tuple[int, int, int, int]:
+    """NHWC output shape of a convolution of x_shape (NHWC) with w_shape (HWIO).
+
+    As in XLA, a spatial size is 0 when the dilated kernel is larger than the padded input.
+    """
+    return _resolve("conv_output_shape", x_shape, w_shape, stride, padding, dilation).out_shape
+
+
+def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
+                 dilation: IntPair = 1, groups: int = 1, preferred_element_type: Any = None):
+    """y = conv(x, w) [+ b], channels-last.
+
+    x: (N, H, W, C_in); w: (KH, KW, C_in // groups, C_out), output channel
+    g * (C_out // groups) + o belongs to group g; b: (C_out,) or None.
+    stride, dilation: int or (h, w); dilation is the kernel (rhs) dilation, 1 = dense.
+    padding: ((top, bottom), (left, right)), (ph, pw), an int, or "SAME"/"VALID".
+
+    float32 / bfloat16: every operand has that dtype, and so has y (preferred_element_type
+    None or that dtype). int8 / uint8 x: w int8, no bias, preferred_element_type=int32: y is
+    the exact int32 sum (CPUs with VNNI or AMX, :func:`int8_supported`).
+    Equals ``lax.conv_general_dilated(x, w, stride, padding, rhs_dilation=dilation,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    preferred_element_type=preferred_element_type) + b`` (for uint8 x, which lax does not
+    mix with int8 w: with both operands in int32).
+    """
+    import jax
+
+    fn = "conv_forward"
+    _loader.require()
+    conv = _resolve(fn, x.shape, w.shape, stride, padding, dilation)
+    groups = _check_groups(fn, x.shape, w.shape, groups)
+    if np.dtype(x.dtype).name in INT_SOURCE_DTYPES:
+        dt = _int8_out_dtype(fn, x, w, b, preferred_element_type)
+        operands = (x, w)
+    else:
+        operands = (x, w) if b is None else (x, w, b)
+        dt = _float_dtype(fn, *operands)
+        if preferred_element_type is not None and np.dtype(preferred_element_type) != dt:
+            raise TypeError(f"{fn}: preferred_element_type (={preferred_element_type!r}) must be "
+                            f"None or the input dtype {dt.name} (oneDNN writes its float "
+                            "results in the input dtype)")
+    if b is not None and tuple(b.shape) != (w.shape[3],):
+        raise ValueError(f"{fn}: bias shape {tuple(b.shape)} should be ({w.shape[3]},)")
+    target = _loader.TARGETS["fwd"] if b is None else _loader.TARGETS["fwd_bias"]
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(conv.out_shape, dt),
+                            vmap_method=VMAP_METHOD)
+    return call(*operands, **conv.attrs(groups))
+
+
+def conv_backward_data(dy, w, *, x_shape, stride: IntPair = 1, padding: Padding = 0,
+                       dilation: IntPair = 1, groups: int = 1):
+    """dx = the gradient of conv_forward with respect to x, given dy (float32 / bfloat16).
+
+    dy: (N, Ho, Wo, C_out); w as in :func:`conv_forward`; x_shape: the (N, H, W, C_in) shape
+    of the forward input (needed because several input sizes give the same output size when
+    stride > 1). Returns dx of shape x_shape in dy's dtype.
+    """
+    import jax
+
+    fn = "conv_backward_data"
+    _loader.require()
+    x_shape = tuple(int(d) for d in x_shape)
+    conv = _resolve(fn, x_shape, w.shape, stride, padding, dilation)
+    groups = _check_groups(fn, x_shape, w.shape, groups)
+    dt = _float_dtype(fn, dy, w)
+    if tuple(dy.shape) != conv.out_shape:
+        raise ValueError(f"{fn}: dy shape {tuple(dy.shape)} does not match the forward output "
+                         f"shape {conv.out_shape}")
+    call = jax.ffi.ffi_call(_loader.TARGETS["bwd_data"], jax.ShapeDtypeStruct(x_shape, dt),
+                            vmap_method=VMAP_METHOD)
+    return call(dy, w, **conv.attrs(groups))
+
+
+def conv_backward_weights(x, dy, *, w_shape, stride: IntPair = 1, padding: Padding = 0,
+                          dilation: IntPair = 1, groups: int = 1, with_bias: bool = False):
+    """dw (and db) = the gradients of conv_forward with respect to w (and b).
+
+    x: (N, H, W, C_in); dy: (N, Ho, Wo, C_out); w_shape: (KH, KW, C_in // groups, C_out);
+    float32 / bfloat16. Returns dw (HWIO, x's dtype), or (dw, db) with db = dy summed over N,
+    Ho, Wo when with_bias is True.
+    """
+    import jax
+
+    fn = "conv_backward_weights"
+    _loader.require()
+    w_shape = tuple(int(d) for d in w_shape)
+    conv = _resolve(fn, x.shape, w_shape, stride, padding, dilation)
+    groups = _check_groups(fn, x.shape, w_shape, groups)
+    dt = _float_dtype(fn, x, dy)
+    if tuple(dy.shape) != conv.out_shape:
+        raise ValueError(f"{fn}: dy shape {tuple(dy.shape)} does not match the forward output "
+                         f"shape {conv.out_shape}")
+    attrs = conv.attrs(groups)
+    if with_bias:
+        call = jax.ffi.ffi_call(
+            _loader.TARGETS["bwd_weights_bias"],
+            (jax.ShapeDtypeStruct(w_shape, dt), jax.ShapeDtypeStruct((w_shape[3],), dt)),
+            vmap_method=VMAP_METHOD)
+        dw, db = call(x, dy, **attrs)
+        return dw, db
+    call = jax.ffi.ffi_call(_loader.TARGETS["bwd_weights"], jax.ShapeDtypeStruct(w_shape, dt),
+                            vmap_method=VMAP_METHOD)
+    return call(x, dy, **attrs)
+
+
+_DESCRIBE_OPS = {"fwd": 0, "bwd_data": 1, "bwd_weights": 2}
+_DESCRIBE_DTYPES = {"float32": 0, "bfloat16": 1, "int8": 2, "uint8": 3}
+
+
+def describe(op: str, x_shape, w_shape, *, stride: IntPair = 1, padding: Padding = 0,
+             dilation: IntPair = 1, groups: int = 1, dtype: Any = "float32",
+             bias: bool = False) -> str:
+    """The oneDNN implementation chosen for one convolution (diagnostics).
+
+    op: "fwd", "bwd_data" or "bwd_weights"; dtype: the x dtype (int8 and uint8: the forward
+    int8 convolution). Builds (and caches) the plan. Example result:
+    "brgconv:avx512_core +weight-reorder scratch=4096".
+    """
+    fn = "describe"
+    lib = _loader.require()
+    if op not in _DESCRIBE_OPS:
+        raise ValueError(f"{fn}: op (={op!r}) must be one of {sorted(_DESCRIBE_OPS)}")
+    name = np.dtype(dtype).name
+    if name not in _DESCRIBE_DTYPES:
+        raise TypeError(f"{fn}: dtype (={name}) must be one of {sorted(_DESCRIBE_DTYPES)}")
+    conv = _resolve(fn, x_shape, w_shape, stride, padding, dilation)
+    groups = _check_groups(fn, x_shape, w_shape, groups)
+    n, h, w, ci = (int(v) for v in x_shape)
+    kh, kw, _, co = (int(v) for v in w_shape)
+    (pt, pb), (pl, pr) = conv.padding
+    geom = (ctypes.c_int64 * 17)(n, h, w, ci, kh, kw, co, *conv.stride, *conv.dilation,
+                                 pt, pb, pl, pr, groups, int(bool(bias)))
+    buf = ctypes.create_string_buffer(512)
+    rc = lib.jconv_onednn_describe(_DESCRIBE_OPS[op], _DESCRIBE_DTYPES[name], geom, buf, len(buf))
+    text = buf.value.decode()
+    if rc != 0:
+        raise RuntimeError(f"jconv_onednn.{fn}: {text}")
+    return text
