@@ -101,7 +101,7 @@ def lax_cuda():
 #: reach: more than 9 taps with one input-channel chunk (the Triton tap loop, whose constant
 #: channel offset crashed Triton's lowering), strided, dilated, grouped NCHW, transposed. name:
 #: (x, w, keywords of jconv.conv_general_dilated, dtype, targets per platform); NCHW by name.
-#: Each on some targets only: a 5x5 program takes 15-25 s to compile here.
+#: Each on some targets only (together about 20 s of compiling per platform here).
 DRAWS = {
     "draw_7x7s3": ((4, 12, 12, 8), (7, 7, 8, 16), dict(window_strides=(3, 3), padding="VALID"), "float32",
                    {"cuda": ("h100", "l4"), "tpu": ("v5e",)}),
@@ -113,7 +113,7 @@ DRAWS = {
                             {"cuda": ("h100",), "tpu": ("v5e",)}),
     "draw_5x5_transposed": ((2, 9, 9, 6), (5, 5, 6, 4), dict(window_strides=(1, 1), padding=((4, 3), (4, 4)),
                                                              lhs_dilation=(2, 2)), "float32",
-                            {"cuda": ("h100",), "tpu": ()}),
+                            {"cuda": ("h100",), "tpu": ("v5e",)}),
 }
 
 
@@ -173,7 +173,8 @@ def t4_cuda():
         msg = convs[0].split("custom-call(")[0].strip() if convs else "no cuDNN convolution"
     except Exception as e:  # noqa: BLE001
         ok, msg = False, aot.first_line(e)
-    yield dict(target="t4", name="xla_bf16_as_f32", dtype="bfloat16", ok=ok, msg=msg, seconds=round(time.time() - t0, 1))
+    yield dict(target="t4", name="xla_bf16_as_f32", dtype="bfloat16", ok=ok, msg=msg,
+               seconds=round(time.time() - t0, 1))
 
 
 def sharded_tpu(name: str = "mnist_conv2", batch: int = 8):
