@@ -8,9 +8,9 @@ target and the limit.
 
 Where the numbers come from:
 
-* GPUs: the ``GpuTargetConfigProto`` text files shipped in ``jconv/gpu_targets/`` (A100, H100,
-  L4, T4). The same files drive XLA's deviceless GPU compiler (:mod:`jconv.aot`), so the limits
-  the tiles are sized for are the limits the compiler checks.
+* GPUs: the ``GpuTargetConfigProto`` text files shipped in ``jconv/gpu_targets/`` (A100 80 GB
+  and 40 GB, H100, L4, T4). The same files drive XLA's deviceless GPU compiler
+  (:mod:`jconv.aot`), so the limits the tiles are sized for are the limits the compiler checks.
 * TPUs: JAX's own table, ``pltpu.get_tpu_info_for_chip`` (VMEM and HBM per TensorCore).
 
 Which target a trace is for (:func:`resolve`): a :func:`use` context, else the device kind of
@@ -115,9 +115,12 @@ def gpus() -> dict[str, Target]:
     return out
 
 
-# device kinds of other models that share a shipped target's per-SM limits
+# device kinds of other models that share a shipped target's per-SM limits (first match wins;
+# an A100 whose kind does not say 80 GB gets the 40 GB target: a memory figure too large would
+# size batch chunks the device cannot hold)
 _GPU_ALIASES = (
-    (r"\bA100\b|\bA800\b|\bA30\b", "a100"),
+    (r"\b(A100|A800)\b.*\b80\s?GB\b", "a100"),
+    (r"\bA100\b|\bA800\b|\bA30\b", "a100_40gb"),
     (r"\bH100\b|\bH200\b|\bH800\b|\bGH200\b", "h100"),
     (r"\bL4\b", "l4"),
     (r"\bT4\b", "t4"),

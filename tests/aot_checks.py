@@ -6,8 +6,10 @@ One program per (target, layer, dtype): the forward and both gradients together
 (``jax.value_and_grad`` of ``sum(y * ct)``), so the forward, input-gradient and weight-gradient
 kernels are all compiled; at the batch of the platform's config (configs/tpu.py: 64,
 configs/gpu.py: 32). The layers cover every kernel kind and the largest tiles and temporaries of
-the suite. Prints one JSON line per program (``ok``, ``msg``, ``seconds``). The subprocess keeps
-libtpu and the CUDA plugin out of the pytest workers and pays their start-up once.
+the suite; ``DRAWS``, geometries of tests/test_lowering_properties.py, reach kernel forms the
+layers do not; on CUDA also the T4 (``t4_cuda``) and impl="lax" on NCHW callers. Prints one JSON
+line per program (``ok``, ``msg``, ``seconds``). The subprocess keeps libtpu and the CUDA plugin
+out of the pytest workers and pays their start-up once.
 """
 
 import json
@@ -95,6 +97,86 @@ def lax_cuda():
                                seconds=round(time.time() - t0, 1))
 
 
+#: Geometries from tests/test_lowering_properties.py whose kernels the suite's layers do not
+#: reach: more than 9 taps with one input-channel chunk (the Triton tap loop, whose constant
+#: channel offset crashed Triton's lowering), strided, dilated, grouped NCHW, transposed. name:
+#: (x, w, keywords of jconv.conv_general_dilated, dtype, targets per platform); NCHW by name.
+#: Each on some targets only (together about 20 s of compiling per platform here).
+DRAWS = {
+    "draw_7x7s3": ((4, 12, 12, 8), (7, 7, 8, 16), dict(window_strides=(3, 3), padding="VALID"), "float32",
+                   {"cuda": ("h100", "l4"), "tpu": ("v5e",)}),
+    "draw_5x5_g2_nchw": ((1, 8, 32, 40), (8, 4, 5, 5), dict(window_strides=(1, 1), padding="VALID",
+                                                            feature_group_count=2), "bfloat16",
+                         {"cuda": ("l4",), "tpu": ("v5e",)}),
+    "draw_3x4_s2_dilated": ((2, 11, 13, 5), (3, 4, 5, 7), dict(window_strides=(2, 1), padding=((1, 2), (3, 0)),
+                                                               rhs_dilation=(2, 2)), "bfloat16",
+                            {"cuda": ("h100",), "tpu": ("v5e",)}),
+    "draw_5x5_transposed": ((2, 9, 9, 6), (5, 5, 6, 4), dict(window_strides=(1, 1), padding=((4, 3), (4, 4)),
+                                                             lhs_dilation=(2, 2)), "float32",
+                            {"cuda": ("h100",), "tpu": ("v5e",)}),
+}
+
+
+def draws(platform: str):
+    """impl="pallas" forward and both gradients (one program) of each of ``DRAWS`` on its
+    targets of ``platform``: it compiles, three kernels, no XLA convolution."""
+    import jax
+    import jax.numpy as jnp
+
+    import jconv
+    from jconv import aot, targets
+
+    for name, (xs, ws, kw, dtype, on) in DRAWS.items():
+        dn = ("NCHW", "OIHW", "NCHW") if name.endswith("_nchw") else ("NHWC", "HWIO", "NHWC")
+
+        def step(x, w, kw=kw, dn=dn):
+            def loss(a, b):
+                y = jconv.conv_general_dilated(a, b, dimension_numbers=dn, impl="pallas", **kw)
+                return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+            return jax.value_and_grad(loss, argnums=(0, 1))(x, w)
+
+        for tname in on[platform]:
+            target = targets.get(tname)
+            t0 = time.time()
+            r = aot.compile_for(target, step, aot.shape_struct(xs, dtype, target), aot.shape_struct(ws, dtype, target))
+            ok = bool(r["compiled"]) and r.get("pallas_kernels") == 3 and r.get("xla_convolutions") == 0
+            msg = r["error"] or f"{r.get('pallas_kernels')} kernels, {r.get('xla_convolutions')} XLA convolutions"
+            yield dict(target=tname, name=name, dtype=dtype, ok=ok, msg=msg, seconds=round(time.time() - t0, 1))
+
+
+def t4_cuda():
+    """The T4 (compute capability 7.5, Colab's free GPU): impl="pallas" is jconv's own error
+    before anything compiles (Triton needs 8.0); XLA's convolution compiles bfloat16 for it,
+    as a float32 cuDNN convolution between conversions (sm_75 has no bfloat16 convolution)."""
+    import jax
+    import jax.numpy as jnp
+
+    import jconv
+    from jconv import aot, targets
+
+    t4 = targets.get("t4")
+    args = [aot.shape_struct(s, "bfloat16", t4) for s in ((8, 16, 16, 32), (3, 3, 32, 32))]
+
+    def conv(impl):
+        return lambda x, w: jconv.conv2d(x, w, padding="SAME", impl=impl)
+
+    t0 = time.time()
+    r = aot.compile_for(t4, conv("pallas"), *args)
+    ok = r["error_kind"] == "jconv" and "compute capability 8.0 or newer; Tesla T4" in (r["error"] or "")
+    yield dict(target="t4", name="pallas_refused", dtype="bfloat16", ok=ok, msg=r["error"] or "compiled",
+               seconds=round(time.time() - t0, 1))
+    t0 = time.time()
+    try:
+        text = jax.jit(conv("xla")).lower(*args).compile().as_text()
+        convs = [ln for ln in text.splitlines() if "__cudnn$conv" in ln]
+        ok = len(convs) == 1 and "(f32[" in convs[0] and aot.count_convolutions(text) == 1
+        msg = convs[0].split("custom-call(")[0].strip() if convs else "no cuDNN convolution"
+    except Exception as e:  # noqa: BLE001
+        ok, msg = False, aot.first_line(e)
+    yield dict(target="t4", name="xla_bf16_as_f32", dtype="bfloat16", ok=ok, msg=msg,
+               seconds=round(time.time() - t0, 1))
+
+
 def sharded_tpu(name: str = "mnist_conv2", batch: int = 8):
     """A batch-sharded input on the 4 devices of v5e:2x2 inside ``jax.set_mesh`` (Mosaic
     kernels must sit in a shard_map): the kernels, and no all-gather of the batch."""
@@ -136,9 +218,13 @@ if __name__ == "__main__":
     platform = sys.argv[1]
     for row in programs(platform):
         print(json.dumps(row), flush=True)
+    for row in draws(platform):
+        print(json.dumps(row), flush=True)
     if platform == "tpu":
         for row in sharded_tpu():
             print(json.dumps(row), flush=True)
     if platform == "cuda":
         for row in lax_cuda():
+            print(json.dumps(row), flush=True)
+        for row in t4_cuda():
             print(json.dumps(row), flush=True)

@@ -48,6 +48,13 @@ def _tap_grid(taps):
     return (kw, u0, v0, du, dv) if grid == tuple(taps) else None
 
 
+def _chunk_start(c, chunk: int):
+    """The first channel of chunk ``c``: a traced loop index is marked a multiple of ``chunk``
+    (aligned loads); a Python int (one chunk: the loop's index is the constant 0) stays an int,
+    which ``pl.multiple_of`` cannot lower on Triton."""
+    return c * chunk if isinstance(c, int) else pl.multiple_of(c * chunk, chunk)
+
+
 def _first_last(red_axes):
     first = (pl.program_id(red_axes[0]) == 0) & (pl.program_id(red_axes[1]) == 0)
     last = (pl.program_id(red_axes[0]) == pl.num_programs(red_axes[0]) - 1) & (
@@ -84,13 +91,13 @@ def conv_fwd_kernel(x_ref, w_ref, o_ref, *scratch, taps, rows, out_w, chunk, k_a
             def tap_body(s, acc):  # lax.div/rem: non-negative, and jnp's floor forms do not lower to Triton
                 t, c = (s, 0) if nc == 1 else (lax.div(s, nc), lax.rem(s, nc))
                 tap = (0, u0 + lax.div(t, kw) * du, v0 + lax.rem(t, kw) * dv)
-                return acc + partial_sum(t, tap, pl.multiple_of(c * chunk, chunk))
+                return acc + partial_sum(t, tap, _chunk_start(c, chunk))
 
             finish(lax.fori_loop(0, len(taps) * nc, tap_body, acc))
             return
         for t, tap in enumerate(taps):
             def body(c, acc, t=t, tap=tap):
-                return acc + partial_sum(t, tap, pl.multiple_of(c * chunk, chunk))
+                return acc + partial_sum(t, tap, _chunk_start(c, chunk))
 
             acc = lax.fori_loop(0, bci // chunk, body, acc)
         finish(acc)
