@@ -1,6 +1,7 @@
 """Compile-only checks of impl="pallas" for real targets, run in a subprocess per platform:
 
     JAX_PLATFORMS=cpu python tests/aot_checks.py tpu|cuda
+    JCONV_AOT_SET=quick ...   # `make test`: one target per platform, float32 (`full`: make test-all)
 
 One program per (target, layer, dtype): the forward and both gradients together
 (``jax.value_and_grad`` of ``sum(y * ct)``), so the forward, input-gradient and weight-gradient
@@ -13,6 +14,7 @@ out of the pytest workers and pays their start-up once.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -25,9 +27,17 @@ LAYERS = (
     "resnext_g32_3x3",          # grouped (bundles)
     "unet_up_transposed",       # transposed (input dilation)
 )
-TARGETS = {"tpu": ("v5e", "v6e"), "cuda": ("h100", "l4")}
 BATCH = {"tpu": 64, "cuda": 32}
-DTYPES = ("float32", "bfloat16")
+#: ``JCONV_AOT_SET``: ``full`` (make test-all: two targets per platform, both dtypes) or ``quick``
+#: (make test: every kernel kind on one target per platform, float32; the draws on those targets)
+SETS = {
+    "full": ({"tpu": ("v5e", "v6e"), "cuda": ("h100", "l4")}, ("float32", "bfloat16")),
+    "quick": ({"tpu": ("v5e",), "cuda": ("l4",)}, ("float32",)),
+}
+SET = os.environ.get("JCONV_AOT_SET", "full")
+if SET not in SETS:
+    raise ValueError(f"aot_checks: JCONV_AOT_SET (={SET!r}) must be one of {sorted(SETS)}")
+TARGETS, DTYPES = SETS[SET]
 
 
 def programs(platform: str):
@@ -117,6 +127,16 @@ DRAWS = {
 }
 
 
+def selected_draws() -> dict:
+    """``DRAWS`` on the selected targets only (and only those with a target left)."""
+    out = {}
+    for name, (xs, ws, kw, dtype, on) in DRAWS.items():
+        on = {p: tuple(t for t in ts if t in TARGETS[p]) for p, ts in on.items()}
+        if any(on.values()):
+            out[name] = (xs, ws, kw, dtype, on)
+    return out
+
+
 def draws(platform: str):
     """impl="pallas" forward and both gradients (one program) of each of ``DRAWS`` on its
     targets of ``platform``: it compiles, three kernels, no XLA convolution."""
@@ -126,7 +146,7 @@ def draws(platform: str):
     import jconv
     from jconv import aot, targets
 
-    for name, (xs, ws, kw, dtype, on) in DRAWS.items():
+    for name, (xs, ws, kw, dtype, on) in selected_draws().items():
         dn = ("NCHW", "OIHW", "NCHW") if name.endswith("_nchw") else ("NHWC", "HWIO", "NHWC")
 
         def step(x, w, kw=kw, dn=dn):

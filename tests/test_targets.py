@@ -13,7 +13,7 @@ from jax import export
 import jconv
 from jconv import primitive, targets
 from jconv.impls.pallas import calls, tiling
-from jconv.suite import CASES
+from jconv_experiments.suite import CASES
 
 
 @pytest.mark.parametrize("kind,name", [
