@@ -91,6 +91,13 @@ def _warn_stale(fn: str, impl: str, why: str) -> None:
     log.warning("%s: ignoring the tune cache entry %s for this convolution (%s); the rules apply", fn, impl, why)
 
 
+@functools.lru_cache(maxsize=None)
+def _note_interpreted(impl: str, platform: str) -> None:
+    """Once per process and backend: an explicitly requested backend that runs interpreted here."""
+    log.warning("impl=%r runs interpreted on the %s: correct, but slow (not a speed measurement); it compiles "
+                "on %s", impl, platform, ", ".join(p for p in registry.get(impl).platforms if p != platform))
+
+
 def _tuned(spec: ExecSpec, platform: str, fn: str) -> Plan | None:
     """The plan a tune cache entry names for ``spec`` on this device, if any."""
     entry = tune_cache.lookup(spec, platform)
@@ -132,9 +139,12 @@ def plan(spec: ExecSpec, impl: str, *, fn: str = "conv2d", platform: str | None 
     base, algo = registry.parse_impl(fn, impl)
     platform = targets.planning_platform(platform)
     if base != "auto":
+        backend = registry.get(base, fn)
+        if platform in backend.interpreted:
+            _note_interpreted(base, platform)
         if algo:
             return _checked(fn, impl, Plan(base, algo, "requested"), spec)
-        name, why = registry.get(base, fn).choose(spec, platform)
+        name, why = backend.choose(spec, platform)
         return _checked(fn, impl, Plan(base, name, why), spec)
     tuned = _tuned(spec, platform, fn) if use_cache else None
     if tuned is not None:
