@@ -274,7 +274,11 @@ def archive(workdir: str, repo: str) -> int:
           f"rows predicted for target {m['device'].get('target')}, tests.log, verdict)")
     if m["left_out"]:
         print("  left out to fit: " + "; ".join(m["left_out"]))
-    print("Attach it to a new issue titled 'results: <device>' on the repository you got jconv from "
+    from jconv_experiments.colab_setup import repo_url
+
+    url = repo_url(checkout=repo)
+    where = f"{url.removesuffix('.git')}/issues/new" if url else "the repository you got jconv from"
+    print(f"Attach it to a new issue titled 'results: {m['device'].get('device_kind')}' at {where} "
           "(a maintainer runs: python -m jconv_experiments.ingest <archive>).")
     return 0
 

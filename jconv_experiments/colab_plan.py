@@ -30,6 +30,7 @@ import importlib
 import json
 import math
 import os
+import re
 import statistics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,13 +42,29 @@ VARIANTS = ("quick", "full")
 CONFIGS = {("tpu", "quick"): "colab_tpu_quick", ("tpu", "full"): "colab_tpu",
            ("gpu", "quick"): "colab_gpu_quick", ("gpu", "full"): "colab_gpu",
            ("cpu", "quick"): "smoke", ("cpu", "full"): "smoke"}
-#: the tests per variant (pytest arguments; run from the checkout). quick: the device tests of
-#: the kernels and the public entry points, chosen by their compile counts (docs/experiments.md)
+#: the Pallas kernels on the device (compiled by Mosaic or Triton: what no CPU run can check),
+#: the XLA backend through jconv's primitive, the seed's worked example and the edge cases:
+#: 152 compiles (docs/perf/devices/test_compiles.jsonl), ~4.5 min on a v5e by the estimate
+_QUICK_TPU = (
+    "tests/test_geometry.py", "tests/test_errors.py", "tests/test_backend_pallas.py",
+    "tests/test_pallas.py::test_forward_and_vjp_match_xla", "tests/test_pallas.py::test_half_precision",
+    "tests/test_pallas.py::test_transposed_conv_and_negative_padding", "tests/test_pallas.py::test_really_pallas_no_xla_conv",
+    "tests/test_pallas.py::test_default_tiles_cover_every_layer", "tests/test_pallas.py::test_export_contains_pallas_kernels",
+    "tests/test_pallas.py::test_kernels_that_cannot_fit_are_clear_errors_at_trace_time",
+    "tests/test_conv.py::test_seed_worked_example_first_output_is_7", "tests/test_conv.py::TestEdgeCases",
+)
+#: a GPU compiles ~6x faster (the matrix's L4 vs v5e): also the argument grid, the XLA backend
+#: and the Flax modules
+_QUICK_GPU = _QUICK_TPU[:-2] + ("tests/test_conv.py", "tests/test_backend_xla.py", "tests/test_nnx.py",
+                                "tests/test_linen.py")
+#: the tests per (runtime, variant): pytest arguments, run from the checkout
 TESTS = {
-    "quick": ("-m", "device", "tests/test_backend_pallas.py", "tests/test_backend_xla.py",
-              "tests/test_geometry.py", "tests/test_nnx.py"),
-    "full": ("-m", "device", "tests"),
-    "cpu": ("-m", "device", "tests/test_geometry.py"),
+    ("tpu", "quick"): ("-m", "device") + _QUICK_TPU,
+    ("gpu", "quick"): ("-m", "device") + _QUICK_GPU,
+    ("tpu", "full"): ("-m", "device", "tests"),
+    ("gpu", "full"): ("-m", "device", "tests"),
+    ("cpu", "quick"): ("-m", "device", "tests/test_geometry.py"),
+    ("cpu", "full"): ("-m", "device", "tests/test_geometry.py"),
 }
 #: the target whose numbers stand in for a device the matrix has no rows for
 STAND_IN = {"tpu": "v5e", "gpu": "l4"}
@@ -67,6 +84,7 @@ PEAKS = {
 EFFICIENCY = 0.25        # assumed fraction of the roofline a convolution reaches (timing only)
 MIN_CALL_S = 1e-4        # a call's floor: dispatch and launch
 STEP_OVERHEAD_S = 20.0   # a step's process: imports and backend start (3.5 s of CPU time here)
+RUN_PER_TEST_S = 0.05    # a device test's own run time besides compiling (tiny shapes)
 #: below this compute capability a GPU has no bfloat16 arithmetic and no Pallas (Triton)
 NATIVE_BF16_CC = (8, 0)
 
@@ -204,9 +222,16 @@ def test_compiles() -> tuple[dict, ...]:
 
 
 def _selected(nodeid: str, args) -> bool:
+    """Whether pytest ``args`` (paths or node ids, and ``-k "not a and not b"``) select ``nodeid``."""
+    args = list(args)
+    excluded = []
+    if "-k" in args:
+        excluded = re.findall(r"not (\w+)", args[args.index("-k") + 1])
+    if any(word.lower() in nodeid.lower() for word in excluded):
+        return False
     paths = [a for a in args if a.startswith("tests")]
-    return any(nodeid == p or nodeid.startswith(p.rstrip("/") + ("" if p.endswith(".py") else "/"))
-               or nodeid.startswith(p + "::") for p in paths)
+    return any(nodeid == p or nodeid.startswith(p + "/") or nodeid.startswith(p + "::") or nodeid.startswith(p + "[")
+               for p in paths)
 
 
 def estimate_tests(args, platform: str, target: str | None) -> Estimate:
@@ -220,7 +245,7 @@ def estimate_tests(args, platform: str, target: str | None) -> Estimate:
     src = stand_in(platform, target)
     per = _compile_table(src)[2]
     compiles = sum(r["compiles"] for r in rows)
-    parts = {"compile": compiles * per, "run": 0.05 * len(rows), "overhead": STEP_OVERHEAD_S}
+    parts = {"compile": compiles * per, "run": RUN_PER_TEST_S * len(rows), "overhead": STEP_OVERHEAD_S}
     return Estimate(sum(parts.values()), parts, len(rows),
                     f"{compiles} compiles counted on the CPU x {per:.2f} s ({src}'s 10th-percentile compile)")
 
@@ -230,7 +255,7 @@ def plan(platform: str, target: str | None, variant: str = "quick", compute_capa
     if variant not in VARIANTS:
         raise ValueError(f"colab_plan.plan: variant (={variant!r}) must be one of {VARIANTS}")
     na = not_applicable(platform, compute_capability)
-    test_args = list(TESTS["cpu" if platform == "cpu" else variant])
+    test_args = list(TESTS[(platform, variant)])
     if na.get("tests_k"):
         test_args += ["-k", na["tests_k"]]
     config_name = CONFIGS[(platform, variant)]

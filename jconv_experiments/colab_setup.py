@@ -177,19 +177,37 @@ def unsatisfied(checkout: str, extras=RUN_EXTRAS) -> list[str]:
     return out
 
 
-def loaded_distributions() -> dict[str, str]:
-    """{distribution: version} of the packages this process has imported."""
-    top = {m.split(".")[0] for m in list(sys.modules)}
-    dists = set()
-    for mod, names in importlib.metadata.packages_distributions().items():
-        if mod in top:
-            dists.update(names)
-    return {d: v for d, v in installed_versions(sorted(dists)).items() if v}
+def all_versions() -> dict[str, str]:
+    """{distribution name (lower case): version} of everything installed."""
+    return {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
 
 
-def restart_needed(before: dict[str, str], after: dict[str, str | None]) -> list[str]:
-    """The packages this process had loaded (``before``) that pip has since changed."""
-    return [f"{d} {v} -> {after.get(d) or 'removed'}" for d, v in sorted(before.items()) if after.get(d) != v]
+def modules_of(dist: str) -> set[str]:
+    """The module names a distribution's files provide (``google/protobuf/__init__.py`` ->
+    ``google.protobuf``), so a namespace shared by many distributions is told apart."""
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return set()
+    out = set()
+    for f in files:
+        parts = str(f).replace("\\", "/").split("/")
+        if parts[-1].endswith(".py") and ".." not in parts and not parts[0].endswith((".dist-info", ".data")):
+            name = ".".join(parts)[:-3]
+            out.add(name[: -len(".__init__")] if name.endswith(".__init__") else name)
+    return out
+
+
+def restart_needed(before: dict[str, str], after: dict[str, str], loaded, modules=modules_of) -> list[str]:
+    """The distributions pip changed (``before``/``after``: :func:`all_versions`) whose modules
+    this process has imported (``loaded``: names in ``sys.modules``): those need a restart."""
+    loaded = set(loaded)
+    out = []
+    for dist, old in sorted(before.items()):
+        new = after.get(dist)
+        if new != old and modules(dist) & loaded:
+            out.append(f"{dist} {old} -> {new or 'removed'}")
+    return out
 
 
 def pip_install(checkout: str, requirements: list[str], log_path: str) -> bool:
@@ -226,10 +244,10 @@ def install(checkout: str, runtime: str, log_dir: str) -> dict:
         print("install: nothing to do (jconv and every requirement are installed at the right versions)")
         return {"ok": True, "restart": [], "installed": False}
     print("install, because:\n  " + "\n  ".join(reasons))
-    before = loaded_distributions()
+    before = all_versions()
     ok = pip_install(checkout, requirements, os.path.join(log_dir, "install.log"))
     importlib.invalidate_caches()
-    restart = restart_needed(before, installed_versions(before)) if ok else []
+    restart = restart_needed(before, all_versions(), sys.modules) if ok else []
     if restart:
         print("RESTART NEEDED: pip changed packages this kernel had already imported: " + "; ".join(restart)
               + ".\n  Runtime -> Restart session, then Runtime -> Run all (the install is skipped the second time).")

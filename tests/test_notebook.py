@@ -183,10 +183,16 @@ def test_install_plan_keeps_a_matching_jax_and_replaces_a_mismatched_one():
 
 
 def test_restart_needed_names_loaded_packages_pip_changed():
-    assert colab_setup.restart_needed({"numpy": "1.26.4", "six": "1.16"}, {"numpy": "2.1.0", "six": "1.16"}) == [
-        "numpy 1.26.4 -> 2.1.0"]
-    assert colab_setup.restart_needed({"six": "1.16"}, {}) == ["six 1.16 -> removed"]
-    assert colab_setup.restart_needed({"six": "1.16"}, {"six": "1.16"}) == []
+    """Only a changed distribution whose modules the kernel imported needs a restart; a shared
+    namespace (``google``) is told apart by the distribution's own modules."""
+    mods = {"numpy": {"numpy", "numpy.linalg"}, "protobuf": {"google.protobuf"}, "six": {"six"}}.get
+    before = {"numpy": "1.26.4", "protobuf": "4.25", "six": "1.16"}
+    after = {"numpy": "2.1.0", "protobuf": "5.0", "six": "1.16"}
+    loaded = {"numpy", "google", "google.colab", "six"}
+    assert colab_setup.restart_needed(before, after, loaded, mods) == ["numpy 1.26.4 -> 2.1.0"]
+    assert colab_setup.restart_needed(before, {}, {"six"}, mods) == ["six 1.16 -> removed"]
+    assert colab_setup.restart_needed(before, before, loaded, mods) == []
+    assert "pytest" in colab_setup.modules_of("pytest")  # real metadata
 
 
 def test_repository_url_is_one_value_in_pyproject_readme_and_notebook():
@@ -222,3 +228,21 @@ def test_plans_fit_the_budget_and_use_measured_programs():
     config = colab_plan.load_config("colab_gpu_quick", t4["not_applicable"])
     assert config.dtypes == ("float32",) and "pallas" not in config.impls
     assert colab_plan.not_applicable("gpu", (8, 9)) == {} and colab_plan.not_applicable("tpu", None) == {}
+
+
+@pytest.mark.parametrize("name", ["colab_tpu_quick", "colab_gpu_quick", "colab_tpu", "colab_gpu"])
+def test_colab_configs_validate_and_state_their_estimate(name):
+    """Each states how to launch it and its estimated time; the quick ones run a subset of the
+    full ones' programs (so the compile matrix, which compiles the full ones, covers them)."""
+    import importlib
+
+    from jconv_experiments import compare
+
+    mod = importlib.import_module(f"configs.{name}")
+    config = mod.get_config()
+    compare.validate(config)
+    assert f"--config=configs/{name}.py" in mod.__doc__ and "Estimated time" in mod.__doc__
+    if name.endswith("_quick"):
+        full = colab_plan.load_config(name.removesuffix("_quick"))
+        keys = {(c.name, b, d, p) for c, b, d, p, _ in colab_plan.groups(config, full.platform)}
+        assert keys <= {(c.name, b, d, p) for c, b, d, p, _ in colab_plan.groups(full, full.platform)}
