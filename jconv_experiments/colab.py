@@ -214,6 +214,7 @@ def step_compare(workdir: str) -> int:
     if na:
         print(f"  not applicable here, skipped: {', '.join(na['dtypes'] + na['impls'])} ({na['reason']})")
     t0 = time.time()
+    os.environ.setdefault("TQDM_MININTERVAL", "2")  # the row counter: an update every 2 s at most
     compare.run(config, os.path.join(workdir, "compare"))
     print(f"comparison: done in {fmt_s(time.time() - t0)} (estimated {fmt_s(c['estimate']['seconds'])})")
     return 0
