@@ -14,7 +14,8 @@ their rows are here too. One row per
 kernels and XLA convolutions in the program, the compiler's cost and memory analysis.
 Needs ``pip install -e ".[tpu,cuda]"`` (``make install`` does it). Resumable.
 
-Size: 3,680 rows (2,760 distinct compiles; ``auto`` rows reuse the program they share). On the
+Size: 3,680 rows on the first seven targets (2,760 distinct compiles; ``auto`` rows reuse the
+program they share); T4 adds 448 (``gpu``'s and ``colab_gpu``'s work), not yet in the committed matrix. On the
 2-core development VM: median 4-12 s per TPU program, 0.3-4 s per GPU program, up to 5 minutes for
 the largest: about 7.5 hours of compile seconds in all, about 4 hours with 2 workers; it resumes where it
 stopped, and takes the targets in turn so a partial run covers all of them (docs/pallas.md, "What

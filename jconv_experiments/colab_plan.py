@@ -43,8 +43,8 @@ CONFIGS = {("tpu", "quick"): "colab_tpu_quick", ("tpu", "full"): "colab_tpu",
            ("gpu", "quick"): "colab_gpu_quick", ("gpu", "full"): "colab_gpu",
            ("cpu", "quick"): "smoke", ("cpu", "full"): "smoke"}
 #: the Pallas kernels on the device (compiled by Mosaic or Triton: what no CPU run can check),
-#: the XLA backend through jconv's primitive, the seed's worked example and the edge cases:
-#: 152 compiles (docs/perf/devices/test_compiles.jsonl), ~4.5 min on a v5e by the estimate
+#: the argument parser and its errors, the seed's worked example and the edge cases: 152
+#: compiles (docs/perf/devices/test_compiles.jsonl), ~4.5 min on a v5e by the estimate
 _QUICK_TPU = (
     "tests/test_geometry.py", "tests/test_errors.py", "tests/test_backend_pallas.py",
     "tests/test_pallas.py::test_forward_and_vjp_match_xla", "tests/test_pallas.py::test_half_precision",

@@ -212,6 +212,9 @@ def test_plans_fit_the_budget_and_use_measured_programs():
         full = colab_plan.plan(platform, target, "full")
         assert full["total_s"] > quick["total_s"] and full["tests"]["args"] == ["-m", "device", "tests"]
         assert colab_plan.load_config(full["compare"]["config"]).suite == "default"
+    for args in colab_plan.TESTS.values():  # every entry names tests that exist (pytest errors otherwise)
+        for entry in (a for a in args if a.startswith("tests")):
+            assert any(colab_plan._selected(r["test"], [entry]) for r in colab_plan.test_compiles()), entry
     t4 = colab_plan.plan("gpu", "t4", "quick", (7, 5))
     assert t4["not_applicable"]["dtypes"] == ["bfloat16"] and t4["tests"]["args"][-2:] == ["-k", "not pallas and not bfloat16"]
     config = colab_plan.load_config("colab_gpu_quick", t4["not_applicable"])
