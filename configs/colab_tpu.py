@@ -1,10 +1,15 @@
-"""The notebook's run on a Colab TPU (v5e) runtime: the default suite, quick.
+"""The notebook's full run on a Colab TPU runtime (v5e-1, v6e-1): the default suite, about an hour.
 
     python -m jconv_experiments --config=configs/colab_tpu.py --workdir=runs/colab_tpu
 
 The ``default`` suite (17 layers) at batch 32, float32 and bfloat16, fwd and fwd+bwd, impls
-xla/lax/auto/pallas (compiled for the TPU)/gemm_peak. Used by notebooks/colab_tpu.ipynb. Not
-run on a TPU by this project (none here); expect a few minutes on a v5e-1, mostly compiling.
+xla/lax/auto/pallas (compiled for the TPU)/gemm_peak: 296 rows. The notebook runs it with
+``FULL = True``; by default it runs ``configs/colab_tpu_quick.py`` (five of these layers).
+
+Estimated time (``python -m jconv_experiments.colab plan``; jconv_experiments/colab_plan.py):
+64 min on a v5e-1 (54 min of compiling: the compile matrix's seconds for these programs on the
+2-core development VM; 9 min for the float64 references on the host), 1.9 h on a v6e-1. Not run
+on a TPU by this project.
 """
 
 from configs.tpu import get_config as _tpu
