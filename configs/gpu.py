@@ -29,4 +29,7 @@ def get_config():
     c.warmup = 3
     c.max_time_s = 5.0
     c.x64_reference_max_gflop = 5.0  # the float64 reference runs on the host CPU: larger layers use HIGHEST float32 on the GPU
+    # the compile matrix compiles this work for these targets only (configs/compile.py): the
+    # datacenter GPUs; Colab's (T4, L4, A100 40 GB) compile configs/colab_gpu.py's work
+    c.compile_targets = "a100,h100,l4"
     return c
