@@ -13,7 +13,7 @@ Triton needs 8.0): the notebook skips them and says so (jconv_experiments/colab_
 
 Estimated time (``python -m jconv_experiments.colab plan``; jconv_experiments/colab_plan.py): 6.6 min on an
 L4 (5.4 min of compiling: the compile matrix's seconds for these programs on the 2-core
-development VM), 6.8 min on an A100, 2.9 min on a T4 (float32 only; the L4's compile seconds).
+development VM), 6.8 min on an A100, 1.2 min on a T4 (float32 only; its own compile seconds).
 With the notebook's quick tests, about 11 minutes on an L4. Not run on a GPU by this project.
 """
 
