@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jconv.geometry import dtype_kind
 from jconv.impls.lax.contractions import LIMITS
 from jconv.spec import ExecSpec
 
@@ -33,6 +34,21 @@ class Thresholds:
 
 
 THRESHOLDS = Thresholds()
+
+
+#: the floating dtypes the engine computes (its accumulators: :func:`jconv.impls.common.acc_dtype`)
+FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def supports_dtype(spec: ExecSpec) -> str | None:
+    """Integer, complex and :data:`FLOATS` operands and results; booleans and the narrow float
+    types (float8, float4) are XLA's (``impl='xla'``)."""
+    for what, name in (("operands", spec.dtype), ("result", spec.out_dtype)):
+        kind = dtype_kind(name)
+        if kind == "bool" or (kind == "float" and name not in FLOATS):
+            return (f"the lax engine computes integer, complex and {', '.join(FLOATS)} convolutions, not {name} "
+                    f"{what}; impl='xla' runs them")
+    return None
 
 
 def mac_terms(spec: ExecSpec) -> int:
