@@ -331,6 +331,10 @@ def _check_padding(fn: str, padding: Any, pads: Pads, mode: str, in_size: Pair, 
         if mode == "replicate" and size == 0 and max(lo, hi) > 0:
             raise ValueError(f"{fn}: padding (={fmt(padding)}) with padding_mode='replicate' needs a non-empty "
                              f"input {axis} to repeat (got 0)")
+    for (lo, hi), size, axis in zip(pads, dil_in, ("height", "width")):
+        if size + lo + hi < 0:  # lax's ValueError
+            raise ValueError(f"{fn}: padding (={fmt(padding)}) crops more than the (input-dilated) {axis} "
+                             f"(={size}): {lo} + {hi} leaves {size + lo + hi} rows")
     if allow_empty_output:
         return
     for (lo, hi), size, k, axis in zip(pads, dil_in, k_eff, ("height", "width")):

@@ -179,14 +179,18 @@ def test_errors_name_the_field(kwargs, exc, msg, static):
         assert msg in str(e.value)
 
 
-def test_a_crop_past_the_input_gives_flaxs_empty_output():
-    """Pads that crop more than the dilated input leave no output row: lax's (and so flax's)
-    empty result, not an error."""
+def test_crops_as_flax():
+    """Pads that crop the whole dilated input leave no output row (lax's and flax's empty
+    result); cropping more than all of it is lax's ValueError, as in flax."""
     x = jnp.ones((1, 2, 2, 4))
-    ref = nn.ConvTranspose(6, (3, 3), padding=((-3, 0), (0, 0)))
+    ref = nn.ConvTranspose(6, (3, 3), padding=((-2, 0), (0, 0)))
     params = ref.init(jax.random.key(0), x)
-    y, want = jl.ConvTranspose(6, (3, 3), padding=((-3, 0), (0, 0))).apply(params, x), ref.apply(params, x)
-    assert y.shape == want.shape == (1, 0, 4, 6) and y.dtype == want.dtype
+    y, want = jl.ConvTranspose(6, (3, 3), padding=((-2, 0), (0, 0))).apply(params, x), ref.apply(params, x)
+    assert y.shape == want.shape == (1, 0, 0, 6) and y.dtype == want.dtype
+    with pytest.raises(ValueError, match="Negative padding is larger"):
+        nn.ConvTranspose(6, (3, 3), padding=((-3, 0), (0, 0))).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"conv_general_dilated: padding \(=\(\(-3, 0\), \(0, 0\)\)\) crops more"):
+        jl.ConvTranspose(6, (3, 3), padding=((-3, 0), (0, 0))).init(jax.random.key(0), x)
 
 
 def test_rank_error():

@@ -154,6 +154,7 @@ _NCHW_X, _NCHW_W = np.ones((2, 4, 6, 6), np.float32), np.ones((6, 4, 3, 3), np.f
     ((_NCHW_X[:1], _NCHW_W, (1, 1), "VALID"), dict(batch_group_count=2)),
     ((_NCHW_X, _NCHW_W[:, :2], (1, 1), "VALID"), dict(batch_group_count=2, feature_group_count=2)),
     ((_NCHW_X, _NCHW_W, (1, 1), "SAME"), dict(lhs_dilation=(2, 2))),
+    ((_NCHW_X, _NCHW_W, (1, 1), ((-7, 0), (0, 0))), {}),                        # crops more than the input
 ])
 def test_conv_general_dilated_raises_what_lax_raises(args, kwargs):
     """A drop-in raises the exception class lax raises for the same bad call (code that catches
