@@ -165,7 +165,11 @@ def conv2d(
       flip_kernel: True computes true convolution (kernel flipped in H and W).
       impl: ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``), ``"lax"`` (built from lax
         primitives; ``"lax:<algorithm>"`` forces one), ``"pallas"``.
-      precision, preferred_element_type: as in ``lax.conv_general_dilated``.
+      precision, preferred_element_type: as in ``lax.conv_general_dilated``, whose dtype rules
+        apply: ``x`` and ``w`` of one dtype (boolean, integer, floating or complex), the
+        result in that dtype or ``preferred_element_type`` (int8 -> int32, bfloat16 -> float32);
+        ``b`` in either. Zero sizes give lax's empty (or zero) result. Which backend runs which
+        dtype: docs/conformance.md.
 
     Example (the seed's first MNIST layer, and the same call through XLA's own convolution):
 
