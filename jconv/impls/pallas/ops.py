@@ -160,7 +160,7 @@ def supports(spec: ExecSpec) -> str | None:
     for what, name in (("operands", spec.dtype), ("result", spec.out_dtype)):
         if name not in DTYPES:
             return (f"impl='pallas' computes {', '.join(DTYPES)} convolutions, not {name} {what}; "
-                    "use impl='lax' or impl='xla'")
+                    "impl='xla' runs every dtype")
     return None
 
 
