@@ -290,6 +290,21 @@ def test_auto_bfloat16_dense_with_many_channels_runs_taps(lax_rules):
         assert select.plan(spec, "auto", platform="cpu").algorithm == algorithm, (name, dtype)
 
 
+@pytest.mark.parametrize("dtype, pet, expect", [
+    ("int8", "int32", {"mobilenetv2_dw3x3_s1": "depthwise", "resnext_g32_3x3": "mac", "resnet50_s2_3x3": "xla",
+                       "resnet50_s2_1x1_expand": "xla", "unet_up_transposed": "xla"}),
+    ("complex64", None, {"mobilenetv2_dw3x3_s1": "depthwise", "resnext_g32_3x3": "mac", "resnet50_s2_3x3": "xla",
+                         "resnet50_s2_1x1_expand": "taps", "unet_up_transposed": "xla"}),
+    ("bool", None, {"mobilenetv2_dw3x3_s1": "xla", "resnext_g32_3x3": "xla", "resnet50_s2_1x1_expand": "xla"}),
+])
+def test_auto_for_integer_complex_and_boolean_convolutions(dtype, pet, expect, lax_rules):
+    """The rules for the other dtype kinds (docs/conformance.md, benchmarks/dtype_auto.py): the
+    engine's depthwise and grouped multiply-accumulate, complex 1x1 as taps, the rest XLA's."""
+    for name, algorithm in expect.items():
+        spec = dataclasses.replace(CASES[name].spec(2, dtype), out_dtype=pet or dtype).execute_spec()
+        assert select.plan(spec, "auto", platform="cpu").algorithm == algorithm, (name, dtype)
+
+
 def test_auto_on_accelerators_is_xla_with_a_reason():
     for platform in ("gpu", "tpu"):
         p = _plan("mobilenetv2_dw3x3_s1", platform=platform)

@@ -105,13 +105,23 @@ def auto(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
        gradient (a conv with an Ho x Wo "kernel") is the slow part there.
     6. dense, undilated, N*Ho*Wo >= ``xla_fwd_min_positions`` with 16-128 channels -> ``xla_fwd``.
     7. everything else (small outputs, dilated kernels): declined, XLA's conv runs.
+
+    Integer and complex convolutions (measured in docs/conformance.md, benchmarks/dtype_auto.py):
+    rule 1 holds for them (the engine's multiply-accumulate beats XLA's grouped convs there
+    too), and a channels-last complex 1x1 runs ``taps``; the rest is declined. Booleans and the
+    narrow float types: declined (the engine does not run them).
     """
-    if platform != "cpu":
+    if platform != "cpu" or supports_dtype(spec) is not None:
         return None
     t = THRESHOLDS
     name, why = choose(spec, platform)
     if spec.is_depthwise or name in ("mac", "mac_cf"):
         return name, why
+    kind = dtype_kind(spec.dtype)
+    if kind == "complex" and spec.is_pointwise and spec.caller_layout == "NHWC":
+        return "taps", "1x1 complex, channels-last: one complex GEMM forward and backward"
+    if kind != "float":
+        return None  # integer and other complex convs: XLA's (measured: docs/conformance.md)
     if spec.lhs_dilation != (1, 1):
         return "xla_fwd", ("input dilation: XLA's conv forward and input gradient, the weight gradient as "
                            "GEMMs (XLA's is a conv with a dilated Ho x Wo kernel)")
