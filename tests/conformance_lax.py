@@ -7,15 +7,17 @@ Each test takes one grid of tests/lax_cases.py (the cases of a JAX test, restate
   included), floating and complex ones within the dtype's tolerance; the result's dtype and
   shape equal (empty results included);
 * derivatives, for the inexact dtypes: ``jvp``, ``vjp``, forward-over-reverse and
-  reverse-over-reverse, element by element against lax's; and ``check_grads`` (finite
-  differences, order 2, both modes) as JAX's autodiff tests do;
+  reverse-over-reverse, element by element against lax's; in the slow grid also JAX's
+  ``check_grads`` (finite differences, order 2, both modes, one operand at a time);
 * the other references JAX's tests use: ``lax.conv_transpose`` and the gradient of a forward
   conv for transposed convolutions, ``lax.conv_general_dilated_patches`` for one-hot kernels.
 
 Every level-``"values"`` grid runs in ``make test`` (each value of each axis at least once); the
-``"pairs"`` grids (every pair of values) are marked ``slow``. The cases of one grid run as one
-jitted program per impl (one compile), cases the impl cannot run (the registry says why: a
-dtype, input dilation) left out and counted. docs/conformance.md maps JAX's tests to these.
+``"pairs"`` grids (every pair of values) are marked ``slow``. The cases of one grid run as
+jitted programs of up to ``CHUNK`` cases each (a few compiles per grid); the cases an impl
+cannot run (its plan says why: a dtype, input dilation) are left out, and a grid it runs none
+of is skipped. lax's results are computed once per process for every impl.
+docs/conformance.md maps JAX's tests to these.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ docs/conformance.md maps each JAX test to ours. The grids are the JAX tag we pin
 JAX source is not needed to run them.
 
 A grid is a list of *axes*, each a list of dicts (one dict per value, as JAX's
-``sample_product`` takes them); a case merges one dict from each axis. :func:`cover` picks the
+``sample_product`` takes them); a case merges one dict from each axis. :func:`grid` picks the
 cases a level runs: ``"values"`` (every value of every axis at least once: ``make test``; axes
 of many like values, such as the eight (batch, in, out) size triples or the 81 explicit pads,
-thinned to a few first: :func:`shapes`), ``"pairs"`` (every pair of values of two axes at least
-once, every axis whole: the slow grid).
+thinned to a few: :class:`Long`), ``"pairs"`` (the slow grid: every value of every whole axis,
+and every pair of values of any two axes, the long ones thinned to twice as many).
 """
 
 from __future__ import annotations
@@ -133,39 +133,65 @@ def cover(axes: list[list[dict]], level: str, valid=lambda d: True, seed: int = 
 # ---- the grids -------------------------------------------------------------------------------
 
 
-def shapes(values: list, level: str, keep: int = 2) -> list:
-    """An axis of many like values (batch/channel sizes, permutations, the 81 explicit pads):
-    ``keep`` of them, evenly spread, at the ``"values"`` level; all of them above it."""
-    if level != "values" or len(values) <= keep:
-        return values
-    step = len(values) / keep
-    return [values[int(k * step)] for k in range(keep)]
+@dataclasses.dataclass(frozen=True)
+class Long:
+    """An axis of many like values (the eight (batch, in, out) size triples, permutations, the
+    81 explicit pads): ``keep`` of them, evenly spread, at the ``"values"`` level (its first
+    ``head`` always among them), twice as many in the pairs of the slow level."""
 
+    values: tuple
+    keep: int = 2
+    head: int = 0
+
+    def thinned(self, keep: int) -> list:
+        head, rest = list(self.values[:self.head]), list(self.values[self.head:])
+        n = max(keep - self.head, 1)
+        if len(rest) <= n:
+            return list(self.values)
+        return head + [rest[int(k * len(rest) / n)] for k in range(n)]
+
+
+def grid(axes: list, level: str, valid=lambda d: True, seed: int = 0) -> list[dict]:
+    """The cases of ``level``: ``"values"``: every value of every axis, long axes thinned;
+    ``"pairs"``: every value of every whole axis, and every pair of values of two axes with the
+    long ones thinned to twice their ``keep``."""
+    def resolve(factor):
+        return [a.thinned(a.keep * factor) if isinstance(a, Long) else a for a in axes]
+
+    if level == "values":
+        return cover(resolve(1), "values", valid, seed)
+    if level != "pairs":
+        raise ValueError(f"grid: level (={level!r}) must be 'values' or 'pairs'")
+    whole = [list(a.values) if isinstance(a, Long) else a for a in axes]
+    out, seen = [], set()
+    for m in cover(whole, "values", valid, seed) + cover(resolve(2), "pairs", valid, seed):
+        if repr(m) not in seen:
+            seen.add(repr(m))
+            out.append(m)
+    return out
 
 
 def conv_cases(level: str) -> list[Case]:
     """testConv, testConvAgainstNumpy: lax.conv (NCHW), string padding, float dtypes."""
-    axes = [shapes([dict(lhs=(b, i, 9, 10), rhs=(j, i, 4, 5)) for b, i, j in itertools.product([2, 3], repeat=3)],
-                   level),
+    axes = [Long(tuple(dict(lhs=(b, i, 9, 10), rhs=(j, i, 4, 5)) for b, i, j in itertools.product([2, 3], repeat=3))),
             [dict(dtype=d) for d in FLOATS],
             [dict(strides=s) for s in [(1, 1), (1, 2), (2, 1)]],
             [dict(padding=p) for p in ["VALID", "SAME", "SAME_LOWER"]]]
     return [case(m["lhs"], m["rhs"], m["dtype"], window_strides=m["strides"], padding=m["padding"],
-                 dimension_numbers=NCHW) for m in cover(axes, level, seed=1)]
+                 dimension_numbers=NCHW) for m in grid(axes, level, seed=1)]
 
 
 def general_padding_cases(level: str) -> list[Case]:
     """testConvWithGeneralPadding(+AgainstNumpy): explicit pads, input and kernel dilation."""
     dil = [(1, 1), (1, 2), (2, 2)]
-    axes = [shapes([dict(lhs=(b, i, 9, 10), rhs=(j, i, 4, 5)) for b, i, j in itertools.product([1, 2, 3], repeat=3)],
-                   level),
+    axes = [Long(tuple(dict(lhs=(b, i, 9, 10), rhs=(j, i, 4, 5)) for b, i, j in itertools.product([1, 2, 3], repeat=3))),
             [dict(dtype=d) for d in FLOATS],
             [dict(strides=s) for s in [(1, 1), (1, 2), (2, 1)]],
             [dict(padding=p) for p in [((0, 0), (0, 0)), ((1, 2), (2, 0))]],
             [dict(lhs_dilation=d) for d in dil], [dict(rhs_dilation=d) for d in dil]]
     return [case(m["lhs"], m["rhs"], m["dtype"], window_strides=m["strides"], padding=m["padding"],
                  lhs_dilation=m["lhs_dilation"], rhs_dilation=m["rhs_dilation"], dimension_numbers=NCHW)
-            for m in cover(axes, level, seed=2)]
+            for m in grid(axes, level, seed=2)]
 
 
 def _permuted(shape, perm):
@@ -178,14 +204,14 @@ def general_dilated_cases(level: str, dtypes=ALL) -> list[Case]:
     dil = [(1, 1), (1, 2), (1, 4)]
     axes = [[dict(bgc=bg, fgc=fg) for bg, fg in [(1, 1), (2, 1), (1, 2)]],
             [dict(w=w) for w in [0, 10]],
-            shapes([dict(bij=bij) for bij in itertools.product([2, 3], repeat=3)], level),
+            Long(tuple(dict(bij=bij) for bij in itertools.product([2, 3], repeat=3))),
             [dict(dn=dn) for dn in GENERAL_DNS],
             [dict(dtype=d) for d in dtypes],
             [dict(strides=s) for s in [(1, 1), (2, 1)]],
             [dict(padding=p) for p in [((1, 2), (2, 0)), ((10, 8), (7, 13))]],
             [dict(lhs_dilation=d) for d in dil], [dict(rhs_dilation=d) for d in dil]]
     out = []
-    for m in cover(axes, level, seed=3):
+    for m in grid(axes, level, seed=3):
         (b, i, j), bg, fg = m["bij"], m["bgc"], m["fgc"]
         dn, lp, rp = m["dn"]
         out.append(case(_permuted((b * bg, i * fg, 9, m["w"]), lp), _permuted((j * fg * bg, i, 4, 5), rp),
@@ -196,11 +222,11 @@ def general_dilated_cases(level: str, dtypes=ALL) -> list[Case]:
 
 
 def preferred_cases(level: str) -> list[Case]:
-    """testConvPreferredElement: every (dtype, preferred_element_type) pair, lax.conv VALID
-    (the shapes taken in turn; every shape with every pair at the slow level)."""
+    """testConvPreferredElement: every (dtype, preferred_element_type) pair, lax.conv VALID, the
+    shapes taken in turn (each pair with two of them at the slow level)."""
     shapes = [((b, i, 9, 10), (j, i, 4, 5)) for b, i, j in itertools.product([2, 3], repeat=3)]
-    combos = (itertools.product(shapes, PREFERRED) if level != "values"
-              else ((shapes[k % len(shapes)], pair) for k, pair in enumerate(PREFERRED)))
+    turns = 1 if level == "values" else 2
+    combos = ((shapes[(k * turns + t) % len(shapes)], pair) for k, pair in enumerate(PREFERRED) for t in range(turns))
     return [case(lhs, rhs, d, window_strides=(1, 1), padding="VALID", dimension_numbers=NCHW,
                  preferred_element_type=p) for (lhs, rhs), (d, p) in combos]
 
@@ -209,14 +235,14 @@ def dimension_numbers_cases(level: str) -> list[Case]:
     """testConvGeneralDilatedLocal's convolution (n=2): every permutation of NCHW, OIHW and the
     output's NCHW, inexact dtypes, five precisions, SAME/VALID, strides (1, 2), rhs dilation (2, 1)."""
     lhs0, rhs0 = (2, 4, 7, 6), (5, 4, 2, 3)
-    axes = [shapes([dict(lhs=s) for s in map("".join, itertools.permutations("NCHW"))], level, 6),
-            shapes([dict(rhs=s) for s in map("".join, itertools.permutations("OIHW"))], level, 6),
-            shapes([dict(out=s) for s in map("".join, itertools.permutations("NCHW"))], level, 6),
+    axes = [Long(tuple(dict(lhs=s) for s in map("".join, itertools.permutations("NCHW"))), 6),
+            Long(tuple(dict(rhs=s) for s in map("".join, itertools.permutations("OIHW"))), 6),
+            Long(tuple(dict(out=s) for s in map("".join, itertools.permutations("NCHW"))), 6),
             [dict(dtype=d) for d in FLOATS + COMPLEX],
             [dict(precision=p) for p in [None, "default", "high", "highest", ("default", "highest")]],
             [dict(padding=p) for p in ["SAME", "VALID"]]]
     out = []
-    for m in cover(axes, level, seed=5):
+    for m in grid(axes, level, seed=5):
         lshape = tuple(lhs0["NCHW".index(c)] for c in m["lhs"])
         rshape = tuple(rhs0["OIHW".index(c)] for c in m["rhs"])
         out.append(case(lshape, rshape, m["dtype"], window_strides=(1, 2), padding=m["padding"], rhs_dilation=(2, 1),
@@ -242,14 +268,14 @@ def transpose_cases(level: str) -> list[dict]:
     """testConvTranspose2DT (transpose_kernel) and testConvTranspose2D: lax.conv_transpose
     arguments (NHWC/HWIO, use_consistent_padding), each the gradient of a forward conv."""
     pads = list(itertools.product(itertools.product([0, 1, 2], [0, 1, 2]), itertools.product([0, 1, 2], [0, 1, 2])))
-    axes = [shapes([dict(b=b, i=i, j=j, k=k) for b, i, j, k in itertools.product([2, 3], [2, 3], [2, 3], [3, 4, 5])],
-                   level, 3),
+    axes = [Long(tuple(dict(b=b, i=i, j=j, k=k) for b, i, j, k in itertools.product([2, 3], [2, 3], [2, 3], [3, 4, 5])),
+                 3),
             [dict(dtype=d) for d in FLOATS],
             [dict(strides=s) for s in [(1, 1), (1, 2), (2, 1), (2, 2), (3, 3)]],
-            [dict(padding=p) for p in ["VALID", "SAME"] + shapes(pads, level, 3)],
+            Long(tuple(dict(padding=p) for p in ["VALID", "SAME"] + pads), 5, head=2),
             [dict(rhs_dilation=d) for d in [None, (2, 2)]],
             [dict(transpose_kernel=t) for t in [True, False]]]
-    return cover(axes, level, seed=6)
+    return grid(axes, level, seed=6)
 
 
 # ---- the gradient grids (lax_autodiff_test) --------------------------------------------------
@@ -257,31 +283,29 @@ def transpose_cases(level: str) -> list[dict]:
 
 def grad_conv_cases(level: str) -> list[Case]:
     """testConvGrad: lax.conv, float dtypes, strides, VALID/SAME."""
-    axes = [shapes([dict(lhs=(b, i, 3, 4), rhs=(j, i, 1, 2)) for b, i, j in itertools.product([2, 3], repeat=3)],
-                   level),
+    axes = [Long(tuple(dict(lhs=(b, i, 3, 4), rhs=(j, i, 1, 2)) for b, i, j in itertools.product([2, 3], repeat=3))),
             [dict(strides=s) for s in [(1, 1), (1, 2), (2, 1)]],
             [dict(dtype=d) for d in FLOATS], [dict(padding=p) for p in ["VALID", "SAME"]]]
     return [case(m["lhs"], m["rhs"], m["dtype"], window_strides=m["strides"], padding=m["padding"],
-                 dimension_numbers=NCHW, precision="highest") for m in cover(axes, level, seed=7)]
+                 dimension_numbers=NCHW, precision="highest") for m in grid(axes, level, seed=7)]
 
 
 def grad_general_padding_cases(level: str) -> list[Case]:
     """testConvWithGeneralPaddingGrad: negative (cropping) pads, input dilation."""
-    axes = [shapes([dict(lhs=(b, i, 3, 4), rhs=(j, i, 1, 2)) for b, i, j in itertools.product([2, 3], repeat=3)],
-                   level),
+    axes = [Long(tuple(dict(lhs=(b, i, 3, 4), rhs=(j, i, 1, 2)) for b, i, j in itertools.product([2, 3], repeat=3))),
             [dict(strides=s) for s in [(1, 1), (1, 2), (2, 1)]],
             [dict(padding=p) for p in [((0, 0), (0, 0)), ((-1, 0), (0, -1)), ((1, 0), (0, 1))]],
             [dict(lhs_dilation=d) for d in [(1, 1), (2, 1)]], [dict(dtype=d) for d in FLOATS]]
     return [case(m["lhs"], m["rhs"], m["dtype"], window_strides=m["strides"], padding=m["padding"],
                  lhs_dilation=m["lhs_dilation"], rhs_dilation=(1, 1), dimension_numbers=NCHW, precision="highest")
-            for m in cover(axes, level, seed=8)]
+            for m in grid(axes, level, seed=8)]
 
 
 def grad_general_dilated_cases(level: str) -> list[Case]:
     """testConvGeneralDilatedGrad: groups of both kinds, a zero-height input, a cropping pad,
     three dimension numbers, float and complex dtypes."""
     axes = [[dict(bgc=bg, fgc=fg) for bg, fg in [(1, 1), (2, 1), (1, 2)]],
-            shapes([dict(bij=bij) for bij in itertools.product([1, 2], repeat=3)], level),
+            Long(tuple(dict(bij=bij) for bij in itertools.product([1, 2], repeat=3))),
             [dict(hw=hw) for hw in [(6, 7), (0, 4)]],
             [dict(strides=s) for s in [(1, 1), (1, 2), (2, 1)]],
             [dict(rhs_dilation=d) for d in [(1, 1), (2, 2)]], [dict(lhs_dilation=d) for d in [(1, 1), (2, 1)]],
@@ -289,7 +313,7 @@ def grad_general_dilated_cases(level: str) -> list[Case]:
             [dict(dn=dn) for dn in GRAD_DNS], [dict(dtype=d) for d in GRAD_INEXACT]]
     valid = lambda m: not (m["hw"][0] == 0 and m["padding"] == ((0, -1), (0, 0)))  # noqa: E731 (as JAX)
     out = []
-    for m in cover(axes, level, valid, seed=9):
+    for m in grid(axes, level, valid, seed=9):
         (b, i, j), bg, fg = m["bij"], m["bgc"], m["fgc"]
         dn, lp, rp = m["dn"]
         out.append(case(_permuted((b * bg, i * fg) + m["hw"], lp), _permuted((j * bg * fg, i, 1, 2), rp), m["dtype"],
