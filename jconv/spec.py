@@ -67,7 +67,8 @@ class Geometry:
     def is_empty(self) -> bool:
         """Nothing to compute: the output is empty, or every product meets an absent input (zero
         input height, width or channels); the result is zeros of the output shape (lax's)."""
-        return min((self.batch, self.out_channels, self.in_channels) + tuple(self.out_size) + tuple(self.in_size)) == 0
+        sizes = (self.batch, self.out_channels, self.in_channels) + tuple(self.out_size) + tuple(self.in_size)
+        return min(sizes) == 0
 
     @property
     def group_in_channels(self) -> int:

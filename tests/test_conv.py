@@ -238,7 +238,8 @@ def test_conv_general_dilated_matches_lax():
 def test_conv_general_dilated_unsupported():
     """0-D, 1-D and 3-D convolutions (JAX's testConvGeneralDilated0D, testConvTranspose1D, ...)
     are not jconv's: a clear NotImplementedError."""
-    for lhs, rhs, strides in (((2, 3), (4, 3), ()), ((2, 3, 5), (4, 3, 3), (1,)), ((1, 2, 4, 4, 4), (3, 2, 2, 2, 2), (1, 1, 1))):
+    for lhs, rhs, strides in (((2, 3), (4, 3), ()), ((2, 3, 5), (4, 3, 3), (1,)),
+                              ((1, 2, 4, 4, 4), (3, 2, 2, 2, 2), (1, 1, 1))):
         with pytest.raises(NotImplementedError, match="only 2-D convolutions"):
             jconv.conv_general_dilated(jnp.ones(lhs), jnp.ones(rhs), strides, "VALID")
 
