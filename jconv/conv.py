@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 
 from jconv import primitive, select, targets
-from jconv.geometry import fmt, is_int, parse_conv2d
+from jconv.geometry import batch_groups, fmt, is_int, parse_conv2d
 from jconv.impls.common import add_bias
 from jconv.impls.registry import check_impl
 from jconv.spec import ConvSpec
@@ -99,9 +99,9 @@ def plan_for(x, w=None, b=None, *, impl: str = "auto", platform: str | None = No
     return select.plan(spec.execute_spec(), impl, fn=fn, platform=platform)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
-def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
-    """Arrays in the user's layout -> result in the user's layout."""
+def _to_exec_layout(x, w, spec: ConvSpec):
+    """The user's arrays -> the execute spec's: batched NHWC ``x`` with the padding mode (or a
+    negative padding's crop) applied, HWIO ``w`` flipped for ``flip_kernel``."""
     if not spec.batched:
         x = x[None]
     if spec.layout == "NCHW":
@@ -115,12 +115,19 @@ def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
     elif min(pt, pb, pl, pr) < 0:  # negative padding crops (conv_general_dilated only)
         lh, lw = spec.lhs_dilation
         x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
+    return x, w
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
+def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
+    """Arrays in the user's layout -> result in the user's layout."""
     espec = spec.execute_spec()
-    if spec.batch == 0:  # nothing to compute: an empty result of the right shape
-        y = jnp.zeros((0,) + espec.out_size + (spec.out_channels,), spec.out_dtype)
+    if spec.is_empty:  # nothing to compute: lax's result, zeros of the output shape (gradients zero)
+        y = jnp.zeros(espec.out_shape, spec.out_dtype)
     else:
+        x, w = _to_exec_layout(x, w, spec)
         y = primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm)
-        y = add_bias(y, b).astype(spec.out_dtype)
+    y = add_bias(y, b).astype(spec.out_dtype)
     if spec.layout == "NCHW":
         y = jnp.transpose(y, (0, 3, 1, 2))
     return y if spec.batched else y[0]
@@ -158,7 +165,11 @@ def conv2d(
       flip_kernel: True computes true convolution (kernel flipped in H and W).
       impl: ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``), ``"lax"`` (built from lax
         primitives; ``"lax:<algorithm>"`` forces one), ``"pallas"``.
-      precision, preferred_element_type: as in ``lax.conv_general_dilated``.
+      precision, preferred_element_type: as in ``lax.conv_general_dilated``, whose dtype rules
+        apply: ``x`` and ``w`` of one dtype (boolean, integer, floating or complex), the
+        result in that dtype or ``preferred_element_type`` (int8 -> int32, bfloat16 -> float32);
+        ``b`` in either. Zero sizes give lax's empty (or zero) result. Which backend runs which
+        dtype: docs/conformance.md.
 
     Example (the seed's first MNIST layer, and the same call through XLA's own convolution):
 
@@ -217,9 +228,12 @@ def conv_general_dilated(
 ):
     """The 2-D subset of ``jax.lax.conv_general_dilated``, run by jconv.
 
-    Same signature and semantics (``lhs_dilation`` included: transposed convolution), so it can
-    be passed as ``flax.nnx.Conv(..., conv_general_dilated=jconv.conv_general_dilated)``.
-    Raises NotImplementedError for what it cannot do (``batch_group_count > 1``, 1-D/3-D).
+    Same signature and semantics (``lhs_dilation`` included: transposed convolution;
+    ``batch_group_count``: the batch groups folded into feature groups), so it can be passed as
+    ``flax.nnx.Conv(..., conv_general_dilated=jconv.conv_general_dilated)``. Every dtype lax takes
+    (boolean, integer, floating, complex) with lax's ``preferred_element_type`` rules; zero-size
+    dimensions and a kernel larger than the padded input give lax's (empty or zero) result.
+    Raises NotImplementedError for 1-D and 3-D convolutions.
     """
     fn = "conv_general_dilated"
     if kwargs:
@@ -228,17 +242,22 @@ def conv_general_dilated(
         raise NotImplementedError(f"{fn}: out_sharding (={out_sharding}) is not supported; leave it None")
     check_array(fn, "lhs", lhs)
     check_array(fn, "rhs", rhs)
-    if lhs.ndim != 4 or rhs.ndim != 4:
+    if lhs.ndim != rhs.ndim:  # lax's ValueError
+        raise ValueError(f"{fn}: lhs.shape (={tuple(lhs.shape)}) and rhs.shape (={tuple(rhs.shape)}) must have the "
+                         "same number of dimensions")
+    if lhs.ndim != 4:
         raise NotImplementedError(
             f"{fn}: only 2-D convolutions (rank-4 lhs and rhs) are supported; got lhs.shape="
             f"{tuple(lhs.shape)}, rhs.shape={tuple(rhs.shape)}"
         )
-    if not isinstance(batch_group_count, (int, np.integer)) or batch_group_count != 1:
-        raise NotImplementedError(f"{fn}: batch_group_count (={batch_group_count}) > 1 is not supported")
     impl = check_impl(fn, impl)
     to_nhwc, to_hwio, from_nhwc = _layout_perms(fn, lhs.shape, rhs.shape, dimension_numbers)
     x_shape = tuple(lhs.shape[i] for i in to_nhwc)
     w_shape = tuple(rhs.shape[i] for i in to_hwio)
+    bgc = batch_groups(fn, batch_group_count, feature_group_count, x_shape[0], w_shape[3])
+    if bgc > 1:  # batch group g (the g-th slice of the batch) is feature group g of a folded input
+        n, h, w_, c = x_shape
+        x_shape, feature_group_count = (n // bgc, h, w_, bgc * c), bgc
     if isinstance(padding, str):
         if lhs_dilation is not None and tuple(lhs_dilation) != (1,) * len(tuple(lhs_dilation)):
             raise ValueError(
@@ -250,7 +269,8 @@ def conv_general_dilated(
         try:
             pad_arg = tuple((int(lo), int(hi)) for lo, hi in padding)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{fn}: padding (={fmt(padding)}) must be a string or a sequence of (low, high) pairs") from e
+            raise ValueError(f"{fn}: padding (={fmt(padding)}) must be a string or a sequence of (low, high) "
+                             "pairs") from e
         if len(pad_arg) != 2:
             raise ValueError(f"{fn}: padding (={fmt(padding)}) must have one (low, high) pair per spatial axis (2)")
     spec = parse_conv2d(
@@ -259,15 +279,21 @@ def conv_general_dilated(
         dilation=1 if rhs_dilation is None else rhs_dilation,
         lhs_dilation=1 if lhs_dilation is None else lhs_dilation,
         groups=feature_group_count, layout="NHWC", precision=precision,
-        preferred_element_type=preferred_element_type, allow_negative_padding=True, fn=fn,
+        preferred_element_type=preferred_element_type, allow_negative_padding=True, allow_empty_output=True,
+        fn=fn,
     )
     p = select.plan(spec.execute_spec(), impl, fn=fn, platform=target_platform(lhs))
     return _execute_general(lhs, rhs, spec=spec, impl=p.impl, algorithm=p.algorithm, to_nhwc=to_nhwc,
-                            to_hwio=to_hwio, from_nhwc=from_nhwc)
+                            to_hwio=to_hwio, from_nhwc=from_nhwc, batch_groups=bgc)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm", "to_nhwc", "to_hwio", "from_nhwc"))
-def _execute_general(lhs, rhs, *, spec, impl, algorithm, to_nhwc, to_hwio, from_nhwc):
-    y = _execute(jnp.transpose(lhs, to_nhwc), jnp.transpose(rhs, to_hwio), None, spec=spec, impl=impl,
-                 algorithm=algorithm)
+@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm", "to_nhwc", "to_hwio", "from_nhwc",
+                                             "batch_groups"))
+def _execute_general(lhs, rhs, *, spec, impl, algorithm, to_nhwc, to_hwio, from_nhwc, batch_groups):
+    x = jnp.transpose(lhs, to_nhwc)
+    if batch_groups > 1:  # (G*N, H, W, C) -> (N, H, W, G*C)
+        g = batch_groups
+        x = x.reshape((g, x.shape[0] // g) + x.shape[1:])
+        x = jnp.moveaxis(x, 0, 3).reshape(x.shape[1:4] + (g * x.shape[4],))
+    y = _execute(x, jnp.transpose(rhs, to_hwio), None, spec=spec, impl=impl, algorithm=algorithm)
     return jnp.transpose(y, from_nhwc)

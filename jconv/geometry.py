@@ -11,6 +11,7 @@ ValueError for a wrong value, NotImplementedError for a valid request jconv does
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -61,16 +62,73 @@ def pair(fn: str, name: str, value: Any, *, minimum: int = 1) -> Pair:
     return items
 
 
-def _dtype_name(fn: str, name: str, dtype: Any) -> str:
+#: the dtype kinds ``lax.conv_general_dilated`` accepts, each with the NumPy type that tests it
+_KINDS = (("bool", np.bool_), ("uint", np.unsignedinteger), ("int", np.signedinteger), ("float", np.floating),
+          ("complex", np.complexfloating))
+
+
+@functools.lru_cache(maxsize=None)
+def dtype_kind(dtype: Any) -> str | None:
+    """``"bool"``, ``"int"``, ``"uint"``, ``"float"`` (bfloat16 and the float8 types included)
+    or ``"complex"``: the kind of a dtype (or its name); None for anything else."""
+    from jax import dtypes  # local: geometry stays importable without touching a backend
+
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        return None
+    return next((kind for kind, t in _KINDS if dtypes.issubdtype(d, t)), None)
+
+
+def batch_groups(fn: str, batch_group_count: Any, feature_group_count: Any, batch: int, out_channels: int) -> int:
+    """``lax.conv_general_dilated``'s ``batch_group_count``, checked as lax checks it: a positive
+    int dividing the batch and the output features, never together with feature groups."""
+    if not is_int(batch_group_count):
+        raise TypeError(f"{fn}: batch_group_count (={fmt(batch_group_count)}) must be an int")
+    count = int(batch_group_count)
+    if count < 1:
+        raise ValueError(f"{fn}: batch_group_count (={count}) must be >= 1")
+    if count > 1 and feature_group_count != 1:
+        raise ValueError(f"{fn}: batch_group_count (={count}) and feature_group_count (={feature_group_count}) "
+                         "cannot both be > 1, as in lax")
+    if batch % count:
+        raise ValueError(f"{fn}: batch_group_count (={count}) must divide the batch (={batch})")
+    if out_channels % count:
+        raise ValueError(f"{fn}: batch_group_count (={count}) must divide the output features (={out_channels})")
+    return count
+
+
+def _dtype(fn: str, name: str, dtype: Any) -> np.dtype:
+    """A dtype lax's convolution accepts, canonicalised as JAX computes it (float64 is float32
+    with x64 disabled)."""
+    from jax import dtypes  # local, as above
+
     try:
         d = np.dtype(dtype)
     except TypeError as e:
         raise TypeError(f"{fn}: {name} (={fmt(dtype)}) is not a dtype") from e
-    if d.name not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{fn}: {name} (={d.name}) must be a floating dtype: one of {', '.join(FLOAT_DTYPES)}"
-        )
-    return d.name
+    if dtype_kind(d) is None or d == dtypes.float0:
+        raise TypeError(f"{fn}: {name} (={d.name}) must be a boolean, integer, floating or complex dtype")
+    return np.dtype(dtypes.canonicalize_dtype(d))
+
+
+def _check_preferred(fn: str, dtype: np.dtype, preferred: np.dtype) -> None:
+    """``lax.conv_general_dilated``'s rule for ``preferred_element_type``: the kinds (input,
+    preferred) are (integer, integer), (integer, floating), (floating, floating) or
+    (complex, complex); a signed integer input keeps its sign; the preferred type is never
+    narrower than the input."""
+    kind, pkind = dtype_kind(dtype), dtype_kind(preferred)
+    family = {"int": "integer", "uint": "integer"}
+    what = f"{fn}: preferred_element_type (={preferred.name})"
+    if kind in ("int", "uint") and pkind == "float":
+        pass  # integer operands, a floating result (either sign)
+    elif kind != "bool" and family.get(kind, kind) != family.get(pkind, pkind):
+        raise TypeError(f"{what} cannot hold a {dtype.name} convolution: (input, preferred) must be (integer, "
+                        "integer), (integer, floating), (floating, floating) or (complex, complex), as in lax")
+    elif kind == "int" and pkind != "int":
+        raise TypeError(f"{what} must be a signed integer type for a signed input ({dtype.name}), as in lax")
+    if preferred.itemsize < dtype.itemsize:
+        raise TypeError(f"{what} must not be narrower than the input dtype (={dtype.name})")
 
 
 def _same_pads(size: int, k_eff: int, stride: int) -> tuple[int, int]:
@@ -202,13 +260,17 @@ def _groups(fn: str, groups: Any) -> int:
 
 
 def _dtypes(fn: str, x_dtype: Any, w_dtype: Any, preferred_element_type: Any) -> tuple[str, str]:
-    """``(dtype, out_dtype)`` of a call."""
-    xd = _dtype_name(fn, "x.dtype", x_dtype)
-    wd = _dtype_name(fn, "w.dtype", w_dtype)
+    """``(dtype, out_dtype)`` of a call: lax's rules (one dtype for both operands, no implicit
+    promotion; the result in ``preferred_element_type`` when given, else in that dtype)."""
+    xd = _dtype(fn, "x.dtype", x_dtype)
+    wd = _dtype(fn, "w.dtype", w_dtype)
     if xd != wd:
-        raise TypeError(f"{fn}: x.dtype (={xd}) and w.dtype (={wd}) must match; cast one of them")
-    out = xd if preferred_element_type is None else _dtype_name(fn, "preferred_element_type", preferred_element_type)
-    return xd, out
+        raise TypeError(f"{fn}: x.dtype (={xd.name}) and w.dtype (={wd.name}) must match; cast one of them")
+    if preferred_element_type is None:
+        return xd.name, xd.name
+    out = _dtype(fn, "preferred_element_type", preferred_element_type)
+    _check_preferred(fn, xd, out)
+    return xd.name, out.name
 
 
 def _shapes(fn: str, lay: str, x_shape, w_shape, groups: int):
@@ -229,10 +291,9 @@ def _shapes(fn: str, lay: str, x_shape, w_shape, groups: int):
     else:
         n, c, h, w_ = xs
         co, ci, kh, kw = w_shape
-    if min(h, w_, c) < 1:
-        raise ValueError(f"{fn}: x.shape (={x_shape}) must have non-zero spatial and channel sizes")
-    if min(kh, kw, ci, co) < 1:
-        raise ValueError(f"{fn}: w.shape (={w_shape}) must have non-zero sizes")
+    if min(kh, kw) < 1:  # zero sizes elsewhere give lax's empty (or zero) result
+        raise ValueError(f"{fn}: w.shape (={w_shape}) must have a non-zero kernel height and width "
+                         f"(got {kh}x{kw}; XLA cannot compile a convolution window without taps)")
     if c % groups:
         raise ValueError(f"{fn}: groups (={groups}) must divide input channels (={c})")
     if co % groups:
@@ -245,26 +306,39 @@ def _shapes(fn: str, lay: str, x_shape, w_shape, groups: int):
     return batched, (n, h, w_, c), (kh, kw, ci, co)
 
 
-def _bias(fn: str, b_shape, b_dtype, co: int, dtype: str) -> None:
+def _bias(fn: str, b_shape, b_dtype, co: int, dtype: str, out_dtype: str) -> None:
+    """The bias: ``(C_out,)``, in the input's dtype or the result's (an int32 bias of an int8
+    convolution with ``preferred_element_type=int32``); it is added in the result's dtype."""
     b_shape = tuple(int(s) for s in b_shape)
     if b_shape != (co,):
         raise ValueError(f"{fn}: b.shape (={b_shape}) must be (C_out,) = ({co},)")
-    bd = _dtype_name(fn, "b.dtype", b_dtype)
-    if bd != dtype:
-        raise TypeError(f"{fn}: b.dtype (={bd}) must match x.dtype (={dtype})")
+    bd = _dtype(fn, "b.dtype", b_dtype).name
+    if bd not in (dtype, out_dtype):
+        also = "" if out_dtype == dtype else f" or the result's dtype (={out_dtype})"
+        raise TypeError(f"{fn}: b.dtype (={bd}) must match x.dtype (={dtype}){also}")
 
 
-def _check_padding(fn: str, padding: Any, pads: Pads, mode: str, in_size: Pair, dil_in: Pair, k_eff: Pair) -> None:
-    """The padding mode's limits, and a kernel that fits the padded input."""
-    if mode in ("reflect", "circular"):
-        for (lo, hi), size, axis in zip(pads, in_size, ("height", "width")):
-            if max(lo, hi) >= size:
-                raise ValueError(
-                    f"{fn}: padding (={fmt(padding)}) with padding_mode={mode!r} must be smaller than "
-                    f"the input {axis} (={size}); got {max(lo, hi)}"
-                )
+def _check_padding(fn: str, padding: Any, pads: Pads, mode: str, in_size: Pair, dil_in: Pair, k_eff: Pair,
+                   allow_empty_output: bool) -> None:
+    """The padding mode's limits, and (unless ``allow_empty_output``) a kernel that fits the
+    padded input wherever the input is not empty."""
+    for (lo, hi), size, axis in zip(pads, in_size, ("height", "width")):
+        if mode in ("reflect", "circular") and max(lo, hi) >= max(size, 1):
+            raise ValueError(
+                f"{fn}: padding (={fmt(padding)}) with padding_mode={mode!r} must be smaller than "
+                f"the input {axis} (={size}); got {max(lo, hi)}"
+            )
+        if mode == "replicate" and size == 0 and max(lo, hi) > 0:
+            raise ValueError(f"{fn}: padding (={fmt(padding)}) with padding_mode='replicate' needs a non-empty "
+                             f"input {axis} to repeat (got 0)")
+    for (lo, hi), size, axis in zip(pads, dil_in, ("height", "width")):
+        if size + lo + hi < 0:  # lax's ValueError
+            raise ValueError(f"{fn}: padding (={fmt(padding)}) crops more than the (input-dilated) {axis} "
+                             f"(={size}): {lo} + {hi} leaves {size + lo + hi} rows")
+    if allow_empty_output:
+        return
     for (lo, hi), size, k, axis in zip(pads, dil_in, k_eff, ("height", "width")):
-        if size + lo + hi < k:
+        if size > 0 and size + lo + hi < k:
             raise ValueError(
                 f"{fn}: the kernel (dilated {axis} {k}) is larger than the padded input {axis} "
                 f"(={size + lo + hi}, from input {size} and padding {(lo, hi)}); "
@@ -291,9 +365,15 @@ def parse_conv2d(
     precision: Any = None,
     preferred_element_type: Any = None,
     allow_negative_padding: bool = False,
+    allow_empty_output: bool = False,
     fn: str = "conv2d",
 ) -> ConvSpec:
-    """Check every argument of a Conv2D call and return its :class:`~jconv.spec.ConvSpec`."""
+    """Check every argument of a Conv2D call and return its :class:`~jconv.spec.ConvSpec`.
+
+    ``allow_negative_padding`` and ``allow_empty_output`` give ``lax.conv_general_dilated``'s
+    rules (:func:`jconv.conv_general_dilated`): padding may crop, and a kernel larger than the
+    padded input gives an empty output instead of an error. Zero batch, input or channel sizes
+    are valid either way: the result is lax's (empty, or zeros of the output shape)."""
     lay, mode = _layout_and_mode(fn, layout, padding_mode, flip_kernel)
     groups = _groups(fn, groups)
     stride = pair(fn, "stride", stride)
@@ -303,11 +383,11 @@ def parse_conv2d(
     dtype, out_dtype = _dtypes(fn, x_dtype, w_dtype, preferred_element_type)
     batched, (n, h, w_, c), (kh, kw, _, co) = _shapes(fn, lay, x_shape, w_shape, groups)
     if b_shape is not None:
-        _bias(fn, b_shape, b_dtype, co, dtype)
+        _bias(fn, b_shape, b_dtype, co, dtype, out_dtype)
     k_eff = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
-    dil_in = ((h - 1) * lhs_dilation[0] + 1, (w_ - 1) * lhs_dilation[1] + 1)
+    dil_in = tuple((s - 1) * d + 1 if s > 0 else 0 for s, d in zip((h, w_), lhs_dilation))
     pads = resolve_padding(fn, padding, dil_in, k_eff, stride, allow_negative=allow_negative_padding)
-    _check_padding(fn, padding, pads, mode, (h, w_), dil_in, k_eff)
+    _check_padding(fn, padding, pads, mode, (h, w_), dil_in, k_eff, allow_empty_output)
     return ConvSpec(
         batch=n, in_size=(h, w_), in_channels=c, out_channels=co, kernel_size=(kh, kw), stride=stride,
         padding=pads, dilation=dilation, lhs_dilation=lhs_dilation, groups=groups, layout=lay,
@@ -318,5 +398,5 @@ def parse_conv2d(
 
 __all__ = [
     "parse_conv2d", "resolve_padding", "axis_pads", "LAYOUTS", "PADDING_MODES", "FLOAT_DTYPES",
-    "pair", "is_int", "fmt", "canonical_precision",
+    "pair", "is_int", "fmt", "canonical_precision", "dtype_kind", "batch_groups",
 ]

@@ -49,7 +49,8 @@ class Geometry:
 
     @property
     def padded_size(self) -> Pair:
-        return tuple(s + lo + hi for s, (lo, hi) in zip(self.dilated_in_size, self.padding))  # type: ignore[return-value]
+        """The input-dilated, padded size (negative padding crops; never below 0)."""
+        return tuple(max(0, s + lo + hi) for s, (lo, hi) in zip(self.dilated_in_size, self.padding))  # type: ignore[return-value]
 
     @property
     def effective_kernel_size(self) -> Pair:
@@ -57,9 +58,17 @@ class Geometry:
 
     @property
     def out_size(self) -> Pair:
+        """``lax.conv_general_dilated``'s rule: 0 where the kernel does not fit the padded input."""
         return tuple(  # type: ignore[return-value]
-            (p - k) // s + 1 for p, k, s in zip(self.padded_size, self.effective_kernel_size, self.stride)
+            max(0, (p - k) // s + 1) for p, k, s in zip(self.padded_size, self.effective_kernel_size, self.stride)
         )
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to compute: the output is empty, or every product meets an absent input (zero
+        input height, width or channels); the result is zeros of the output shape (lax's)."""
+        sizes = (self.batch, self.out_channels, self.in_channels) + tuple(self.out_size) + tuple(self.in_size)
+        return min(sizes) == 0
 
     @property
     def group_in_channels(self) -> int:

@@ -30,19 +30,34 @@ _COARSENESS = ["float64", "float32", "float16", "bfloat16"]
 DEFAULT_PRECISION_DTYPE = {"tpu": "bfloat16", "gpu": "float16"}
 
 
+#: complex dtypes get the tolerance of their parts' dtype
+_COMPLEX_PARTS = {"complex64": "float32", "complex128": "float64"}
+
+
 def effective_dtype(dtype, precision=None, platform: str | None = None) -> str:
-    """The dtype whose tolerance applies: ``dtype``, or the lower-precision type float32 runs in
-    at the default precision on ``platform`` (default: JAX's default backend)."""
+    """The dtype whose tolerance applies: ``dtype`` (a complex one: its parts' dtype), or the
+    lower-precision type float32 runs in at the default precision on ``platform`` (default:
+    JAX's default backend)."""
     name = np.dtype(dtype).name
+    name = _COMPLEX_PARTS.get(name, name)
     if name != "float32" or precision not in (None, "default"):
         return name
     return DEFAULT_PRECISION_DTYPE.get(planning_platform(platform), name)
 
 
+def _exact(name: str) -> bool:
+    """Integer and boolean results are exact (lax's integer convolution wraps; so must ours)."""
+    return np.dtype(name).kind in "biu"
+
+
 def tolerance(*dtypes, precision=None, platform: str | None = None) -> float:
-    """The tolerance for a computation involving ``dtypes`` (the coarsest wins), at
-    ``precision`` on ``platform`` (see :func:`effective_dtype`)."""
+    """The tolerance for a computation involving ``dtypes`` (the coarsest floating one wins; 0
+    when every one is an integer or boolean type), at ``precision`` on ``platform`` (see
+    :func:`effective_dtype`)."""
     names = [effective_dtype(d, precision, platform) for d in dtypes]
+    names = [n for n in names if not _exact(n)]
+    if not names:
+        return 0.0
     for n in names:
         if n not in TOLERANCES:
             raise ValueError(f"tolerance: dtype (={n}) has no tolerance; known: {sorted(TOLERANCES)}")
@@ -50,9 +65,11 @@ def tolerance(*dtypes, precision=None, platform: str | None = None) -> float:
 
 
 def scaled_error(actual, expected) -> float:
-    """``max|actual - expected| / max(1, max|expected|)`` in float64 (NaNs compared as equal)."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
+    """``max|actual - expected| / max(1, max|expected|)`` in float64, complex128 for complex
+    values (NaNs compared as equal)."""
+    wide = np.complex128 if np.iscomplexobj(actual) or np.iscomplexobj(expected) else np.float64
+    a = np.asarray(actual, dtype=wide)
+    e = np.asarray(expected, dtype=wide)
     if a.shape != e.shape:
         raise ValueError(f"scaled_error: shapes differ: {a.shape} vs {e.shape}")
     if a.size == 0:

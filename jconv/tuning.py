@@ -48,7 +48,7 @@ import numpy as np
 
 from jconv import select
 from jconv.conv import conv2d, parse_call
-from jconv.geometry import fmt
+from jconv.geometry import dtype_kind, fmt
 from jconv.impls import registry
 from jconv.spec import ConvSpec, ExecSpec
 from jconv.timing import layer_pass, time_interleaved
@@ -169,6 +169,9 @@ def tune_spec(
     """Tune one convolution given by its user-level ``spec`` and ``call(x, w, b, impl)``
     (which computes it in the caller's layout). :func:`tune` is the public front end."""
     _check_settings(objective, iters, prune, margin)
+    if objective == "fwd+bwd" and dtype_kind(spec.dtype) not in ("float", "complex"):
+        raise ValueError(f"tune: objective (={objective!r}) needs a gradient; a convolution of {spec.dtype} "
+                         "operands has none (as in lax): use objective='fwd'")
     platform = jax.default_backend()
     espec = spec.execute_spec()
     candidates = candidates_for(espec, platform) if candidates is None else _checked_candidates(candidates)

@@ -11,9 +11,14 @@ class checks what a user relies on, for each impl string its test file lists in 
   ``jacfwd``, ``hessian``, ``grad`` of ``grad`` (float64 ``check_grads``, both modes, order 2);
 * ``vmap`` of an activation, of a kernel, of both, and of ``grad``;
 * bad inputs (the parser's errors, before any tracing) and edge cases: zero batch, a kernel as
-  large as the padded input, NaN propagation, unbatched input, NCHW.
+  large as the padded input, NaN propagation, unbatched input, NCHW;
+* what lax does with integer operands (no gradient: float0), empty shapes (zero batch, size or
+  channels: lax's empty or zero result, zero gradients) and NumPy float64 without x64;
+* JAX's own convolution tests, restated (:class:`conformance_lax.LaxConformance`; the map from
+  JAX's test names to these: docs/conformance.md).
 
-Shapes are tiny: interpreted backends (Pallas on the CPU) run every one of these.
+Shapes are tiny: interpreted backends (Pallas on the CPU) run every one of these (of JAX's grids,
+a share: ``GRID_SHARE``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from jax.test_util import check_grads
 import jconv
 from jconv.impls import registry
 from jconv.testing import assert_close
+import lax_cases as lc
+from conformance_lax import LaxConformance, check_value, why_not_case
+from conformance_lax import arrays as lc_arrays
 from oracle import conv2d_ref
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -83,9 +91,10 @@ def _why_not(impl: str, geom, x, w) -> str | None:
     return None
 
 
-class BackendConformance:
+class BackendConformance(LaxConformance):
     """Subclass with ``IMPLS = [...]`` (impl strings of one backend); tests/conftest.py
-    parametrises every test's ``impl`` argument with them."""
+    parametrises every test's ``impl`` argument with them. JAX's own convolution tests come
+    from :class:`conformance_lax.LaxConformance`."""
 
     IMPLS: list[str] = []
     #: float64 checks (check_grads) run only for backends that compute float64
@@ -238,6 +247,72 @@ class BackendConformance:
         xn = x.at[0, 1, 1, 0].set(jnp.nan)
         y = jconv.conv2d(xn, w, padding=1, **kw)
         assert bool(jnp.isnan(y[0]).any()) and not bool(jnp.isnan(y[1]).any())
+
+    # ---- what lax does with integers, empty shapes and NumPy float64 ---------------------------
+
+    def test_integer_operands_have_no_gradient(self, impl):
+        """As lax: ``jax.grad`` refuses integer operands (JAX's own check), ``vjp`` and ``jvp``
+        give float0 (the conv is still bilinear: no derivative flows through integers)."""
+        c = lc.case((2, 5, 5, 3), (3, 3, 3, 4), "int8", window_strides=(1, 1), padding="SAME",
+                    dimension_numbers=lc.NHWC, preferred_element_type="int32")
+        if why_not_case(impl, c):
+            pytest.skip(why_not_case(impl, c))
+        x, w = lc_arrays(c)
+        f = functools.partial(jconv.conv_general_dilated, impl=impl, **c.kwargs)
+        with pytest.raises(TypeError, match="grad requires real- or complex-valued inputs"):
+            jax.grad(lambda a: f(a, w).sum().astype(jnp.float32))(x)
+        y, pull = jax.vjp(f, x, w)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(lax.conv_general_dilated(x, w, **c.kwargs)))
+        for g, a in zip(pull(jnp.ones(y.shape, y.dtype)), (x, w)):
+            assert g.dtype == jax.dtypes.float0 and g.shape == a.shape
+        zero = lambda a: np.zeros(a.shape, jax.dtypes.float0)  # noqa: E731
+        _, t = jax.jvp(f, (x, w), (zero(x), zero(w)))
+        assert t.dtype == jax.dtypes.float0 and t.shape == y.shape
+
+    @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+    def test_empty_shapes(self, impl, layout):
+        """Zero batch, zero height, zero input or output channels, a kernel larger than the
+        padded input: lax's empty (or all-zero) result, zero gradients of the right shapes; in
+        conv2d the bias alone where every product is empty."""
+        cases = [((0, 5, 5, 2), (3, 3, 2, 4), ((1, 1), (1, 1))), ((2, 0, 5, 2), (3, 3, 2, 4), ((2, 1), (1, 1))),
+                 ((2, 5, 5, 0), (3, 3, 0, 4), ((1, 1), (1, 1))), ((2, 5, 5, 2), (3, 3, 2, 0), ((0, 0), (0, 0))),
+                 ((2, 2, 5, 2), (3, 3, 2, 4), ((0, 0), (0, 0))), ((2, 3, 3, 2), (3, 3, 2, 4), ((-2, 0), (0, 0)))]
+        dn = lc.NHWC if layout == "NHWC" else lc.NCHW
+        to = (lambda s: s) if layout == "NHWC" else (lambda s: (s[0], s[3], s[1], s[2]))  # noqa: E731
+        kto = (lambda s: s) if layout == "NHWC" else (lambda s: (s[3], s[2], s[0], s[1]))  # noqa: E731
+        for xs, ws, pads in cases:
+            c = lc.case(to(xs), kto(ws), "float32", window_strides=(1, 1), padding=pads, dimension_numbers=dn)
+            if why_not_case(impl, c):
+                continue
+            x, w = lc_arrays(c)
+            f = functools.partial(jconv.conv_general_dilated, impl=impl, **c.kwargs)
+            want, want_pull = jax.vjp(functools.partial(lax.conv_general_dilated, **c.kwargs), x, w)
+            got, pull = jax.vjp(f, x, w)
+            check_value(got, want, c, f"{impl} empty")
+            ct = jnp.ones(got.shape, got.dtype)
+            for g, r in zip(pull(ct), want_pull(ct)):
+                check_value(g, r, c, f"{impl} empty, gradient")
+                assert not np.asarray(g).any()
+            if min(xs[1], xs[2], xs[3]) == 0 and pads != ((0, 0), (0, 0)):  # conv2d: the bias alone
+                b = jnp.arange(ws[3], dtype=jnp.float32)
+                y = jconv.conv2d(x, w, b, padding=pads, layout=layout, impl=impl)
+                np.testing.assert_array_equal(np.asarray(y), np.broadcast_to(
+                    np.asarray(b).reshape((-1,) if layout == "NHWC" else (-1, 1, 1)), y.shape))
+
+    def test_numpy_float64_without_x64(self, impl):
+        """A NumPy float64 array with x64 disabled computes in float32, as lax does."""
+        if jax.config.jax_enable_x64:
+            pytest.skip("x64 is enabled")
+        c = lc.case((2, 6, 5, 3), (3, 3, 3, 4), "float32", window_strides=(1, 2), padding="SAME",
+                    dimension_numbers=lc.NHWC, precision="highest")
+        if why_not_case(impl, c):
+            pytest.skip(why_not_case(impl, c))
+        x, w = (a.astype(np.float64) for a in lc_arrays(c))
+        got = jconv.conv_general_dilated(x, w, impl=impl, **c.kwargs)
+        want = lax.conv_general_dilated(x, w, **c.kwargs)
+        assert got.dtype == want.dtype == np.float32
+        check_value(got, want, c, f"{impl} float64 input without x64")
+        assert jconv.conv2d(x, w, impl=impl, padding="SAME").dtype == np.float32
 
 
 def backend_impls(name: str) -> list[str]:

@@ -64,6 +64,7 @@ def pytest_generate_tests(metafunc):
 #: the device selection: correctness of every impl on the device's own compilers (Pallas compiled
 #: by Mosaic or Triton), the arguments and errors, transformations and the Flax modules
 DEVICE_FILES = {"test_geometry.py", "test_errors.py", "test_conv.py", "test_transforms.py", "test_backend_xla.py",
+                "test_backend_auto.py",
                 "test_backend_lax.py", "test_backend_pallas.py", "test_pallas.py", "test_linen.py", "test_nnx.py",
                 "test_models.py"}
 

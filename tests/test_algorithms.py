@@ -137,6 +137,41 @@ def test_dtypes_forward_and_grad_dtypes(dtype):
             assert dx.dtype == dw.dtype == jnp.dtype(dtype), impl
 
 
+#: (operand dtype, preferred_element_type): integer results exact (int8 wraps, uint8 too),
+#: integer operands with a floating result, complex; each accumulates in its own type
+KINDS = [("int8", "int32"), ("int8", None), ("uint8", None), ("int16", "float32"), ("complex64", None)]
+
+
+@pytest.mark.parametrize("dtype,pet", KINDS, ids=[f"{d}->{p or d}" for d, p in KINDS])
+def test_integer_and_complex_kinds(dtype, pet):
+    """Every algorithm on the engine's every code path (transposed, grouped, dilated; depthwise
+    with a multiplier for ``depthwise``) equals lax's result: exactly for integer results,
+    values large enough that int8 and uint8 sums wrap; complex also in its VJP (no conjugation)."""
+    rng = np.random.default_rng(7)
+    for geom in (GEOMS[7], GEOMS[4]):
+        x, w = _inputs(geom)
+        if dtype.startswith("complex"):
+            x, w = (x + 1j * rng.normal(size=x.shape)).astype(dtype), (w - 1j * rng.normal(size=w.shape)).astype(dtype)
+        else:
+            x, w = (np.round(x * 40) % 120).astype(dtype), (np.round(w * 40) % 120).astype(dtype)
+        _, (_, _, g), _, s, d, l, pad = geom
+        kw = dict(window_strides=s, padding=pad, lhs_dilation=l, rhs_dilation=d, dimension_numbers=DN,
+                  feature_group_count=g, preferred_element_type=pet)
+        want, pull_ref = jax.vjp(functools.partial(lax.conv_general_dilated, **kw), x, w)
+        for algo in _algos(geom, x, w):
+            if geom is GEOMS[4] and algo != "depthwise":
+                continue  # GEOMS[7] ran the others
+            y, pull = jax.vjp(functools.partial(jconv.conv_general_dilated, impl=f"lax:{algo}", **kw), x, w)
+            assert y.dtype == want.dtype, algo
+            if dtype.startswith("complex"):
+                assert_close(y, want, dtype, factor=2, what=algo)
+                ct = jnp.asarray(rng.normal(size=y.shape) + 1j * rng.normal(size=y.shape), y.dtype)
+                for got, ref in zip(pull(ct), pull_ref(ct)):
+                    assert_close(got, ref, dtype, factor=4, what=f"{algo} vjp")
+            else:
+                np.testing.assert_array_equal(np.asarray(y), np.asarray(want), err_msg=algo)
+
+
 def test_bias_and_layouts_through_conv2d():
     """The algorithms behind conv2d's own arguments (NCHW, bias, padding modes) and their db."""
     rng = np.random.default_rng(5)
@@ -252,6 +287,21 @@ def test_auto_bfloat16_dense_with_many_channels_runs_taps(lax_rules):
                                    ("vgg16_conv3_2", "bfloat16", "taps"), ("resnet50_s2_3x3", "bfloat16", "xla_fwd"),
                                    ("deeplab_3x3_d2", "bfloat16", "xla")]:
         spec = CASES[name].spec(2, dtype).execute_spec()
+        assert select.plan(spec, "auto", platform="cpu").algorithm == algorithm, (name, dtype)
+
+
+@pytest.mark.parametrize("dtype, pet, expect", [
+    ("int8", "int32", {"mobilenetv2_dw3x3_s1": "depthwise", "resnext_g32_3x3": "mac", "resnet50_s2_3x3": "xla",
+                       "resnet50_s2_1x1_expand": "xla", "unet_up_transposed": "xla"}),
+    ("complex64", None, {"mobilenetv2_dw3x3_s1": "depthwise", "resnext_g32_3x3": "mac", "resnet50_s2_3x3": "xla",
+                         "resnet50_s2_1x1_expand": "taps", "unet_up_transposed": "xla"}),
+    ("bool", None, {"mobilenetv2_dw3x3_s1": "xla", "resnext_g32_3x3": "xla", "resnet50_s2_1x1_expand": "xla"}),
+])
+def test_auto_for_integer_complex_and_boolean_convolutions(dtype, pet, expect, lax_rules):
+    """The rules for the other dtype kinds (docs/conformance.md, benchmarks/dtype_auto.py): the
+    engine's depthwise and grouped multiply-accumulate, complex 1x1 as taps, the rest XLA's."""
+    for name, algorithm in expect.items():
+        spec = dataclasses.replace(CASES[name].spec(2, dtype), out_dtype=pet or dtype).execute_spec()
         assert select.plan(spec, "auto", platform="cpu").algorithm == algorithm, (name, dtype)
 
 

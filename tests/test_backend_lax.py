@@ -6,3 +6,9 @@ from conformance import BackendConformance, backend_impls
 class TestConformance(BackendConformance):
     IMPLS = backend_impls("lax")
     FLOAT64 = True
+
+    def share(self, impl: str) -> int:
+        """JAX's grids (tests/conformance_lax.py): the engine's choice runs half of each, every
+        algorithm an eighth (the engine compiles slowly; each algorithm's dtype handling:
+        tests/test_algorithms.py::test_integer_and_complex_kinds)."""
+        return 2 if impl == "lax" else 8

@@ -67,8 +67,17 @@ def _raises(exc, pattern, *args, **kwargs):
         (dict(x=X, w=W, b=jnp.ones((6,), jnp.float16)), TypeError, r"b\.dtype \(=float16\) must match x\.dtype \(=float32\)"),
         # dtypes
         (dict(x=X, w=W.astype(jnp.bfloat16)), TypeError, r"x\.dtype \(=float32\) and w\.dtype \(=bfloat16\) must match"),
-        (dict(x=X.astype(jnp.int32), w=W.astype(jnp.int32)), TypeError, r"x\.dtype \(=int32\) must be a floating dtype"),
-        (dict(x=X, w=W, preferred_element_type=jnp.int8), TypeError, r"preferred_element_type \(=int8\) must be a floating dtype"),
+        (dict(x=X.astype(jnp.int8), w=W.astype(jnp.int16)), TypeError, r"x\.dtype \(=int8\) and w\.dtype \(=int16\) must match"),
+        (dict(x=X, w=W, preferred_element_type=jnp.int8), TypeError, r"preferred_element_type \(=int8\) cannot hold a float32 convolution"),
+        (dict(x=X, w=W, preferred_element_type=jnp.bfloat16), TypeError, r"preferred_element_type \(=bfloat16\) must not be narrower than the input dtype \(=float32\)"),
+        (dict(x=X.astype(jnp.int8), w=W.astype(jnp.int8), preferred_element_type=jnp.uint32), TypeError, r"preferred_element_type \(=uint32\) must be a signed integer type for a signed input \(int8\)"),
+        (dict(x=X.astype(jnp.int32), w=W.astype(jnp.int32), preferred_element_type=jnp.float16), TypeError, r"preferred_element_type \(=float16\) must not be narrower"),
+        (dict(x=X.astype(jnp.complex64), w=W.astype(jnp.complex64), preferred_element_type=jnp.float32), TypeError, r"preferred_element_type \(=float32\) cannot hold a complex64"),
+        (dict(x=X, w=W, preferred_element_type="string"), TypeError, r"preferred_element_type \(='string'\) is not a dtype"),
+        (dict(x=X.astype(jnp.int8), w=W.astype(jnp.int8), b=jnp.ones((6,), jnp.float32), preferred_element_type=jnp.int32), TypeError, r"b\.dtype \(=float32\) must match x\.dtype \(=int8\) or the result's dtype \(=int32\)"),
+        # zero-size kernels (zero sizes elsewhere give lax's result: tests/conformance_lax.py)
+        (dict(x=X, w=jnp.ones((0, 3, 4, 6))), ValueError, r"w\.shape \(=\(0, 3, 4, 6\)\) must have a non-zero kernel height and width"),
+        (dict(x=jnp.ones((1, 0, 5, 1)), w=jnp.ones((1, 1, 1, 1)), padding=1, padding_mode="replicate"), ValueError, r"padding_mode='replicate' needs a non-empty input height to repeat \(got 0\)"),
         # not arrays
         (dict(x=[[1.0]], w=W), TypeError, r"x must be an array .*not a list"),
         (dict(x=X, w="kernel"), TypeError, r"w \(='kernel'\) must be an array"),
@@ -127,3 +136,33 @@ def test_pallas_is_never_silently_replaced():
 def test_other_public_functions(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+_NCHW_X, _NCHW_W = np.ones((2, 4, 6, 6), np.float32), np.ones((6, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((_NCHW_X, _NCHW_W, (1, 1), (3, 3)), {}),                                    # testConvInvalidPadding
+    ((np.ones((1, 1, 1)), np.ones((1, 1, 1, 1)), (1,), ((0, 0),)),                # different ranks
+     dict(dimension_numbers=jax.lax.ConvDimensionNumbers((0, 1, 2), (0, 1, 2), (0, 1, 2)))),
+    ((_NCHW_X, _NCHW_W, [1], "SAME"), {}),                                        # window_strides of 1-D
+    ((_NCHW_X, _NCHW_W.astype(np.float16), (1, 1), "VALID"), {}),                 # operand dtypes differ
+    ((_NCHW_X, _NCHW_W, (1, 1), "VALID"), dict(preferred_element_type=jnp.bfloat16)),
+    ((_NCHW_X, _NCHW_W, (1, 1), "VALID"), dict(preferred_element_type=jnp.int32)),
+    ((_NCHW_X.astype(np.int8), _NCHW_W.astype(np.int8), (1, 1), "VALID"), dict(preferred_element_type=jnp.uint16)),
+    ((_NCHW_X, _NCHW_W[:, :2], (1, 1), "VALID"), dict(feature_group_count=3)),
+    ((_NCHW_X[:1], _NCHW_W, (1, 1), "VALID"), dict(batch_group_count=2)),
+    ((_NCHW_X, _NCHW_W[:, :2], (1, 1), "VALID"), dict(batch_group_count=2, feature_group_count=2)),
+    ((_NCHW_X, _NCHW_W, (1, 1), "SAME"), dict(lhs_dilation=(2, 2))),
+    ((_NCHW_X, _NCHW_W, (1, 1), ((-7, 0), (0, 0))), {}),                        # crops more than the input
+])
+def test_conv_general_dilated_raises_what_lax_raises(args, kwargs):
+    """A drop-in raises the exception class lax raises for the same bad call (code that catches
+    it keeps working), with jconv's message naming the argument."""
+    from jax import lax
+
+    with pytest.raises((TypeError, ValueError)) as want:
+        lax.conv_general_dilated(*args, **kwargs)
+    with pytest.raises(type(want.value)) as got:
+        jconv.conv_general_dilated(*args, **kwargs)
+    assert str(got.value).startswith("conv_general_dilated: "), got.value

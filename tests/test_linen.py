@@ -224,3 +224,33 @@ def test_errors_name_the_argument(kwargs, exc, msg):
     with pytest.raises(exc) as e:
         jl.Conv2D(6, **kwargs).init(jax.random.key(0), jnp.ones((1, 6, 6, 4)))
     assert msg in str(e.value)
+
+
+def _int_init(key, shape, dtype):
+    """An initialiser for integer parameters (flax's defaults draw floats)."""
+    return jax.random.randint(key, shape, -4, 5).astype(dtype)
+
+
+@pytest.mark.parametrize("module", ["Conv", "ConvTranspose"])
+def test_integer_inputs_and_kernels_as_flax(module):
+    """Integer inputs and kernels as nn.Conv takes them: the default promote_dtype computes in
+    float32; a promote_dtype that keeps integers runs an integer convolution (int8 wraps, as
+    lax's does), and ``preferred_element_type=int32`` (a jconv extra here) accumulates in int32
+    with the int8 bias added there."""
+    from flax.linen.dtypes import promote_dtype
+
+    x = jax.random.randint(jax.random.key(1), (2, 6, 6, 3), -8, 9).astype(jnp.int8)
+    kw = dict(param_dtype=jnp.int8, kernel_init=_int_init, bias_init=_int_init, padding="SAME", strides=2)
+    keep_ints = dict(promote_dtype=lambda *a, dtype=None: promote_dtype(*a, dtype=dtype, inexact=False))
+    for extra in (dict(), keep_ints):
+        ref_mod, mod = getattr(nn, module)(4, (3, 3), **kw, **extra), getattr(jl, module)(4, (3, 3), **kw, **extra)
+        params = ref_mod.init(jax.random.key(0), x)
+        assert jax.tree.map(lambda a: a.dtype, params) == jax.tree.map(lambda a: a.dtype, mod.init(jax.random.key(0), x))
+        ref_y, y = ref_mod.apply(params, x), mod.apply(params, x)
+        assert y.dtype == ref_y.dtype == (jnp.int8 if extra else jnp.float32)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(ref_y))
+    wide = getattr(jl, module)(4, (3, 3), **kw, **keep_ints, preferred_element_type=jnp.int32).apply(params, x)
+    ref_wide = getattr(nn, module)(4, (3, 3), **kw, promote_dtype=lambda *a, dtype=None: promote_dtype(
+        *a, dtype=jnp.int32, inexact=False)).apply(params, x)  # the same conv of int32 operands
+    assert wide.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(wide), np.asarray(ref_wide))

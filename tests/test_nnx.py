@@ -151,3 +151,24 @@ def test_errors():
         jn.Conv2D(2, 3, 3, padding="CIRCULAR", padding_mode="reflect", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"conv2d: groups \(=2\) must divide input channels \(=3\)"):
         jn.Conv2D(3, 4, 3, feature_group_count=2, rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 3)))
+
+
+def test_integer_inputs_and_kernels_as_nnx_conv():
+    """Integer inputs and kernels as nnx.Conv takes them (jconv.nnx.Conv2D, and nnx.Conv with
+    jconv's conv_general_dilated): promoted to float32 by default; kept by a promote_dtype
+    without ``inexact``, with ``preferred_element_type=int32`` accumulating exactly."""
+    from flax.nnx.nn import dtypes
+
+    def int_init(key, shape, dtype):
+        return jax.random.randint(key, shape, -4, 5).astype(dtype)
+
+    x = jax.random.randint(jax.random.key(1), (2, 6, 6, 3), -8, 9).astype(jnp.int8)
+    keep_ints = lambda args, dtype=None: dtypes.promote_dtype(args, dtype=dtype, inexact=False)  # noqa: E731
+    for kw in (dict(), dict(promote_dtype=keep_ints), dict(promote_dtype=keep_ints, preferred_element_type=jnp.int32)):
+        kw = dict(param_dtype=jnp.int8, kernel_init=int_init, bias_init=int_init, strides=(1, 2), **kw)
+        ref = nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0), **kw)
+        for ours in (jn.Conv2D(3, 4, 3, rngs=nnx.Rngs(0), **kw),
+                     nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0), conv_general_dilated=jconv.conv_general_dilated, **kw)):
+            y, ry = ours(x), ref(x)
+            assert y.dtype == ry.dtype, kw
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(ry))

@@ -146,6 +146,12 @@ def test_bad_arguments(kwargs, match):
         jconv.tune(X, W, **KW, **kwargs)
 
 
+def test_an_integer_convolution_has_no_training_objective():
+    x, w = (jax.ShapeDtypeStruct(a.shape, jnp.int8) for a in (X, W))
+    with pytest.raises(ValueError, match=r"tune: objective \(='fwd\+bwd'\) needs a gradient; a convolution of int8"):
+        jconv.tune(x, w, **KW)
+
+
 def test_bad_convolution_arguments_are_the_parsers_errors():
     with pytest.raises(ValueError, match=r"tune: groups \(=3\) must divide"):
         jconv.tune(X, W, padding=1, groups=3)

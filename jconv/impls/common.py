@@ -5,12 +5,28 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from jconv.geometry import dtype_kind
 from jconv.spec import ExecSpec
 
 
 def acc_dtype(spec: ExecSpec):
-    """Accumulator dtype: float64 when float64 is involved, else float32."""
-    return jnp.float64 if "float64" in (spec.dtype, spec.out_dtype) else jnp.float32
+    """The dtype products are summed in, by the kind of the result (:func:`jconv.geometry.dtype_kind`):
+
+    * integer: exact, wrapping as lax's integer convolution does: the result's own width from
+      32 bits up, else int32 (uint32 for an unsigned result); a sum mod 2**32 cast to a narrower
+      result is that result's wrapped sum (int8 x int8 -> int8 wraps like lax's);
+    * complex: complex128 when complex128 is involved, else complex64;
+    * floating (from floating or integer operands): float64 when float64 is involved, else float32.
+    """
+    kind = dtype_kind(spec.out_dtype)
+    if kind in ("int", "uint"):
+        out = jnp.dtype(spec.out_dtype)
+        if out.itemsize >= 4:
+            return out
+        return jnp.dtype(jnp.int32 if kind == "int" else jnp.uint32)
+    if kind == "complex":
+        return jnp.dtype(jnp.complex128 if "complex128" in (spec.dtype, spec.out_dtype) else jnp.complex64)
+    return jnp.dtype(jnp.float64 if "float64" in (spec.dtype, spec.out_dtype) else jnp.float32)
 
 
 def pad_input(x, spec: ExecSpec):

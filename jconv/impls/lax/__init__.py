@@ -56,9 +56,15 @@ _SUMMARIES = {
 }
 _SUPPORTS = {"depthwise": rules.supports_depthwise, "mac": rules.supports_mac, "mac_cf": rules.supports_mac}
 
+
+def _supports(name: str):
+    """The engine's dtypes (:func:`rules.supports_dtype`), then the algorithm's own limits."""
+    own = _SUPPORTS.get(name, lambda spec: None)
+    return lambda spec: rules.supports_dtype(spec) or own(spec)
+
+
 ALGORITHMS: dict[str, registry.Algorithm] = {
-    name: registry.Algorithm(name, *_kernels(name), supports=_SUPPORTS.get(name, lambda spec: None),
-                             summary=summary)
+    name: registry.Algorithm(name, *_kernels(name), supports=_supports(name), summary=summary)
     for name, summary in _SUMMARIES.items()
 }
 

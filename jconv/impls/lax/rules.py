@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jconv.geometry import dtype_kind
 from jconv.impls.lax.contractions import LIMITS
 from jconv.spec import ExecSpec
 
@@ -33,6 +34,21 @@ class Thresholds:
 
 
 THRESHOLDS = Thresholds()
+
+
+#: the floating dtypes the engine computes (its accumulators: :func:`jconv.impls.common.acc_dtype`)
+FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def supports_dtype(spec: ExecSpec) -> str | None:
+    """Integer, complex and :data:`FLOATS` operands and results; booleans and the narrow float
+    types (float8, float4) are XLA's (``impl='xla'``)."""
+    for what, name in (("operands", spec.dtype), ("result", spec.out_dtype)):
+        kind = dtype_kind(name)
+        if kind == "bool" or (kind == "float" and name not in FLOATS):
+            return (f"the lax engine computes integer, complex and {', '.join(FLOATS)} convolutions, not {name} "
+                    f"{what}; impl='xla' runs them")
+    return None
 
 
 def mac_terms(spec: ExecSpec) -> int:
@@ -89,13 +105,23 @@ def auto(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
        gradient (a conv with an Ho x Wo "kernel") is the slow part there.
     6. dense, undilated, N*Ho*Wo >= ``xla_fwd_min_positions`` with 16-128 channels -> ``xla_fwd``.
     7. everything else (small outputs, dilated kernels): declined, XLA's conv runs.
+
+    Integer and complex convolutions (measured in docs/conformance.md, benchmarks/dtype_auto.py):
+    rule 1 holds for them (the engine's multiply-accumulate beats XLA's grouped convs there
+    too), and a channels-last complex 1x1 runs ``taps``; the rest is declined. Booleans and the
+    narrow float types: declined (the engine does not run them).
     """
-    if platform != "cpu":
+    if platform != "cpu" or supports_dtype(spec) is not None:
         return None
     t = THRESHOLDS
     name, why = choose(spec, platform)
     if spec.is_depthwise or name in ("mac", "mac_cf"):
         return name, why
+    kind = dtype_kind(spec.dtype)
+    if kind == "complex" and spec.is_pointwise and spec.caller_layout == "NHWC":
+        return "taps", "1x1 complex, channels-last: one complex GEMM forward and backward"
+    if kind != "float":
+        return None  # integer and other complex convs: XLA's (measured: docs/conformance.md)
     if spec.lhs_dilation != (1, 1):
         return "xla_fwd", ("input dilation: XLA's conv forward and input gradient, the weight gradient as "
                            "GEMMs (XLA's is a conv with a dilated Ho x Wo kernel)")

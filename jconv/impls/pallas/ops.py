@@ -148,12 +148,19 @@ def weight_grad(x, dy, spec: ExecSpec, target: Target):
     return dw.astype(spec.dtype)
 
 
+#: the dtypes the kernels compute (operands and result)
+DTYPES = ("float16", "bfloat16", "float32")
+
+
 def supports(spec: ExecSpec) -> str | None:
+    """Floating operands and results of :data:`DTYPES`. (An empty convolution never reaches a
+    backend: :func:`jconv.conv2d` returns lax's zeros for it.)"""
     if "float64" in (spec.dtype, spec.out_dtype):
         return "impl='pallas' does not support float64 (no f64 matmul in TPU/GPU kernels); use impl='lax' or impl='xla'"
-    ho, wo = spec.out_size
-    if ho < 1 or wo < 1:
-        return f"impl='pallas' needs a non-empty output (got {ho}x{wo})"
+    for what, name in (("operands", spec.dtype), ("result", spec.out_dtype)):
+        if name not in DTYPES:
+            return (f"impl='pallas' computes {', '.join(DTYPES)} convolutions, not {name} {what}; "
+                    "impl='xla' runs every dtype")
     return None
 
 
