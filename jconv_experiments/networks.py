@@ -103,7 +103,7 @@ def make_setup(config, name: str, dtype: str) -> Setup:
     spec = zoo.get(name)
     size = int(config.image_size) or (spec.small_image_size if config.small else spec.image_size)
     module = zoo.build(name, BASELINE, dtype=dtype, small=config.small)
-    variables = steps.randomize_constants(steps.init_variables(module, spec.input_shape(1, size), config.seed))
+    variables = steps.random_variables(module, spec.input_shape(1, size), config.seed)
     x, y = steps.make_inputs(spec, int(config.batch), config.seed, image_size=size)
     classes = profile.module_classes(module, variables, x, train=False)
     return Setup(spec, dtype, variables, x, y, classes, type(module).__name__)

@@ -128,9 +128,14 @@ def categorize(instrs: dict[str, dict], root: str, classes: dict[tuple, str]) ->
 
 
 def _trace_events(run: Callable[[], object], calls: int) -> list[dict]:
+    import logging
+
     import jax
 
     d = tempfile.mkdtemp(prefix="jconv_profile_")
+    log = logging.getLogger("jax._src.profiler")
+    level = log.level
+    log.setLevel(logging.WARNING)  # it logs each trace file it writes
     try:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(calls):
@@ -139,6 +144,7 @@ def _trace_events(run: Callable[[], object], calls: int) -> list[dict]:
         with gzip.open(path) as f:
             trace = json.load(f)
     finally:
+        log.setLevel(level)
         shutil.rmtree(d, ignore_errors=True)
     return trace["traceEvents"] if isinstance(trace, dict) else trace
 
@@ -174,6 +180,9 @@ def torch_category(names: list[str]) -> str:
 
 
 def torch_breakdown(run: Callable[[], object], calls: int) -> dict:
+    import os
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "3")  # the profiler's start/stop lines
     import torch
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

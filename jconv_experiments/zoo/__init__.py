@@ -57,7 +57,7 @@ MODELS: dict[str, ModelSpec] = {
         ("sgd", 0.01, 0.9), small=dict(stage_sizes=(1, 1), num_filters=8)),
     "mobilenet_v2": ModelSpec(
         "mobilenet_v2", "MobileNetV2", mobilenet.MobileNetV2, 224, 1000, "classify",
-        ("sgd", 0.01, 0.9), small=dict(width=0.25), small_image_size=64),
+        ("sgd", 0.01, 0.9), small=dict(width=0.25, setting=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2)))),
     "convnext_t": ModelSpec(
         "convnext_t", "ConvNeXt-T", convnext.convnext_tiny, 224, 1000, "classify",
         ("adamw", 1e-4, 0.05), small=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))),

@@ -37,7 +37,7 @@ class ConvNeXtBlock(nn.Module):
         y = nn.gelu(y, approximate=False)
         y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_INIT, name="pwconv2")(y)
         gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init), (self.dim,))
-        return x + jnp.asarray(gamma, y.dtype) * y
+        return x + jnp.reshape(gamma, (1, 1, 1, self.dim)).astype(y.dtype) * y
 
 
 class ConvNeXt(nn.Module):

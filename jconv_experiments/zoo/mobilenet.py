@@ -75,6 +75,7 @@ class MobileNetV2(nn.Module):
 
     num_classes: int = 1000
     width: float = 1.0
+    setting: tuple = INVERTED_RESIDUAL_SETTING  # (t, c, n, s) per stage
     dtype: Any = jnp.float32
     conv: ModuleDef = nn.Conv
 
@@ -85,7 +86,7 @@ class MobileNetV2(nn.Module):
                                  dtype=self.dtype)
         x = ConvBNAct(make_divisible(32 * self.width), 3, conv, norm, strides=2, name="stem")(x)
         i = 0
-        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+        for t, c, n, s in self.setting:
             for j in range(n):
                 x = InvertedResidual(make_divisible(c * self.width), s if j == 0 else 1, t, conv, norm,
                                      name=f"block{i}")(x)

@@ -18,40 +18,42 @@ import optax
 
 from jconv_experiments.zoo import ModelSpec
 
-__all__ = ["init_variables", "randomize_constants", "make_inputs", "optimizer", "loss_fn", "inference_fn",
+__all__ = ["abstract_variables", "random_variables", "make_inputs", "optimizer", "loss_fn", "inference_fn",
            "train_step_fn", "init_state", "first_step_grads"]
 
 ADAM_B1 = 0.9
 
 
-def init_variables(module, input_shape: tuple, seed: int = 0) -> dict:
-    """``module.init`` on zeros of ``input_shape`` (batch 1 is enough): params (float32) and,
-    for BatchNorm models, batch_stats."""
-    x = jnp.zeros((1,) + tuple(input_shape[1:]), jnp.float32)
-    return jax.jit(lambda k: module.init(k, x, train=False))(jax.random.key(seed))
+def abstract_variables(module, input_shape: tuple) -> dict:
+    """The variables tree of ``module`` (params float32; batch_stats for BatchNorm models) as
+    ShapeDtypeStructs: ``module.init`` traced, nothing computed or compiled."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape[1:]), jnp.float32)
+    return jax.eval_shape(lambda k, a: module.init(k, a, train=False), jax.random.key(0), x)
 
 
-def randomize_constants(variables: dict, seed: int = 1) -> dict:
-    """The variables with every constant-initialised leaf made random: BatchNorm/LayerNorm
-    scales and layer scales ``1 + 0.2 n``, biases and running means ``0.2 n``, running
-    variances ``1 + 0.2 |n|``. At initialisation flax zeroes each ResNet block's last BatchNorm
-    scale and ConvNeXt's layer scale is 1e-6, so the residual branches would contribute nothing
-    to an output check; a trained network's values exercise every path. Float32 NumPy leaves."""
+def random_variables(module, input_shape: tuple, seed: int = 0) -> dict:
+    """Variables for measuring and checking, as float32 NumPy arrays in ``module``'s tree:
+    kernels ``N(0, 1/fan_in)`` (fan-in: every axis but the last), norm scales and layer scales
+    ``1 + 0.2 n``, biases and running means ``0.2 n``, running variances ``1 + 0.2 |n|``.
+
+    Not flax's initialisation, on purpose: flax zeroes each ResNet block's last BatchNorm scale
+    and ConvNeXt's layer scale starts at 1e-6, so at initialisation the residual branches would
+    contribute nothing to an output check; these values exercise every path, as a trained
+    network's do. (And no initialiser is compiled: the tree comes from an abstract trace.)"""
     rng = np.random.default_rng(seed)
 
-    def fix(path, leaf):
-        a = np.asarray(leaf, np.float32)
-        if a.size and np.ptp(a) > 0:
-            return a
+    def value(path, leaf):
         name = str(getattr(path[-1], "key", path[-1]))
-        n = rng.standard_normal(a.shape).astype(np.float32)
+        n = rng.standard_normal(leaf.shape).astype(np.float32)
+        if name == "kernel":
+            return n / np.float32(np.sqrt(np.prod(leaf.shape[:-1])))
         if name in ("scale", "gamma"):
             return 1 + 0.2 * n
         if name == "var":
             return 1 + 0.2 * np.abs(n)
         return 0.2 * n
 
-    return jax.tree_util.tree_map_with_path(fix, jax.device_get(variables))
+    return jax.tree_util.tree_map_with_path(value, abstract_variables(module, input_shape))
 
 
 def make_inputs(spec: ModelSpec, batch: int, seed: int = 0, image_size: int | None = None,
@@ -74,8 +76,12 @@ def optimizer(spec: ModelSpec) -> optax.GradientTransformation:
 
 
 def loss_fn(logits, labels):
-    """Mean softmax cross-entropy (over examples, and pixels for segmentation), in float32."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+    """Mean softmax cross-entropy (over examples, and pixels for segmentation), in float32.
+
+    Against one-hot targets: the integer-label form gathers, and its gradient scatters, which
+    XLA constant-folds for a segmentation map at compile time (seconds per program)."""
+    logits = logits.astype(jnp.float32)
+    return jnp.mean(optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1])))
 
 
 def inference_fn(module):

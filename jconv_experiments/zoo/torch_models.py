@@ -154,14 +154,14 @@ class _InvertedResidual(nn.Module):
 
 
 class TorchMobileNetV2(nn.Module):
-    def __init__(self, num_classes=1000, width=1.0, channels=3):
+    def __init__(self, num_classes=1000, width=1.0, setting=mobilenet.INVERTED_RESIDUAL_SETTING, channels=3):
         super().__init__()
         md = mobilenet.make_divisible
         cin = md(32 * width)
         self.stem = _ConvBNAct(channels, cin, 3, 2)
         self.blocks = []
         i = 0
-        for t, c, n, s in mobilenet.INVERTED_RESIDUAL_SETTING:
+        for t, c, n, s in setting:
             for j in range(n):
                 m = _InvertedResidual(cin, md(c * width), s if j == 0 else 1, t)
                 self.add_module(f"block{i}", m)
