@@ -18,20 +18,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtypes = "float32,bfloat16"
     c.passes = "inference,train"
     c.candidates = "jconv,xla,torch,torch_compile"      # xla (flax.linen.Conv) is the baseline
-    c.torch_compile = "inference"                       # passes torch.compile runs (its compile is long here)
-    c.profile = "jconv,xla,torch"                       # candidates whose time is broken down
+    c.torch_compile = "inference"                       # passes torch.compile runs (its compile is long here) ...
+    c.torch_compile_dtypes = "float32"                  # ... at these dtypes
+    c.profile = "jconv,xla,torch"                       # candidates whose time is broken down ...
+    c.profile_dtypes = "float32"                        # ... at these dtypes
     c.impl = "auto"                                     # jconv's impl in every conv module
     c.batch = 8
     c.image_size = 0                                    # 0: each model's own (224; the U-Net 128)
     c.small = False                                     # True: the zoo's small versions (tests)
     c.seed = 0
-    # timing: rounds of `block` calls per candidate (the first untimed), rotating order
-    c.rounds = 5
+    # timing (jconv.timing.time_interleaved): rounds of `block` calls per candidate, the first of
+    # each block untimed, rotating order; medians
+    c.rounds = 3
     c.min_rounds = 2
-    c.block = 3
-    c.max_time_s = 40.0                                 # per group, once min_rounds are done
-    c.slow_call_s = 4.0                                 # a slower call runs once per round (no block)
-    c.profile_calls = 2
+    c.block = 2                                         # 1 untimed + 1 timed call per round
+    c.max_time_s = 30.0                                 # per group, once min_rounds are done
+    c.slow_call_s = 5.0                                 # a slower call: one timed call per round, no block
+    c.profile_calls = 1
     c.torch_threads = 0                                 # 0: every core, as XLA uses
     # (logits or loss, gradients): scaled error against flax.linen.Conv's outputs
     c.tol_float32 = (1e-4, 1e-3)

@@ -69,7 +69,8 @@ def validate(config) -> None:
 
     for field, allowed in (("models", tuple(zoo.MODELS)), ("passes", PASSES), ("candidates", CANDIDATES),
                            ("dtypes", ("float32", "bfloat16")), ("profile", CANDIDATES),
-                           ("torch_compile", PASSES)):
+                           ("torch_compile", PASSES), ("torch_compile_dtypes", ("float32", "bfloat16")),
+                           ("profile_dtypes", ("float32", "bfloat16"))):
         names = _names(config[field])
         if not names and field in ("models", "passes", "candidates", "dtypes"):
             raise bad(field, "names nothing")
@@ -81,6 +82,12 @@ def validate(config) -> None:
     for field in ("batch", "rounds", "block", "profile_calls"):
         if int(config[field]) < 1:
             raise bad(field, "must be >= 1")
+
+
+def _candidates(config, dtype: str, pass_: str) -> list[str]:
+    """The config's candidates for one group (torch.compile only for its passes and dtypes)."""
+    return [n for n in _names(config.candidates) if n != "torch_compile"
+            or (pass_ in _names(config.torch_compile) and dtype in _names(config.torch_compile_dtypes))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +125,7 @@ class Candidate:
     grads: object = None               # train: flax grads tree, or for torch (flax grads) -> [(torch, ref)]
     compiled: object = None            # the XLA executable (for the profile)
     torch_run: object = None           # torch's runner (for the profile)
+    first_s: float = 0.0               # seconds of the first call (the one whose outputs are checked)
 
 
 def _plan_counts(module, variables, x) -> str:
@@ -134,6 +142,7 @@ def jax_candidate(setup: Setup, conv: str, pass_: str, config) -> Candidate:
         variables = jax.device_put(setup.variables)
         exe = jax.jit(steps.inference_fn(module)).lower(variables, setup.x).compile()
         compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         out = np.asarray(jax.block_until_ready(exe(variables, setup.x)), np.float64)
         cand = Candidate(lambda: jax.block_until_ready(exe(variables, setup.x)), {}, logits=out)
     else:
@@ -141,7 +150,8 @@ def jax_candidate(setup: Setup, conv: str, pass_: str, config) -> Candidate:
         state = steps.init_state(setup.variables, tx)
         exe = jax.jit(steps.train_step_fn(module, tx), donate_argnums=0).lower(state, setup.x, setup.y).compile()
         compile_s = time.perf_counter() - t0
-        holder = list(exe(state, setup.x, setup.y))  # the first step: its loss and gradients are checked
+        t0 = time.perf_counter()
+        holder = list(jax.block_until_ready(exe(state, setup.x, setup.y)))  # the first step: checked
         grads = jax.device_get(steps.first_step_grads(setup.spec, holder[0]["opt_state"]))
 
         def run():
@@ -149,6 +159,7 @@ def jax_candidate(setup: Setup, conv: str, pass_: str, config) -> Candidate:
             jax.block_until_ready(holder[1])
 
         cand = Candidate(run, {}, loss=float(holder[1]), grads=grads)
+    cand.first_s = time.perf_counter() - t0
     cand.compiled = exe
     cand.fields = dict(memory_stats(exe), plan=plan, compile_s=compile_s, flops=_flops(exe))
     return cand
@@ -182,7 +193,7 @@ def torch_candidate(setup: Setup, compiled: bool, pass_: str, config) -> Candida
         run = tt.train_step_runner(setup.spec, net, setup.x, setup.y, setup.dtype)
         cand = Candidate(run, {}, loss=float(run()), grads=lambda ref: tt.torch_grads_vs(model, ref))
     first = time.perf_counter() - t0
-    cand.torch_run = run
+    cand.torch_run, cand.first_s = run, first
     cand.fields = {"plan": plan, "compile_s": first if compiled else None, "first_call_s": first}
     return cand
 
@@ -226,16 +237,24 @@ def check(cands: dict[str, Candidate], pass_: str, tols: dict) -> dict[str, dict
     return out
 
 
-def time_candidates(cands: dict[str, Candidate], config) -> dict[str, list[float]]:
-    runners = {n: c.run for n, c in cands.items()}
+def time_candidates(cands: dict[str, Candidate], config) -> tuple[dict[str, list[float]], set[str]]:
+    """Interleaved rounds; a candidate whose call takes longer than ``slow_call_s`` (its first
+    call, or a second one where the first was slower: torch.compile compiles in its first) skips
+    the warm-up and runs one timed call per round: blocks are for calls short enough that the
+    previous candidate's freed memory and spinning threads would weigh on them."""
     slow = set()
-    for n, run in runners.items():  # one more warm call each, which also sorts out the slow ones
-        t0 = time.perf_counter()
-        run()
-        if time.perf_counter() - t0 > float(config.slow_call_s):
+    for n, c in cands.items():
+        t = c.first_s
+        if t > float(config.slow_call_s):
+            t0 = time.perf_counter()
+            c.run()
+            t = time.perf_counter() - t0
+        if t > float(config.slow_call_s):
             slow.add(n)
-    return time_interleaved(runners, warmup=0, iters=int(config.rounds), min_iters=int(config.min_rounds),
-                            max_time_s=float(config.max_time_s), no_warmup=slow, block=int(config.block))
+    times = time_interleaved({n: c.run for n, c in cands.items()}, warmup=1, iters=int(config.rounds),
+                             min_iters=int(config.min_rounds), max_time_s=float(config.max_time_s),
+                             no_warmup=slow, block=int(config.block))
+    return times, slow
 
 
 def profile_candidate(setup: Setup, c: Candidate, config) -> dict:
@@ -250,8 +269,7 @@ def profile_candidate(setup: Setup, c: Candidate, config) -> dict:
 
 def measure_group(config, setup: Setup, pass_: str) -> list[dict]:
     """The rows of one (model, dtype, pass): every candidate built, checked, timed, profiled."""
-    names = [n for n in _names(config.candidates)
-             if n != "torch_compile" or pass_ in _names(config.torch_compile)]
+    names = _candidates(config, setup.dtype, pass_)
     base = {"model": setup.spec.name, "dtype": setup.dtype, "pass": pass_, "batch": int(config.batch),
             "image_size": setup.x.shape[1], "title": setup.spec.title,
             "params": int(sum(np.size(a) for a in jax.tree.leaves(setup.variables["params"])))}
@@ -268,12 +286,13 @@ def measure_group(config, setup: Setup, pass_: str) -> list[dict]:
             print(f"networks: {setup.spec.name} {setup.dtype} {pass_} {name}: {rows[name]['error']}", file=sys.stderr)
     for name, fields in check(cands, pass_, tolerances(config, setup.dtype)).items():
         rows[name].update(fields)
-    times = time_candidates(cands, config)
+    times, slow = time_candidates(cands, config)
     for name, ts in times.items():
-        rows[name].update(time_median_s=statistics.median(ts), time_min_s=min(ts), iters=len(ts))
+        rows[name].update(time_median_s=statistics.median(ts), time_min_s=min(ts), iters=len(ts),
+                          block=1 if name in slow else int(config.block))
     for name in times:
         rows[name]["speedup_vs_xla"] = rows[BASELINE]["time_median_s"] / rows[name]["time_median_s"]
-    for name in _names(config.profile):
+    for name in _names(config.profile) if setup.dtype in _names(config.profile_dtypes) else ():
         if name in cands:
             try:
                 rows[name]["breakdown_s"] = profile_candidate(setup, cands[name], config)
@@ -294,8 +313,7 @@ def run(config, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     store = ResultStore(os.path.join(workdir, "results.jsonl"), KEY)
     groups = [(m, d, p) for m in _names(config.models) for d in _names(config.dtypes) for p in _names(config.passes)]
-    todo = [g for g in groups if any((*g, c) not in store for c in _names(config.candidates)
-                                     if c != "torch_compile" or g[2] in _names(config.torch_compile))]
+    todo = [g for g in groups if any((*g, c) not in store for c in _candidates(config, g[1], g[2]))]
     env_path = os.path.join(workdir, "env.json")
     if todo or not os.path.exists(env_path):
         env = env_info()

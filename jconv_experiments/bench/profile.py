@@ -180,9 +180,6 @@ def torch_category(names: list[str]) -> str:
 
 
 def torch_breakdown(run: Callable[[], object], calls: int) -> dict:
-    import os
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "3")  # the profiler's start/stop lines
     import torch
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

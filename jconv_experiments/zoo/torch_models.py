@@ -11,14 +11,17 @@ side imports this module.
 from __future__ import annotations
 
 import math
+import os
 
-import torch
-import torch.nn.functional as F  # noqa: N812
-from torch import nn
+os.environ.setdefault("KINETO_LOG_LEVEL", "4")  # torch.profiler's per-stage lines (read when torch loads)
 
-from jconv_experiments.zoo import get, mobilenet
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402, N812
+from torch import nn  # noqa: E402
 
-__all__ = ["FlaxConv2d", "build_torch", "TorchResNet", "TorchMobileNetV2", "TorchConvNeXt", "TorchUNet"]
+from jconv_experiments.zoo import get, mobilenet  # noqa: E402
+
+__all__ = ["FlaxConv2d", "build_torch", "TWINS", "TorchResNet", "TorchMobileNetV2", "TorchConvNeXt", "TorchUNet"]
 
 
 def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
@@ -275,18 +278,20 @@ class TorchUNet(nn.Module):
         return self.out(x)
 
 
+#: the twin of each zoo model: (fields of the Flax module) -> the PyTorch module
+TWINS = {
+    "resnet50": lambda stage_sizes=(3, 4, 6, 3), **kw: TorchResNet(stage_sizes, bottleneck=True, **kw),
+    "mobilenet_v2": TorchMobileNetV2,
+    "convnext_t": TorchConvNeXt,
+    "unet": TorchUNet,
+}
+
+
 def build_torch(name: str, *, small: bool = False, channels: int = 3, **fields) -> nn.Module:
     """The PyTorch twin of zoo model ``name`` (full or ``small`` size, as :func:`zoo.build`)."""
     spec = get(name)
+    if name not in TWINS:
+        raise ValueError(f"build_torch: model (={name!r}) has no PyTorch twin")
     kw = dict(spec.small if small else {}, **fields)
     kw.setdefault("num_classes", spec.num_classes)
-    kw["channels"] = channels
-    if name == "resnet50":
-        return TorchResNet(kw.pop("stage_sizes", (3, 4, 6, 3)), bottleneck=True, **kw)
-    if name == "mobilenet_v2":
-        return TorchMobileNetV2(**kw)
-    if name == "convnext_t":
-        return TorchConvNeXt(**kw)
-    if name == "unet":
-        return TorchUNet(**kw)
-    raise ValueError(f"build_torch: model (={name!r}) has no PyTorch twin")
+    return TWINS[name](channels=channels, **kw)

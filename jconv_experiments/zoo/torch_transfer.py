@@ -12,14 +12,18 @@ in H and W (PyTorch's ``ConvTranspose2d`` is the gradient of a convolution); a d
 from __future__ import annotations
 
 import contextlib
+import os
 
 import jax
 import numpy as np
-import torch
-import torch.nn.functional as F  # noqa: N812
-from torch import nn
 
-from jconv_experiments.zoo import ModelSpec
+os.environ.setdefault("KINETO_LOG_LEVEL", "4")  # torch.profiler's per-stage lines (read when torch loads)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402, N812
+from torch import nn  # noqa: E402
+
+from jconv_experiments.zoo import ModelSpec  # noqa: E402
 
 __all__ = ["load_flax_variables", "to_torch_layout", "torch_target", "torch_optimizer", "inference_runner",
            "train_step_runner", "torch_grads_vs", "set_threads"]
