@@ -9,7 +9,10 @@ compile-only topologies; colab_tpu on Colab's v5e and v6e only) and that ``confi
 ``configs/colab_gpu.py`` run on A100, H100, L4 and T4 (the CUDA plugin's deviceless compiler;
 colab_gpu on Colab's T4, L4 and A100 only): their suite, batch, dtypes, impls and passes. The
 notebook's quick configs (``colab_*_quick.py``) run a subset of the colab configs' programs, so
-their rows are here too. One row per
+their rows are here too. And the train step of every model of ``configs/models.py`` (ResNet-50,
+MobileNetV2, ConvNeXt-T, U-Net at its batch and dtypes, with jconv's and with flax's conv
+modules) for a TPU v5e and an L4 (``models``, ``model_targets``; only those:
+``--config.configs= --config.targets=v5e,l4``). One row per
 (target, layer, impl, dtype, pass, batch): compiled or the error, compile seconds, Pallas
 kernels and XLA convolutions in the program, the compiler's cost and memory analysis.
 Needs ``pip install -e ".[tpu,cuda]"`` (``make install`` does it). Resumable.
@@ -34,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.impls = ""                                # "" = each config's impls (peers skipped)
     c.dtypes = ""                               # "" = each config's dtypes; or e.g. "float32"
     c.passes = ""                               # "" = each config's passes; or "fwd" / "fwd+bwd"
+    c.models = "models"                         # networks configs whose models' train steps are compiled
+    c.model_targets = "v5e,l4"                  # ... for these targets ("" = none)
     c.first = "pallas,xla,lax"                  # compile these impls first, in this order (the
                                                 # kernels, where the failures were); then the rest
     c.workers = 2                               # compiler processes

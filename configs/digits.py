@@ -39,7 +39,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.impl = "auto"               # jconv impl for both convolutions
     c.conv = "jconv"              # "jconv" | "flax" (flax.linen.Conv, same model: a baseline)
     c.num_devices = 0             # 0: all devices (data parallel); n: the first n local devices
-    c.distributed = False         # multi-host: jax.distributed.initialize() first
+    c.model = "mnist_cnn"         # the seed's CNN, or a jconv_experiments.zoo model at its small size
+    c.num_classes = 10            # zoo models: classes of the head
+    # several processes (docs/experiments.md, "Training on several processes or hosts")
+    c.distributed = False         # True: jax.distributed.initialize() first
+    c.coordinator_address = ""    # "host:port" of process 0; "" = detected (Cloud TPU pod slices, SLURM, Open MPI)
+    c.num_processes = 0           # with coordinator_address: how many processes
+    c.process_id = -1             # with coordinator_address: this process's index, 0..num_processes-1
+    c.cpu_collectives = "gloo"    # the processes' collectives on the CPU ("gloo" over TCP, or "mpi")
+    c.heartbeat_timeout_s = 100   # a process silent this long ends the others (the coordinator's check)
     c.checkpoint = True           # orbax checkpoint per epoch; resume from the latest
     c.plots = True                # filters.png, feature_maps.png
     c.progress = True             # tqdm progress bar

@@ -7,7 +7,11 @@ through the CUDA plugin's deviceless compiler and the target configs in ``jconv/
 the work of the experiment configs for its platform (``configs/tpu.py`` and
 ``configs/colab_tpu.py`` for TPUs, ``configs/gpu.py`` for GPUs: their suite, batch, dtypes,
 impls and passes) is lowered and compiled, and one row per (target, layer, impl, dtype, pass,
-batch) goes to ``results.jsonl``: compiled or the error (jconv's trace-time refusal or the
+batch) goes to ``results.jsonl``. Whole networks are a second kind of work: for the targets in
+``config.model_targets``, the train step of every model of the networks configs named in
+``config.models`` (``configs/models.py``: its models, batch and dtypes), with jconv's modules
+(the config's impl) and with flax's (``xla``); their rows have the model's name as ``case`` and
+``pass`` ``"train"``. A row says: compiled or the error (jconv's trace-time refusal or the
 compiler's), compile seconds, Pallas kernels and XLA convolutions in the compiled program, and
 what the compiler reports (``cost_analysis()``, ``memory_analysis()``). Peers (torch, the GEMM
 peak) are not jconv's work and are skipped. Where ``auto`` plans the same program as another
@@ -81,9 +85,24 @@ def validate(config) -> None:
     for p in _names("passes", config.passes):
         if p not in bench.PASSES:
             raise _err("passes", config.passes, f"names {p!r}; use {bench.PASSES}")
+    _validate_models(config, known)
     for field, lo in (("workers", 1), ("timeout_s", 1)):
         if int(config[field]) < lo:
             raise _err(field, config[field], f"must be >= {lo}")
+
+
+def _validate_models(config, known) -> None:
+    for t in _names("model_targets", config.get("model_targets", "")):
+        if t not in known:
+            raise _err("model_targets", config.model_targets, f"names unknown target {t!r}; known: {sorted(known)}")
+    for name in _names("models", config.get("models", "")):
+        try:
+            sub = importlib.import_module(f"configs.{name}").get_config()
+        except ModuleNotFoundError:
+            raise _err("models", config.models, f"names no config configs/{name}.py") from None
+        if sub.get("experiment") != "networks":
+            raise _err("models", config.models, f"includes {name!r}, which is not a networks config "
+                       f"(experiment {sub.get('experiment')!r})")
 
 
 def _suite(name: str) -> list[str]:
@@ -121,7 +140,28 @@ def work_items(config) -> list[programs.Work]:
                             old = items.get(w.key)
                             configs = (old.configs if old else ()) + (name,)
                             items[w.key] = dataclasses.replace(w, configs=configs)
+    for w in model_work_items(config):
+        old = items.get(w.key)
+        items[w.key] = dataclasses.replace(w, configs=(old.configs if old else ()) + w.configs)
     return list(items.values())
+
+
+def model_work_items(config) -> list[programs.Work]:
+    """The train step of every model of ``config.models``' networks configs, at their batch and
+    dtypes (or ``config.dtypes``), with jconv's modules and with flax's, on ``model_targets``."""
+    chosen = _names("targets", config.targets)
+    works = []
+    for name in _names("models", config.get("models", "")):
+        sub = importlib.import_module(f"configs.{name}").get_config()
+        for t in _names("model_targets", config.model_targets):
+            if t not in chosen:
+                continue
+            for model in _names("models", sub.models):
+                for dtype in (_names("dtypes", config.dtypes) or _names("dtypes", sub.dtypes)):
+                    for impl in dict.fromkeys((sub.impl, programs.MODEL_BASELINE)):
+                        works.append(programs.Work(t, model, impl, dtype, programs.MODEL_PASS, int(sub.batch),
+                                                   configs=(name,)))
+    return works
 
 
 def _batch_for(case, sub) -> int:
@@ -218,6 +258,8 @@ class _Pool:
 def _program_key(work: programs.Work) -> tuple:
     """Works with the same key compile the same program: ``auto`` planned as another impl."""
     impl = work.impl
+    if programs.is_model(work):
+        return work.key + (work.precision,)
     if impl not in PEERS:
         try:
             p = plan_for(CASES[work.case].spec(work.batch, work.dtype), impl=impl,

@@ -1,10 +1,16 @@
-"""Train the seed's MNIST CNN: ``train_and_evaluate(config, workdir)``.
+"""Train the seed's MNIST CNN (or a small zoo model): ``train_and_evaluate(config, workdir)``.
 
+* the model: ``config.model`` ``"mnist_cnn"`` (the seed's) or a :mod:`jconv_experiments.zoo` name,
+  built at its small size (BatchNorm statistics travel in the state as ``model_state``);
 * optax optimiser; jit-compiled train and eval steps;
-* data parallel over the local devices with ``jax.sharding``: a 1-D mesh ``("data",)``, each
-  batch sharded along it, parameters and optimiser state replicated. Multi-host: set
-  ``config.distributed`` (calls ``jax.distributed.initialize()``); every process reads the same
-  data and feeds its own slice of each global batch;
+* data parallel over all devices with ``jax.sharding``: a 1-D mesh ``("data",)``, each
+  batch sharded along it, parameters and optimiser state replicated (BatchNorm's batch
+  statistics are over the global batch). Several processes: ``config.distributed`` calls
+  :func:`jax.distributed.initialize` (:func:`initialize_distributed`) with the config's
+  ``coordinator_address``, ``num_processes`` and ``process_id``, or, without an address, with
+  what JAX detects (Cloud TPU pod slices, SLURM, Open MPI, ...); every process reads the same
+  data and feeds its own slice of each global batch; the state is created by a jitted init
+  (replicated, identical in every process); process 0 writes metrics, pictures and the summary;
 * an orbax checkpoint after every epoch; a run that is killed and started again with the same
   workdir resumes from the last checkpoint and continues exactly as an uninterrupted run would
   (data order and dropout keys are functions of (seed, epoch, step));
@@ -37,14 +43,57 @@ from jconv.files import atomic_write
 from jconv.timing import time_interleaved
 from jconv_experiments import data as data_lib
 from jconv_experiments.models import MnistCNN
+from jconv_experiments import zoo
 
 __all__ = ["train_and_evaluate", "make_mesh", "create_state", "make_train_step", "make_eval_step",
-           "compare_step_speed", "plot_filters", "plot_feature_maps"]
+           "compare_step_speed", "plot_filters", "plot_feature_maps", "initialize_distributed", "build_model"]
 
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
+
+
+def initialize_distributed(config) -> None:
+    """``jax.distributed.initialize`` as ``config`` says (nothing unless ``config.distributed``).
+
+    With ``coordinator_address`` (``"host:port"`` of process 0) the config names the processes
+    (``num_processes``, ``process_id``); without it JAX detects them (Cloud TPU pod slices, SLURM,
+    Open MPI, ...). On the CPU the processes' collectives are ``config.cpu_collectives``
+    (gloo over TCP by default). Every process then sees every device (``jax.devices()``) and
+    its own (``jax.local_devices()``)."""
+    if not config.get("distributed", False):
+        return
+    if config.get("cpu_collectives", ""):
+        jax.config.update("jax_cpu_collectives_implementation", config.cpu_collectives)
+    address = config.get("coordinator_address", "")
+    if not address:
+        jax.distributed.initialize()
+        return
+    n, k = int(config.get("num_processes", 0)), int(config.get("process_id", -1))
+    if n < 1:
+        raise ValueError(f"train_and_evaluate: num_processes (={n}) must be >= 1 with a coordinator_address")
+    if not 0 <= k < n:
+        raise ValueError(f"train_and_evaluate: process_id (={k}) must be in 0..{n - 1}")
+    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=k,
+                               heartbeat_timeout_seconds=int(config.get("heartbeat_timeout_s", 100)))
+
+
+def build_model(config, conv: str | None = None):
+    """The config's model: the seed's ``MnistCNN``, or a zoo model at its small size (with
+    ``config.num_classes`` classes). ``conv``: ``"jconv"`` or ``"flax"`` (default: the config's)."""
+    name, conv = config.get("model", "mnist_cnn"), conv or config.get("conv", "jconv")
+    if name == "mnist_cnn":
+        return MnistCNN(impl=config.impl, conv=conv, dropout_rate=config.dropout_rate)
+    if name not in zoo.MODELS:
+        raise ValueError(f"train_and_evaluate: model (={name!r}) must be 'mnist_cnn' or one of {sorted(zoo.MODELS)}")
+    return zoo.build(name, {"jconv": "jconv", "flax": "xla"}[conv], impl=config.impl, small=True,
+                     num_classes=int(config.get("num_classes", 10)))
+
+
+def _mode(model, train: bool) -> dict:
+    """The call's mode keyword: the seed's model takes ``deterministic``, the zoo's ``train``."""
+    return {"deterministic": not train} if isinstance(model, MnistCNN) else {"train": train}
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -79,11 +128,24 @@ def _optimizer(config) -> optax.GradientTransformation:
     return _optimizer_from_key(_optimizer_key(config))
 
 
-def create_state(model, tx, seed: int, replicated: NamedSharding) -> dict:
-    """``{"params", "opt_state", "step"}``, replicated over the mesh."""
-    params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)), deterministic=True)["params"]
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    return jax.device_put(state, replicated)
+def create_state(model, tx, seed: int, replicated: NamedSharding, input_shape: tuple = (28, 28, 1)) -> dict:
+    """``{"params", "opt_state", "step"}`` (+ ``"model_state"``: the other variable collections,
+    BatchNorm's statistics), replicated over the mesh: made by a jitted init whose outputs are
+    replicated, the same in every process (``device_put`` of a local array onto devices of
+    other processes is not)."""
+
+    def init():
+        variables = model.init(jax.random.key(seed), jnp.zeros((1,) + tuple(input_shape)), **_mode(model, False))
+        params = variables["params"]
+        state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        return dict(state, model_state=rest) if rest else state
+
+    return jax.jit(init, out_shardings=replicated)()
+
+
+def _variables(state) -> dict:
+    return {"params": state["params"], **state.get("model_state", {})}
 
 
 def _loss(logits, labels):
@@ -116,21 +178,26 @@ def _train_step(model, tx, seed: int, mesh_key: tuple, donate: bool):
     def step(state, x, y):
         key = jax.random.fold_in(dropout_key, state["step"])
 
-        def loss_fn(params):
-            logits = model.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
-            return jnp.mean(_loss(logits, y))
+        model_state = state.get("model_state", {})
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        def loss_fn(params):
+            variables = {"params": params, **model_state}
+            logits, updated = model.apply(variables, x, rngs={"dropout": key}, mutable=list(model_state),
+                                          **_mode(model, True))
+            return jnp.mean(_loss(logits, y)), updated
+
+        (loss, updated), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+        new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        return (dict(new, model_state=dict(updated)) if model_state else new), loss
 
     return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
                    donate_argnums=(0,) if donate else ())
 
 
 def make_eval_step(model, mesh: Mesh):
-    """``eval(params, x, y, mask) -> (correct, loss_sum)`` over the real (mask=1) examples."""
+    """``eval(variables, x, y, mask) -> (correct, loss_sum)`` over the real (mask=1) examples."""
     return _eval_step(model, _mesh_key(mesh))
 
 
@@ -139,8 +206,8 @@ def _eval_step(model, mesh_key: tuple):
     mesh = _mesh_from_key(mesh_key)
     replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-    def step(params, x, y, mask):
-        logits = model.apply({"params": params}, x, deterministic=True)
+    def step(variables, x, y, mask):
+        logits = model.apply(variables, x, **_mode(model, False))
         correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == y, False))
         return correct, jnp.sum(jnp.where(mask, _loss(logits, y), 0.0))
 
@@ -157,7 +224,7 @@ def _global_batch(sharding: NamedSharding, *arrays):
     return out
 
 
-def evaluate(eval_step, params, images, labels, batch_size: int, sharding) -> tuple[float, float]:
+def evaluate(eval_step, variables, images, labels, batch_size: int, sharding) -> tuple[float, float]:
     """(accuracy, mean loss) over every example (the last batch padded and masked)."""
     n = len(images)
     correct = loss = 0.0
@@ -168,7 +235,7 @@ def evaluate(eval_step, params, images, labels, batch_size: int, sharding) -> tu
         if pad:
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             y, m = np.concatenate([y, np.zeros(pad, y.dtype)]), np.concatenate([m, np.zeros(pad, bool)])
-        c, l = eval_step(params, *_global_batch(sharding, x, y, m))
+        c, l = eval_step(variables, *_global_batch(sharding, x, y, m))
         correct += float(c)
         loss += float(l)
     return correct / n, loss / n
@@ -180,7 +247,7 @@ def evaluate(eval_step, params, images, labels, batch_size: int, sharding) -> tu
 
 
 def compare_step_speed(config, state, x, y, mesh: Mesh, rounds: int) -> dict:
-    """Median time of one train step with jconv.linen.Conv2D vs flax.linen.Conv.
+    """Median time of one train step with jconv's conv modules vs flax.linen.Conv.
 
     Same parameters, optimiser state and batch; both compiled first, then timed together by
     :func:`jconv.timing.time_interleaved` (rounds of 3-call blocks, the first of each block
@@ -188,8 +255,7 @@ def compare_step_speed(config, state, x, y, mesh: Mesh, rounds: int) -> dict:
     """
     tx = _optimizer(config)
     steps = {
-        name: make_train_step(MnistCNN(impl=config.impl, conv=name, dropout_rate=config.dropout_rate),
-                              tx, config.seed, mesh, donate=False)
+        name: make_train_step(build_model(config, conv=name), tx, config.seed, mesh, donate=False)
         for name in ("jconv", "flax")
     }
     runners = {name: (lambda fn=fn: jax.block_until_ready(fn(state, x, y))) for name, fn in steps.items()}
@@ -197,7 +263,7 @@ def compare_step_speed(config, state, x, y, mesh: Mesh, rounds: int) -> dict:
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         "kind": "speed",
-        "what": "one train step (fwd+bwd+adam), same params and batch",
+        "what": f"one train step (fwd+bwd+{_optimizer_key(config)[0]}), same params and batch",
         "batch_size": int(x.shape[0]),
         "rounds": rounds,
         "impl": config.impl,
@@ -293,17 +359,21 @@ def _write_metrics(path: Path, records: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def plan_note(model, params, batch_size: int) -> str:
+def plan_note(model, variables, batch_size: int, input_shape: tuple = (28, 28, 1)) -> str:
     """Which backend and algorithm run each convolution of the model's forward, in order
-    (``conv1: ...``): what the traced program binds, so it follows the model, not a list of shapes."""
-    x = jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32)
-    jaxpr = jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x, deterministic=True))(params, x)
+    (``conv1: ...``): what the traced program binds, so it follows the model, not a list of shapes.
+    ``variables``: the params, or ``{"params": ..., <other collections>}``."""
+    if "params" not in variables:
+        variables = {"params": variables}
+    x = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, **_mode(model, False)))(variables, x)
     return ", ".join(f"conv{i}: {e.params['impl']}:{e.params['algorithm']}"
                      for i, e in enumerate(primitive.conv_eqns(jaxpr), start=1))
 
 
 def train_and_evaluate(config, workdir) -> dict[str, Any]:
-    """Train ``MnistCNN`` as ``config`` says; write everything into ``workdir``.
+    """Train the config's model (:func:`build_model`) as ``config`` says; write everything into
+    ``workdir``. In every process of a multi-process run (``config.distributed``).
 
     Returns ``{"records": [...epoch records of this whole run...], "losses": [per-step train
     losses run in this call], "params": final params, "speed": speed record or None}``.
@@ -370,8 +440,7 @@ def _check_batch(config, ndev: int, n_train: int) -> None:
 def _train_and_evaluate(config, workdir) -> dict[str, Any]:
     import orbax.checkpoint as ocp
 
-    if config.get("distributed", False):
-        jax.distributed.initialize()
+    initialize_distributed(config)
     workdir = Path(workdir)
     main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
@@ -384,9 +453,10 @@ def _train_and_evaluate(config, workdir) -> dict[str, Any]:
         _check_batch(config, ndev, len(xtr))
         eval_bs = -(-config.get("eval_batch_size", 256) // ndev) * ndev
         replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        model = MnistCNN(impl=config.impl, conv=config.get("conv", "jconv"), dropout_rate=config.dropout_rate)
+        model = build_model(config)
         tx = _optimizer(config)
-        mngr, start_epoch, state = _restore(config, workdir, create_state(model, tx, config.seed, replicated))
+        state = create_state(model, tx, config.seed, replicated, xtr.shape[1:])
+        mngr, start_epoch, state = _restore(config, workdir, state)
         metrics_path = workdir / "metrics.jsonl"
         # records past the checkpoint belong to an epoch that is about to run again
         records = [r for r in _read_metrics(metrics_path) if r.get("kind") == "epoch" and r["epoch"] <= start_epoch]
@@ -400,11 +470,12 @@ def _train_and_evaluate(config, workdir) -> dict[str, Any]:
             state, epoch_losses, train_time = _train_epoch(train_step, state, xtr, ytr, epoch, config, batch_sharding,
                                                            main and config.get("progress", True))
             t1 = time.perf_counter()
-            acc, test_loss = evaluate(eval_step, state["params"], xte, yte, eval_bs, batch_sharding)
+            acc, test_loss = evaluate(eval_step, _variables(state), xte, yte, eval_bs, batch_sharding)
             record = {"kind": "epoch", "epoch": epoch, "step": int(state["step"]),
                       "train_loss": float(np.mean(epoch_losses)), "test_loss": test_loss, "test_accuracy": acc,
                       "epoch_time_s": train_time, "eval_time_s": time.perf_counter() - t1,
-                      "examples_per_s": len(epoch_losses) * bs / train_time, "num_devices": ndev}
+                      "examples_per_s": len(epoch_losses) * bs / train_time, "num_devices": ndev,
+                      "num_processes": jax.process_count()}
             losses += epoch_losses
             records.append(record)
             if main:
@@ -422,7 +493,7 @@ def _finish(config, workdir: Path, model, state, records, losses, mesh, train, t
     """Pictures, the speed comparison and ``summary.json`` after training."""
     (xtr, ytr), (xte, yte) = train, test
     params, bs, speed = state["params"], config.batch_size, None
-    if main and config.get("plots", True):
+    if main and config.get("plots", True) and isinstance(model, MnistCNN):
         plot_filters(params, workdir / "filters.png")
         plot_feature_maps(model, params, xte[0], int(yte[0]), workdir / "feature_maps.png")
     if config.get("speed_rounds", 0):
@@ -437,8 +508,11 @@ def _finish(config, workdir: Path, model, state, records, losses, mesh, train, t
             "epochs": config.num_epochs,
             "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
             "train_time_s": sum(r["epoch_time_s"] for r in records), "impl": config.impl,
-            "plan": plan_note(model, params, bs) if config.get("conv", "jconv") == "jconv" else "flax.linen.Conv",
+            "model": config.get("model", "mnist_cnn"),
+            "plan": plan_note(model, _variables(state), bs, xtr.shape[1:]) if config.get("conv", "jconv") == "jconv"
+            else "flax.linen.Conv",
             "speed": speed, "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
+            "processes": jax.process_count(),
             "jax": jax.__version__, "cpu_count": os.cpu_count(),
         }
         atomic_write(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -11,7 +11,7 @@ import pytest
 
 from aot_helpers import _env, require_compiler
 from configs import compile as compile_config
-from jconv_experiments import compile_matrix
+from jconv_experiments import compile_matrix, programs
 from jconv_experiments.bench.peers import PEERS
 from jconv_experiments.suite import SUITES
 
@@ -46,6 +46,7 @@ def test_work_items_are_the_configs_work_on_their_targets():
     works = compile_matrix.work_items(_config())
     keys = [w.key for w in works]
     assert len(keys) == len(set(keys))
+    works = [w for w in works if not programs.is_model(w)]  # the layers' work (models: the next test)
     assert not [w for w in works if w.impl in PEERS and w.impl != "xla"]
     tpu_b32 = {w.target for w in works if w.batch == 32 and w.target.startswith("v")}
     assert tpu_b32 == {"v5e", "v6e"}  # configs/colab_tpu.py: compile_targets
@@ -64,8 +65,26 @@ def test_work_items_are_the_configs_work_on_their_targets():
     assert compile_matrix._program_key(auto) == compile_matrix._program_key(xla)
 
 
+def test_model_work_is_each_networks_model_train_step_on_v5e_and_l4():
+    """configs/models.py's models, at its batch and dtypes, with jconv's modules (its impl) and
+    flax's (xla), one train step each, for the model targets only."""
+    from configs import models
+
+    sub = models.get_config()
+    works = [w for w in compile_matrix.work_items(_config()) if programs.is_model(w)]
+    names = sub.models.split(",")
+    assert len(works) == 2 * len(names) * 2 * 2  # targets x models x dtypes x (auto, xla)
+    assert {w.target for w in works} == {"v5e", "l4"} and {w.case for w in works} == set(names)
+    assert {w.impl for w in works} == {"auto", "xla"} and {w.batch for w in works} == {sub.batch}
+    assert {w.pass_ for w in works} == {"train"} and all(w.configs == ("models",) for w in works)
+    assert not [w for w in compile_matrix.work_items(_config(targets="v4,h100")) if programs.is_model(w)]
+    assert not [w for w in compile_matrix.work_items(_config(models="")) if programs.is_model(w)]
+    with pytest.raises(ValueError, match=r"config\.models \(='tpu'\) includes 'tpu', which is not a networks"):
+        compile_matrix.validate(_config(models="tpu"))
+
+
 def test_order_takes_kernels_first_and_targets_in_turn():
-    config = _config(configs="gpu")
+    config = _config(configs="gpu", models="")
     works = compile_matrix._order(compile_matrix.work_items(config), config.first)
     first = works[:3]
     assert {w.impl for w in first} == {"pallas"} and len({w.target for w in first}) == 3
@@ -83,7 +102,7 @@ def test_a_small_matrix_runs_resumes_and_reports(tmp_path):
     cmd = [sys.executable, "-m", "jconv_experiments", "--config=configs/compile.py", f"--workdir={work}",
            "--config.targets=v5e", "--config.configs=colab_tpu", "--config.suite=mnist_conv2",
            "--config.impls=xla,auto,pallas", "--config.dtypes=float32", "--config.passes=fwd+bwd",
-           "--config.workers=1"]
+           "--config.workers=1", "--config.models="]
     for attempt in range(2):
         out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]

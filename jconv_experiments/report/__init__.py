@@ -16,11 +16,13 @@ import os
 
 from jconv_experiments.bench.store import load_rows
 from jconv.files import atomic_write
-from jconv_experiments.report import compare, compile  # noqa: A004 - the compile-matrix report
+from jconv_experiments.report import compare, compile, networks  # noqa: A004 - the compile-matrix report
 from jconv_experiments.report.compare import PLOTS, markdown, speedups, summary
 
 _KEYS = {"compare": ("case", "impl", "pass", "dtype", "batch"),
-         "compile_matrix": ("target", "case", "impl", "dtype", "pass", "batch")}
+         "compile_matrix": ("target", "case", "impl", "dtype", "pass", "batch"),
+         "networks": ("model", "dtype", "pass", "candidate")}
+_MODULES = {"compare": compare, "compile_matrix": compile, "networks": networks}
 
 
 def _kind(env: dict, path: str) -> str:
@@ -29,6 +31,8 @@ def _kind(env: dict, path: str) -> str:
         return name
     with open(path) as f:
         first = f.readline()
+    if '"candidate"' in first:
+        return "networks"
     return "compile_matrix" if '"target"' in first else "compare"
 
 
@@ -46,9 +50,9 @@ def build_report(workdir: str) -> str:
             env = json.load(f)
     kind = _kind(env, path)
     rows = load_rows(path, _KEYS[kind])
-    module = compile if kind == "compile_matrix" else compare
+    module = _MODULES[kind]
     module.plot_all(rows, workdir)
     return atomic_write(os.path.join(workdir, "report.md"), module.markdown(rows, env, module.PLOTS))
 
 
-__all__ = ["build_report", "markdown", "summary", "speedups", "PLOTS", "compare", "compile"]
+__all__ = ["build_report", "markdown", "summary", "speedups", "PLOTS", "compare", "compile", "networks"]

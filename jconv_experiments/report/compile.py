@@ -13,6 +13,7 @@ import statistics
 from collections import defaultdict
 
 from jconv_experiments.bench.store import as_float
+from jconv_experiments.programs import MODEL_PASS
 from jconv_experiments.report.common import fmt_bytes, impl_order, machine_line, save, table
 
 PLOTS = ("compile.png",)
@@ -67,7 +68,14 @@ def section_verdict(rows: list[dict]) -> list[str]:
     return md
 
 
+def _is_model(row) -> bool:
+    return row["pass"] == MODEL_PASS
+
+
 def section_per_target(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if not _is_model(r)]
+    if not rows:
+        return []
     variants = _variants(rows)
     legend = ", ".join(f"{d} {p}" for d, p in variants)
     md = ["## Per target", "",
@@ -88,6 +96,21 @@ def section_per_target(rows: list[dict]) -> list[str]:
             lines.append([case, batch] + cells)
         md += [f"### {t} ({rs[0]['device_kind']})", "", table(["case", "batch"] + impls, lines), ""]
     return md
+
+
+def section_models(rows: list[dict]) -> list[str]:
+    """Whole networks' train steps: compiled or not, compile seconds and temporary memory."""
+    rows = [r for r in rows if _is_model(r)]
+    if not rows:
+        return []
+    lines = [[r["target"], r["case"], r["batch"], r["dtype"], r["impl"], _MARK[status(r)],
+              f"{as_float(r['compile_s']):.0f}" if r.get("compile_s") is not None else "-",
+              fmt_bytes(r.get("temp_bytes")), f"{as_float(r['flops']) / 1e9:.0f}" if r.get("flops") else "-"]
+             for r in rows]
+    return ["## Whole networks (train steps)", "",
+            "One full train step (forward and backward in training mode, the optimiser) of each model of the "
+            "networks config: `auto` with jconv's conv modules, `xla` with flax's.", "",
+            table(["target", "model", "batch", "dtype", "impl", "compiled", "compile s", "temp", "GFLOP"], lines), ""]
 
 
 def section_failures(rows: list[dict]) -> list[str]:
@@ -149,7 +172,7 @@ def section_compile_time(rows: list[dict]) -> list[str]:
 def markdown(rows: list[dict], env: dict | None = None, plots: tuple[str, ...] = PLOTS) -> str:
     md = ["# Compile matrix: jconv on GPU and TPU targets, compile-only", ""]
     for section in (section_header(env or {}), section_verdict(rows), section_per_target(rows),
-                    section_failures(rows), section_compile_time(rows), section_pallas(rows), section_cost(rows)):
+                    section_models(rows), section_failures(rows), section_compile_time(rows), section_pallas(rows), section_cost(rows)):
         md += section
     if plots:
         md += ["## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
