@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -102,16 +103,18 @@ for name in ("mobilenetv2_dw3x3_s1", "resnet50_s2_3x3", "resnet50_s4_3x3", "resn
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_algorithm_grid(dtype):
     """tests/test_algorithms.py's geometries (every engine path: stride, dilation, groups,
-    depthwise x2, asymmetric and negative padding, 1x1): forward and VJP against XLA."""
+    depthwise x2, asymmetric and negative padding, 1x1, input dilation: dense, grouped with
+    kernel dilation, depthwise): forward and VJP against XLA. Input dilation with a window
+    stride, or with padding beyond dilation * (k - 1), is refused (test below)."""
     from test_algorithms import GEOMS, _inputs, _run, _xla
 
     if dtype == "bfloat16" and not __import__("jconv_onednn").bf16_supported():
         pytest.skip("no bfloat16 instructions on this CPU")
-    ran = 0
+    ran = []
     for geom in GEOMS:
         x, w = _inputs(geom)
-        if geom[5] != (1, 1):
-            continue  # input dilation: not oneDNN's (supports() says so; see the conformance test)
+        if geom[0] in _REFUSED_TRANSPOSED:
+            continue
         xa, wa = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
         y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), xa.astype(jnp.float32), wa.astype(jnp.float32))
         y, vjp = jax.vjp(functools.partial(_run, geom, "onednn"), xa, wa)
@@ -120,14 +123,43 @@ def test_algorithm_grid(dtype):
         ct = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
         for name, got, want in zip(("dx", "dw"), vjp(ct.astype(dtype)), vjp_ref(ct)):
             assert_close(got, want, dtype, factor=2, precision="highest", what=f"{geom[0]} {name}")
-        ran += 1
-    assert ran >= 6
+        ran.append(geom[0])
+    assert len(ran) == len(GEOMS) - len(_REFUSED_TRANSPOSED), ran
+
+
+#: tests/test_algorithms.py's input-dilated geometries oneDNN does not run, and why
+_REFUSED_TRANSPOSED = {"lhs2_stride2": r"window stride 1, not \(2, 2\)",
+                       "lhs3_k1_empty_phases": r"padding up to dilation \* \(kernel - 1\)"}
+
+
+@needs_plugin
+def test_transposed_runs_as_backward_data_and_says_what_it_refuses():
+    """Input dilation runs as oneDNN's backward-data of a strided convolution (one custom call
+    per pass, no zeros inserted); a window stride, or padding beyond dilation * (k - 1), is a
+    clear refusal naming the reason."""
+    from test_algorithms import GEOMS, _inputs, _run
+
+    case = CASES["unet_up_transposed"]
+    x = jnp.ones(case.x_shape(2), jnp.float32)
+    w = jnp.ones(case.w_shape(), jnp.float32)
+
+    def calls(f):
+        return sorted(re.findall(r"@jconv_onednn_(\w+)\(", jax.jit(f).lower(x, w).as_text()))
+
+    assert calls(lambda a, c: case.apply(a, c, impl="onednn")) == ["conv_bwd_data"]
+    grad = jax.grad(lambda a, c: jnp.sum(case.apply(a, c, impl="onednn") ** 2), argnums=(0, 1))
+    assert calls(grad) == ["conv_bwd_data", "conv_bwd_weights", "conv_fwd"]
+    for geom in GEOMS:
+        if geom[0] in _REFUSED_TRANSPOSED:
+            x, w = _inputs(geom)
+            with pytest.raises(NotImplementedError, match=_REFUSED_TRANSPOSED[geom[0]]):
+                _run(geom, "onednn", x, w)
 
 
 @needs_plugin
 def test_auto_on_the_cpu_runs_onednn_where_it_can_and_the_lax_rules_elsewhere():
     """With the plugin, auto plans oneDNN for what it runs and says so; what it cannot run
-    (input dilation, float16) keeps the lax/XLA rules; other platforms are untouched; and
+    (float16) keeps the lax/XLA rules; other platforms are untouched; and
     select.auto_excluded / JCONV_AUTO_EXCLUDE give back the plans without it."""
     for name in ("mobilenetv2_dw3x3_s1", "resnet50_s2_3x3", "resnet50_s4_3x3", "resnext_g32_3x3",
                  "resnet50_s2_1x1_expand", "convnext_dw7x7"):
@@ -136,7 +168,7 @@ def test_auto_on_the_cpu_runs_onednn_where_it_can_and_the_lax_rules_elsewhere():
         assert p.reason.startswith("auto: ") and "oneDNN" in p.reason
         assert jconv.plan_for(CASES[name].spec(4), "auto", platform="tpu").impl == "xla"
     p = jconv.plan_for(CASES["unet_up_transposed"].spec(1), "auto", platform="cpu")
-    assert p.impl == "lax", p
+    assert (p.impl, p.algorithm) == ("onednn", "onednn") and "transposed" in p.reason, p
     p = jconv.plan_for(CASES["resnet50_s2_3x3"].spec(2, "float16"), "auto", platform="cpu")
     assert p.impl != "onednn", p
     with select.auto_excluded("onednn"):
