@@ -99,29 +99,37 @@ def plan_for(x, w=None, b=None, *, impl: str = "auto", platform: str | None = No
     return select.plan(spec.execute_spec(), impl, fn=fn, platform=platform)
 
 
+def _spatial(layout: str, h, w, other):
+    """A per-axis config of an activation in ``layout``: ``h``, ``w`` at its spatial axes."""
+    return (other, other, h, w) if layout == "NCHW" else (other, h, w, other)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
 def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
-    """Arrays in the user's layout -> result in the user's layout."""
+    """Arrays in the user's layout -> result in the user's layout: transposed to NHWC and back
+    only when the planned backend does not take the caller's layout (select.operand_layout)."""
+    espec = select.operand_layout(spec.execute_spec(), impl, algorithm)
+    transposed = spec.layout != espec.layout  # an NCHW caller, a backend on NHWC
+    nchw = espec.layout == "NCHW"
     if not spec.batched:
         x = x[None]
-    if spec.layout == "NCHW":
+    if transposed:
         x = jnp.transpose(x, (0, 2, 3, 1))
         w = jnp.transpose(w, (2, 3, 1, 0))
     if spec.flip_kernel:
-        w = w[::-1, ::-1]
+        w = jnp.flip(w, (2, 3) if nchw else (0, 1))
     (pt, pb), (pl, pr) = spec.padding
     if spec.padding_mode != "zeros":
-        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), mode=_NP_PAD_MODE[spec.padding_mode])
+        x = jnp.pad(x, _spatial(espec.layout, (pt, pb), (pl, pr), (0, 0)), mode=_NP_PAD_MODE[spec.padding_mode])
     elif min(pt, pb, pl, pr) < 0:  # negative padding crops (conv_general_dilated only)
         lh, lw = spec.lhs_dilation
-        x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
-    espec = spec.execute_spec()
+        x = lax.pad(x, jnp.zeros((), x.dtype), _spatial(espec.layout, (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
     if spec.batch == 0:  # nothing to compute: an empty result of the right shape
-        y = jnp.zeros((0,) + espec.out_size + (spec.out_channels,), spec.out_dtype)
+        y = jnp.zeros(espec.out_shape, spec.out_dtype)
     else:
         y = primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm)
-        y = add_bias(y, b).astype(spec.out_dtype)
-    if spec.layout == "NCHW":
+        y = add_bias(y, b, axis=1 if nchw else -1).astype(spec.out_dtype)
+    if transposed:
         y = jnp.transpose(y, (0, 3, 1, 2))
     return y if spec.batched else y[0]
 

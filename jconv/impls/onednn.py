@@ -1,8 +1,9 @@
 """The ``onednn`` backend: oneDNN's CPU convolutions through XLA's FFI, from the optional plugin
 package ``jconv-onednn`` (``plugins/onednn``; ``make install`` builds it where it can).
 
-Forward, input gradient and weight gradient are oneDNN primitives on channels-last data (the
-plugin's ``conv_forward``, ``conv_backward_data``, ``conv_backward_weights``); the convolution
+Forward, input gradient and weight gradient are oneDNN primitives (the plugin's
+``conv_forward``, ``conv_backward_data``, ``conv_backward_weights``) on NHWC / HWIO arrays, or on
+an NCHW caller's NCHW / OIHW arrays as they are (``ExecSpec.layout``; no transposes in XLA); the convolution
 primitive (:mod:`jconv.primitive`) makes every transformation out of them; input dilation
 (transposed convolution) runs as the same three calls of another convolution (:func:`_transposed`).
 Float32 and bfloat16 (bfloat16 where the CPU has bfloat16 instructions), and the forward
@@ -59,10 +60,14 @@ def _transposed(spec: ExecSpec) -> bool:
 
 
 def _geometry(spec: ExecSpec) -> dict:
-    return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
+    return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups,
+                layout=spec.layout)
 
 
 _INT_SOURCES = ("int8", "uint8")
+#: the array layouts the plugin takes: float convolutions in either (oneDNN runs NCHW callers
+#: directly, its reorders to blocked layouts inside the call), integer and transposed ones NHWC
+LAYOUTS = ("NHWC", "NCHW")
 
 
 def _forward(x, w, spec: ExecSpec, target=None):
@@ -78,16 +83,15 @@ def _forward(x, w, spec: ExecSpec, target=None):
 def _input_grad(dy, w, spec: ExecSpec, target=None):
     if _transposed(spec):  # dx = G(dy)
         return _forward(dy, transpose_kernel(w, spec.groups), spec.input_grad_spec())
-    h, wd = spec.in_size
-    return jconv_onednn.conv_backward_data(dy.astype(spec.dtype), w.astype(spec.dtype),
-                                           x_shape=(spec.batch, h, wd, spec.in_channels), **_geometry(spec))
+    return jconv_onednn.conv_backward_data(dy.astype(spec.dtype), w.astype(spec.dtype), x_shape=spec.x_shape,
+                                           **_geometry(spec))
 
 
 def _weight_grad(x, dy, spec: ExecSpec, target=None):
     """float32 (summed over batch shards in float32 by the partitioner); cast by the caller."""
     if _transposed(spec):  # G's weight gradient with G's input dy and G's output gradient x
         return transpose_kernel(_weight_grad(dy, x, spec.input_grad_spec()), spec.groups)
-    dw = jconv_onednn.conv_backward_weights(x.astype(spec.dtype), dy.astype(spec.dtype), w_shape=spec.kernel_shape,
+    dw = jconv_onednn.conv_backward_weights(x.astype(spec.dtype), dy.astype(spec.dtype), w_shape=spec.w_shape,
                                             with_bias=False, **_geometry(spec))
     return dw.astype(jnp.float32)
 
@@ -120,12 +124,16 @@ def supports(spec: ExecSpec) -> str | None:
                 f"{spec.out_dtype}; use impl='lax' or impl='xla'")
     if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
         return "impl='onednn' bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); this one has none"
+    if spec.layout not in LAYOUTS:
+        return f"impl='onednn' takes arrays in {' or '.join(LAYOUTS)}, not {spec.layout}"
     return _supports_transposed(spec) if _transposed(spec) else None
 
 
 def _supports_transposed(spec: ExecSpec) -> str | None:
     """Input dilation runs as a backward-data (see :func:`_transposed`): with a window stride of 1
     and per-side padding at most ``dilation * (k - 1)`` (G's padding is not negative)."""
+    if spec.layout != "NHWC":
+        return "impl='onednn' runs input dilation (transposed convolution) on NHWC arrays"
     if spec.stride != (1, 1):
         return (f"impl='onednn' runs input dilation (transposed convolution) with window stride 1, not "
                 f"{spec.stride}; use impl='lax' or impl='xla'")
@@ -138,6 +146,8 @@ def _supports_transposed(spec: ExecSpec) -> str | None:
 def _supports_int8(spec: ExecSpec) -> str | None:
     """The forward convolution of int8 or uint8 ``x`` with int8 ``w`` into exact int32 sums (the
     kernel dtype is the plugin's to check: a spec carries one dtype)."""
+    if spec.layout != "NHWC":
+        return "impl='onednn' runs integer convolutions on NHWC arrays"
     if spec.out_dtype != "int32":
         return (f"impl='onednn' computes {spec.dtype} convolutions into int32 (preferred_element_type=int32), "
                 f"not {spec.out_dtype}; use impl='lax' or impl='xla'")
@@ -176,6 +186,6 @@ else:
     BACKEND = registry.register(registry.Backend(
         name=NAME, algorithms={"onednn": ONEDNN}, choose=lambda spec, platform: ("onednn", "requested"),
         auto=auto_rule, tune_candidates=lambda spec, platform: ["onednn"] if platform == "cpu" else [],
-        platforms=("cpu",), split_batch=True, native=True,
+        platforms=("cpu",), split_batch=True, native=True, layouts=LAYOUTS,
         summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",
     ))
