@@ -99,36 +99,43 @@ def plan_for(x, w=None, b=None, *, impl: str = "auto", platform: str | None = No
     return select.plan(spec.execute_spec(), impl, fn=fn, platform=platform)
 
 
-def _to_exec_layout(x, w, spec: ConvSpec):
-    """The user's arrays -> the execute spec's: batched NHWC ``x`` with the padding mode (or a
-    negative padding's crop) applied, HWIO ``w`` flipped for ``flip_kernel``."""
+def _spatial(layout: str, h, w, other):
+    """A per-axis config of an activation in ``layout``: ``h``, ``w`` at its spatial axes."""
+    return (other, other, h, w) if layout == "NCHW" else (other, h, w, other)
+
+
+def _to_exec_layout(x, w, spec: ConvSpec, layout: str):
+    """The user's arrays -> the execute spec's (``layout``: NHWC, or NCHW where the planned
+    backend takes an NCHW caller's arrays as they are): batched ``x`` with the padding mode (or a
+    negative padding's crop) applied, ``w`` flipped for ``flip_kernel``."""
     if not spec.batched:
         x = x[None]
-    if spec.layout == "NCHW":
+    if spec.layout != layout:  # an NCHW caller, a backend on NHWC
         x = jnp.transpose(x, (0, 2, 3, 1))
         w = jnp.transpose(w, (2, 3, 1, 0))
     if spec.flip_kernel:
-        w = w[::-1, ::-1]
+        w = jnp.flip(w, (2, 3) if layout == "NCHW" else (0, 1))
     (pt, pb), (pl, pr) = spec.padding
     if spec.padding_mode != "zeros":
-        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), mode=_NP_PAD_MODE[spec.padding_mode])
+        x = jnp.pad(x, _spatial(layout, (pt, pb), (pl, pr), (0, 0)), mode=_NP_PAD_MODE[spec.padding_mode])
     elif min(pt, pb, pl, pr) < 0:  # negative padding crops (conv_general_dilated only)
         lh, lw = spec.lhs_dilation
-        x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
+        x = lax.pad(x, jnp.zeros((), x.dtype), _spatial(layout, (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
     return x, w
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
 def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
-    """Arrays in the user's layout -> result in the user's layout."""
-    espec = spec.execute_spec()
+    """Arrays in the user's layout -> result in the user's layout: transposed to NHWC and back
+    only when the planned backend does not take the caller's layout (select.operand_layout)."""
+    espec = select.operand_layout(spec.execute_spec(), impl, algorithm)
     if spec.is_empty:  # nothing to compute: lax's result, zeros of the output shape (gradients zero)
         y = jnp.zeros(espec.out_shape, spec.out_dtype)
     else:
-        x, w = _to_exec_layout(x, w, spec)
+        x, w = _to_exec_layout(x, w, spec, espec.layout)
         y = primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm)
-    y = add_bias(y, b).astype(spec.out_dtype)
-    if spec.layout == "NCHW":
+    y = add_bias(y, b, axis=1 if espec.layout == "NCHW" else -1).astype(spec.out_dtype)
+    if spec.layout != espec.layout:
         y = jnp.transpose(y, (0, 3, 1, 2))
     return y if spec.batched else y[0]
 

@@ -11,6 +11,9 @@ dx      dy, w           dx (N, H, W, C_in)               fwd(ct, w), dw(ct, dy)
 dw      x, dy           dw (KH, KW, C_in/groups, C_out)  dx(dy, ct), fwd(x, ct)
 ======  ==============  ===============================  ======================
 
+Shapes as shown for ``spec.layout`` "NHWC" (kernels HWIO); NCHW / OIHW for a backend that takes
+a channels-first caller's arrays (:attr:`jconv.spec.ExecSpec.layout`).
+
 The transposes of each kind bind the primitive again with another kind (``ad.defbilinear``), so
 the set is closed: ``grad`` of any order, ``jvp``, ``jacfwd``, ``hessian`` and ``linearize``
 hold for every backend, and each derivative runs the backend's own kernels (never autodiff of
@@ -45,25 +48,17 @@ LOWERING_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 conv_p = Primitive("jconv_conv")
 
 
-def _x_shape(spec: ExecSpec):
-    return (spec.batch,) + tuple(spec.in_size) + (spec.in_channels,)
-
-
-def _y_shape(spec: ExecSpec):
-    return (spec.batch,) + tuple(spec.out_size) + (spec.out_channels,)
-
-
 def result_shape_dtype(kind: str, spec: ExecSpec) -> tuple[tuple[int, ...], str]:
     if kind == "fwd":
-        return _y_shape(spec), spec.out_dtype
+        return spec.out_shape, spec.out_dtype
     if kind == "dx":
-        return _x_shape(spec), spec.dtype
-    return spec.kernel_shape, spec.dtype
+        return spec.x_shape, spec.dtype
+    return spec.w_shape, spec.dtype
 
 
 def _operand_shapes(kind: str, spec: ExecSpec):
-    return {"fwd": (_x_shape(spec), spec.kernel_shape), "dx": (_y_shape(spec), spec.kernel_shape),
-            "dw": (_x_shape(spec), _y_shape(spec))}[kind]
+    return {"fwd": (spec.x_shape, spec.w_shape), "dx": (spec.out_shape, spec.w_shape),
+            "dw": (spec.x_shape, spec.out_shape)}[kind]
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,10 +176,34 @@ def _grouped_spec(spec: ExecSpec, size: int) -> ExecSpec:
                                groups=size * spec.groups)
 
 
+#: NCHW / OIHW -> NHWC / HWIO, per role of an operand or result
+_TO_NHWC = {"act": (0, 2, 3, 1), "kernel": (2, 3, 1, 0)}
+#: the roles of (first operand, second operand, result) of each kind
+_ROLES = {"fwd": ("act", "kernel", "act"), "dx": ("act", "kernel", "act"), "dw": ("act", "act", "kernel")}
+
+
+def _batch_via_nhwc(args, dims, *, kind, spec, **params):
+    """The batching rule of an NCHW spec, where it regroups channels: the operands to NHWC /
+    HWIO (each batch dim moved to the front), the NHWC rule, the result back."""
+    def to_nhwc(a, d, role):
+        perm = _TO_NHWC[role]
+        if d is None:
+            return jnp.transpose(a, perm), None
+        return jnp.transpose(jnp.moveaxis(a, d, 0), (0,) + tuple(p + 1 for p in perm)), 0
+
+    role_a, role_b, role_out = _ROLES[kind]
+    (a, da), (b, db) = to_nhwc(args[0], dims[0], role_a), to_nhwc(args[1], dims[1], role_b)
+    out, d = _batch_rule((a, b), (da, db), kind=kind, spec=dataclasses.replace(spec, layout="NHWC"), **params)
+    back = tuple(int(p) + 1 for p in np.argsort(_TO_NHWC[role_out]))
+    return jnp.transpose(jnp.moveaxis(out, d, 0), (0,) + back), 0
+
+
 def _batch_rule(args, dims, *, kind, spec, impl, algorithm):
     a, b = args
     da, db = dims
     params = dict(impl=impl, algorithm=algorithm)
+    if spec.layout != "NHWC" and not (kind in ("fwd", "dx") and db is None):
+        return _batch_via_nhwc(args, dims, kind=kind, spec=spec, **params)
     size = a.shape[da] if da is not None else b.shape[db]
     # 1. only the activation operand of fwd / dx is batched: fold into the convolution's batch
     if kind in ("fwd", "dx") and db is None:

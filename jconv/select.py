@@ -128,6 +128,18 @@ def _checked(fn: str, impl: str, plan_: Plan, spec: ExecSpec) -> Plan:
     return plan_
 
 
+def operand_layout(spec: ExecSpec, impl: str, algorithm: str) -> ExecSpec:
+    """The execute spec in the layout the arrays reach the planned backend in: the caller's
+    (``spec.caller_layout``) when the backend takes it (``Backend.layouts``) and its algorithm
+    runs the spec so, else ``spec`` as planned (NHWC / HWIO: :func:`jconv.conv2d` transposes
+    around the convolution). The one place that decides the operand layout."""
+    backend = registry.get(impl)
+    if spec.caller_layout == spec.layout or spec.caller_layout not in backend.layouts:
+        return spec
+    native = dataclasses.replace(spec, layout=spec.caller_layout)
+    return native if backend.why_not(algorithm, native) is None else spec
+
+
 def plan(spec: ExecSpec, impl: str, *, fn: str = "conv2d", platform: str | None = None,
          use_cache: bool = True) -> Plan:
     """Choose the backend and algorithm for ``spec`` (checked before any tracing).
@@ -158,4 +170,4 @@ def plan(spec: ExecSpec, impl: str, *, fn: str = "conv2d", platform: str | None 
                               f"(asked, in order: {', '.join(auto_order(platform)) or 'none'})")
 
 
-__all__ = ["Plan", "plan", "AUTO_ORDER", "DEFAULT_ORDER", "auto_order", "auto_excluded"]
+__all__ = ["Plan", "plan", "operand_layout", "AUTO_ORDER", "DEFAULT_ORDER", "auto_order", "auto_excluded"]

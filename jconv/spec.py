@@ -6,7 +6,9 @@
 * :class:`ExecSpec`: what a backend runs (:meth:`ConvSpec.execute_spec`): NHWC activations,
   an HWIO kernel already flipped, a padding mode already applied, non-negative zero padding and
   input dilation left to do. It also carries the caller's layout (``caller_layout``), because a
-  backend may choose differently for a channels-first caller whose transposes it can cancel.
+  backend may choose differently for a channels-first caller whose transposes it can cancel;
+  and the arrays' layout (``layout``): NHWC / HWIO, or NCHW / OIHW where the planned backend
+  takes a channels-first caller's arrays as they are (:func:`jconv.select.operand_layout`).
 
 Both share the geometry (:class:`Geometry`): sizes, strides, padding, dilations, groups,
 dtypes and precision, and what follows from them (output size, FLOPs, the input gradient's
@@ -161,27 +163,36 @@ class ConvSpec(Geometry):
 
 
 #: bumped whenever :meth:`ExecSpec.key` changes what it writes (the tune cache's key)
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class ExecSpec(Geometry):
-    """What a backend executes (see the module docstring): arrays NHWC / HWIO, batched; the
-    backend's three functions take ``(a, b, spec, target)``."""
+    """What a backend executes (see the module docstring): batched arrays in ``layout``, NHWC /
+    HWIO unless the backend takes the caller's NCHW / OIHW; the backend's three functions take
+    ``(a, b, spec, target)``."""
 
     caller_layout: str = "NHWC"
+    #: the arrays' layout: "NHWC" (x, y NHWC; w HWIO) or "NCHW" (x, y NCHW; w OIHW)
+    layout: str = "NHWC"
+
+    def _act(self, size, channels) -> tuple[int, int, int, int]:
+        if self.layout == "NCHW":
+            return (self.batch, channels) + tuple(size)  # type: ignore[return-value]
+        return (self.batch,) + tuple(size) + (channels,)  # type: ignore[return-value]
 
     @property
     def x_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch,) + tuple(self.in_size) + (self.in_channels,)  # type: ignore[return-value]
+        return self._act(self.in_size, self.in_channels)
 
     @property
     def w_shape(self) -> tuple[int, int, int, int]:
-        return self.kernel_shape
+        kh, kw, cg, co = self.kernel_shape
+        return (co, cg, kh, kw) if self.layout == "NCHW" else (kh, kw, cg, co)
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch,) + tuple(self.out_size) + (self.out_channels,)  # type: ignore[return-value]
+        return self._act(self.out_size, self.out_channels)
 
     @property
     def input_grad_padding(self) -> Pads:

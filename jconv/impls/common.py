@@ -39,9 +39,14 @@ def pad_input(x, spec: ExecSpec):
     return lax.pad(x, zero, ((0, 0, 0), (pt, pb, lh - 1), (pl, pr, lw - 1), (0, 0, 0)))
 
 
-def add_bias(y, b):
-    """``y`` (..., C_out) plus bias ``b`` (C_out,), without implicit rank promotion."""
-    return y if b is None else y + b.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+def add_bias(y, b, axis: int = -1):
+    """``y`` plus bias ``b`` (C_out,) along ``y``'s channel ``axis`` (default the last),
+    without implicit rank promotion."""
+    if b is None:
+        return y
+    shape = [1] * y.ndim
+    shape[axis] = -1
+    return y + b.astype(y.dtype).reshape(shape)
 
 
 def transpose_kernel(w, groups: int):

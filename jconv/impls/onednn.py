@@ -1,13 +1,16 @@
 """The ``onednn`` backend: oneDNN's CPU convolutions through XLA's FFI, from the optional plugin
 package ``jconv-onednn`` (``plugins/onednn``; ``make install`` builds it where it can).
 
-Forward, input gradient and weight gradient are oneDNN primitives on channels-last data (the
-plugin's ``conv_forward``, ``conv_backward_data``, ``conv_backward_weights``); the convolution
-primitive (:mod:`jconv.primitive`) makes every transformation out of them. Float32 and bfloat16
-(bfloat16 where the CPU has bfloat16 instructions), and the forward int8/uint8 x int8 -> int32
-convolution of quantized inference (exact; on CPUs with VNNI or AMX); what oneDNN does not run
-here (input dilation, float16/float64, an output dtype other than the input's, or other than
-int32 for integers) is a clear error naming the reason, never another implementation.
+Forward, input gradient and weight gradient are oneDNN primitives (the plugin's
+``conv_forward``, ``conv_backward_data``, ``conv_backward_weights``) on NHWC / HWIO arrays, or on
+an NCHW caller's NCHW / OIHW arrays as they are (``ExecSpec.layout``; no transposes in XLA); the convolution
+primitive (:mod:`jconv.primitive`) makes every transformation out of them; input dilation
+(transposed convolution) runs as the same three calls of another convolution (:func:`_transposed`).
+Float32 and bfloat16 (bfloat16 where the CPU has bfloat16 instructions), and the forward
+int8/uint8 x int8 -> int32 convolution of quantized inference (exact; on CPUs with VNNI or AMX);
+what oneDNN does not run here (float16/float64, an output dtype other than the input's, or other
+than int32 for integers, input dilation with a window stride or an integer dtype) is a clear
+error naming the reason, never another implementation.
 
 A native custom call: it lowers for the CPU only, and ``jax.export`` refuses it as not portable
 (the primitive's lowering says so for other platforms). On a batch-sharded input, XLA's
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 
 from jconv.spec import ExecSpec
 from jconv.impls import partitioning, registry
+from jconv.impls.common import transpose_kernel
 
 NAME = "onednn"
 INSTALL_HINT = ("install the plugin: pip install ./plugins/onednn from a jconv checkout "
@@ -44,14 +48,32 @@ else:
         f"the jconv-onednn plugin cannot load here: {jconv_onednn.unavailable_reason()}; {INSTALL_HINT}")
 
 
+def _transposed(spec: ExecSpec) -> bool:
+    """Input dilation (a transposed convolution), which oneDNN runs as the input gradient of a
+    strided convolution G = ``spec.input_grad_spec()``: G takes ``y``'s shape to ``x``'s with
+    stride = the input dilation, the kernel :func:`transpose_kernel` of ``w`` and padding
+    ``dilation * (k - 1) - pad`` per side. So ``y`` is G's backward-data of ``x`` (the
+    deconvolution, as PyTorch's ``conv_transpose2d`` runs it), ``dx`` is G's forward of ``dy``,
+    and ``dw`` is G's backward-weights with the roles of ``x`` and ``dy`` swapped, its kernel
+    transposed back. Exact, no zeros inserted; :func:`supports` says which geometries fit."""
+    return spec.lhs_dilation != (1, 1)
+
+
 def _geometry(spec: ExecSpec) -> dict:
-    return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
+    return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups,
+                layout=spec.layout)
 
 
 _INT_SOURCES = ("int8", "uint8")
+#: the array layouts the plugin takes: float convolutions in either (oneDNN runs NCHW callers
+#: directly, its reorders to blocked layouts inside the call), integer and transposed ones NHWC
+LAYOUTS = ("NHWC", "NCHW")
 
 
 def _forward(x, w, spec: ExecSpec, target=None):
+    if _transposed(spec):  # y is the input gradient of the strided convolution G (see _transposed)
+        g = spec.input_grad_spec()
+        return _input_grad(x, transpose_kernel(w, spec.groups), g)
     if spec.dtype in _INT_SOURCES:
         # the operands as they are (x int8/uint8, w int8: the plugin checks), exact int32 sums
         return jconv_onednn.conv_forward(x, w, preferred_element_type=spec.out_dtype, **_geometry(spec))
@@ -59,14 +81,17 @@ def _forward(x, w, spec: ExecSpec, target=None):
 
 
 def _input_grad(dy, w, spec: ExecSpec, target=None):
-    h, wd = spec.in_size
-    return jconv_onednn.conv_backward_data(dy.astype(spec.dtype), w.astype(spec.dtype),
-                                           x_shape=(spec.batch, h, wd, spec.in_channels), **_geometry(spec))
+    if _transposed(spec):  # dx = G(dy)
+        return _forward(dy, transpose_kernel(w, spec.groups), spec.input_grad_spec())
+    return jconv_onednn.conv_backward_data(dy.astype(spec.dtype), w.astype(spec.dtype), x_shape=spec.x_shape,
+                                           **_geometry(spec))
 
 
 def _weight_grad(x, dy, spec: ExecSpec, target=None):
     """float32 (summed over batch shards in float32 by the partitioner); cast by the caller."""
-    dw = jconv_onednn.conv_backward_weights(x.astype(spec.dtype), dy.astype(spec.dtype), w_shape=spec.kernel_shape,
+    if _transposed(spec):  # G's weight gradient with G's input dy and G's output gradient x
+        return transpose_kernel(_weight_grad(dy, x, spec.input_grad_spec()), spec.groups)
+    dw = jconv_onednn.conv_backward_weights(x.astype(spec.dtype), dy.astype(spec.dtype), w_shape=spec.w_shape,
                                             with_bias=False, **_geometry(spec))
     return dw.astype(jnp.float32)
 
@@ -99,14 +124,30 @@ def supports(spec: ExecSpec) -> str | None:
                 f"{spec.out_dtype}; use impl='lax' or impl='xla'")
     if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
         return "impl='onednn' bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); this one has none"
-    if spec.lhs_dilation != (1, 1):
-        return "impl='onednn' does not run input dilation (transposed convolution); use impl='lax' or impl='xla'"
+    if spec.layout not in LAYOUTS:
+        return f"impl='onednn' takes arrays in {' or '.join(LAYOUTS)}, not {spec.layout}"
+    return _supports_transposed(spec) if _transposed(spec) else None
+
+
+def _supports_transposed(spec: ExecSpec) -> str | None:
+    """Input dilation runs as a backward-data (see :func:`_transposed`): with a window stride of 1
+    and per-side padding at most ``dilation * (k - 1)`` (G's padding is not negative)."""
+    if spec.layout != "NHWC":
+        return "impl='onednn' runs input dilation (transposed convolution) on NHWC arrays"
+    if spec.stride != (1, 1):
+        return (f"impl='onednn' runs input dilation (transposed convolution) with window stride 1, not "
+                f"{spec.stride}; use impl='lax' or impl='xla'")
+    if any(p < 0 for side in spec.input_grad_padding for p in side):
+        return (f"impl='onednn' runs input dilation with padding up to dilation * (kernel - 1) per side, not "
+                f"{spec.padding}; use impl='lax' or impl='xla'")
     return None
 
 
 def _supports_int8(spec: ExecSpec) -> str | None:
     """The forward convolution of int8 or uint8 ``x`` with int8 ``w`` into exact int32 sums (the
     kernel dtype is the plugin's to check: a spec carries one dtype)."""
+    if spec.layout != "NHWC":
+        return "impl='onednn' runs integer convolutions on NHWC arrays"
     if spec.out_dtype != "int32":
         return (f"impl='onednn' computes {spec.dtype} convolutions into int32 (preferred_element_type=int32), "
                 f"not {spec.out_dtype}; use impl='lax' or impl='xla'")
@@ -122,8 +163,8 @@ def _supports_int8(spec: ExecSpec) -> str | None:
 
 def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
     """``impl="auto"`` on the CPU (asked first there: :data:`jconv.select.AUTO_ORDER`): oneDNN
-    for every convolution it runs (float32 and bfloat16, no input dilation, bfloat16 only on a
-    CPU with bfloat16 instructions; the int8/uint8 -> int32 forward on a CPU with VNNI or AMX),
+    for every convolution it runs (float32 and bfloat16, transposed ones included, bfloat16 only
+    on a CPU with bfloat16 instructions; the int8/uint8 -> int32 forward on a CPU with VNNI or AMX),
     except strided bfloat16 depthwise, which it declines.
     Measured on the whole suite against the lax/XLA plans, XLA and PyTorch: docs/performance.md
     (the oneDNN section)."""
@@ -131,8 +172,8 @@ def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
         return None
     if spec.is_depthwise and spec.dtype == "bfloat16" and spec.stride != (1, 1):
         return None  # oneDNN 3.2's strided bfloat16 depthwise backward is slower than the lax engine's
-    kind = ("depthwise" if spec.is_depthwise else "grouped" if spec.groups > 1
-            else "1x1" if spec.is_pointwise else "dense")
+    kind = ("transposed" if _transposed(spec) else "depthwise" if spec.is_depthwise
+            else "grouped" if spec.groups > 1 else "1x1" if spec.is_pointwise else "dense")
     return "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed)"
 
 
@@ -145,6 +186,6 @@ else:
     BACKEND = registry.register(registry.Backend(
         name=NAME, algorithms={"onednn": ONEDNN}, choose=lambda spec, platform: ("onednn", "requested"),
         auto=auto_rule, tune_candidates=lambda spec, platform: ["onednn"] if platform == "cpu" else [],
-        platforms=("cpu",), split_batch=True, native=True,
+        platforms=("cpu",), split_batch=True, native=True, layouts=LAYOUTS,
         summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",
     ))

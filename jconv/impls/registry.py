@@ -92,6 +92,10 @@ class Backend:
     split_batch: bool = False
     #: a native custom call: correct on this machine's CPU, not portable (``jax.export``).
     native: bool = False
+    #: the array layouts its functions take (``ExecSpec.layout``): NHWC / HWIO always; a backend
+    #: that also lists "NCHW" gets a channels-first caller's arrays without transposes
+    #: (:func:`jconv.select.operand_layout` decides, where its algorithm supports the spec).
+    layouts: tuple[str, ...] = ("NHWC",)
     summary: str = ""
 
     def algorithm(self, name: str) -> Algorithm:

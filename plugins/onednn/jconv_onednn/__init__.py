@@ -31,6 +31,7 @@ from jconv_onednn.ops import (
     conv_forward,
     conv_output_shape,
     describe,
+    LAYOUTS,
 )
 from jconv_onednn.settings import (
     available,
@@ -41,6 +42,7 @@ from jconv_onednn.settings import (
     int8_supported,
     onednn_version,
     set_cache_capacity,
+    set_activations_layout,
     set_num_threads,
     set_weights_layout,
     unavailable_reason,
@@ -61,6 +63,7 @@ __all__ = [
     "clear_cache",
     "describe",
     "set_weights_layout",
+    "set_activations_layout",
     "set_num_threads",
     "get_num_threads",
     "TARGETS",

@@ -114,6 +114,8 @@ def _setup_signatures(lib: ctypes.CDLL) -> None:
         "jconv_onednn_clear_cache": ([], None),
         "jconv_onednn_set_weights_policy": ([i32], None),
         "jconv_onednn_get_weights_policy": ([], i32),
+        "jconv_onednn_set_activations_policy": ([i32], None),
+        "jconv_onednn_get_activations_policy": ([], i32),
         "jconv_onednn_set_num_threads": ([i32], None),
         "jconv_onednn_get_num_threads": ([], i32),
         "jconv_onednn_describe": ([i32, i32, i64p, ctypes.c_char_p, i64], i32),

@@ -18,6 +18,8 @@ from jconv_onednn import _loader, settings
 VMAP_METHOD = "sequential"
 
 FLOAT_DTYPES = ("float32", "bfloat16")
+#: the layouts of x / y and of w, and their code in the handlers' ``layout`` attribute
+LAYOUTS = {"NHWC": 0, "NCHW": 1}
 INT_SOURCE_DTYPES = ("int8", "uint8")
 
 IntPair = Union[int, Sequence[int]]
@@ -35,18 +37,22 @@ def _geometry():
 
 
 class _Conv(NamedTuple):
-    """One convolution's resolved geometry."""
+    """One convolution's resolved geometry; shapes in the call's layout, and NHWC / HWIO."""
 
     stride: Tuple[int, int]
     padding: Tuple[Tuple[int, int], Tuple[int, int]]
     dilation: Tuple[int, int]
     out_shape: Tuple[int, int, int, int]
+    layout: str
+    x_nhwc: Tuple[int, int, int, int]
+    w_hwio: Tuple[int, int, int, int]
 
     def attrs(self, groups: int) -> dict:
         (pt, pb), (pl, pr) = self.padding
         return dict(stride=np.asarray(self.stride, np.int64),
                     padding=np.asarray((pt, pb, pl, pr), np.int64),
-                    dilation=np.asarray(self.dilation, np.int64), groups=np.int64(groups))
+                    dilation=np.asarray(self.dilation, np.int64), groups=np.int64(groups),
+                    layout=np.int64(LAYOUTS[self.layout]))
 
 
 def _out_size(n, k, s, d, p0, p1):
@@ -54,31 +60,45 @@ def _out_size(n, k, s, d, p0, p1):
     return max(0, (n + p0 + p1 - (k - 1) * d - 1) // s + 1)
 
 
-def _resolve(fn: str, x_shape, w_shape, stride, padding, dilation) -> _Conv:
+def _check_layout(fn: str, layout) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"{fn}: layout (={layout!r}) must be 'NHWC' (x NHWC, w HWIO) or 'NCHW' "
+                         "(x NCHW, w OIHW)")
+    return layout
+
+
+def _resolve(fn: str, x_shape, w_shape, stride, padding, dilation, layout="NHWC") -> _Conv:
+    layout = _check_layout(fn, layout)
     if len(x_shape) != 4 or len(w_shape) != 4:
-        raise ValueError(f"{fn}: expected an NHWC input and an HWIO kernel, got shapes "
-                         f"{tuple(x_shape)} and {tuple(w_shape)}")
+        want = "an NHWC input and an HWIO kernel" if layout == "NHWC" else "an NCHW input and an OIHW kernel"
+        raise ValueError(f"{fn}: expected {want}, got shapes {tuple(x_shape)} and {tuple(w_shape)}")
+    x_nhwc, w_hwio = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    if layout == "NCHW":
+        x_nhwc = tuple(x_nhwc[i] for i in (0, 2, 3, 1))
+        w_hwio = tuple(w_hwio[i] for i in (2, 3, 1, 0))
     geo = _geometry()
     s = geo.pair(fn, "stride", stride)
     d = geo.pair(fn, "dilation", dilation)
-    n, h, w, _ = (int(v) for v in x_shape)
-    kh, kw, _, co = (int(v) for v in w_shape)
+    n, h, w, _ = x_nhwc
+    kh, kw, _, co = w_hwio
     k_eff = ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1)
     pads = geo.resolve_padding(fn, padding, (h, w), k_eff, s)
     (pt, pb), (pl, pr) = pads
-    out = (n, _out_size(h, kh, s[0], d[0], pt, pb), _out_size(w, kw, s[1], d[1], pl, pr), co)
-    return _Conv(s, pads, d, out)
+    ho, wo = _out_size(h, kh, s[0], d[0], pt, pb), _out_size(w, kw, s[1], d[1], pl, pr)
+    out = (n, ho, wo, co) if layout == "NHWC" else (n, co, ho, wo)
+    return _Conv(s, pads, d, out, layout, x_nhwc, w_hwio)
 
 
-def _check_groups(fn: str, x_shape, w_shape, groups) -> int:
+def _check_groups(fn: str, conv: _Conv, w_shape, groups) -> int:
     if not _geometry().is_int(groups) or int(groups) < 1:
         raise ValueError(f"{fn}: groups (={groups!r}) must be an int >= 1")
     groups = int(groups)
-    ci, cig, co = int(x_shape[3]), int(w_shape[2]), int(w_shape[3])
+    ci, (_, _, cig, co) = conv.x_nhwc[3], conv.w_hwio
     if ci % groups or co % groups or cig * groups != ci:
+        want = (f"(KH, KW, {ci}/groups, C_out)" if conv.layout == "NHWC"
+                else f"(C_out, {ci}/groups, KH, KW)")
         raise ValueError(f"{fn}: groups (={groups}) does not fit input channels {ci} and kernel "
-                         f"{tuple(w_shape)} (expected (KH, KW, {ci}/groups, C_out), C_out "
-                         "divisible by groups)")
+                         f"{tuple(w_shape)} (expected {want}, C_out divisible by groups)")
     return groups
 
 
@@ -118,20 +138,22 @@ def _int8_out_dtype(fn: str, x, w, b, preferred) -> np.dtype:
 
 
 def conv_output_shape(x_shape, w_shape, *, stride: IntPair = 1, padding: Padding = 0,
-                      dilation: IntPair = 1) -> Tuple[int, int, int, int]:
-    """NHWC output shape of a convolution of x_shape (NHWC) with w_shape (HWIO).
+                      dilation: IntPair = 1, layout: str = "NHWC") -> Tuple[int, int, int, int]:
+    """Output shape of a convolution of x_shape (NHWC) with w_shape (HWIO), or NCHW / OIHW.
 
     As in XLA, a spatial size is 0 when the dilated kernel is larger than the padded input.
     """
-    return _resolve("conv_output_shape", x_shape, w_shape, stride, padding, dilation).out_shape
+    return _resolve("conv_output_shape", x_shape, w_shape, stride, padding, dilation, layout).out_shape
 
 
 def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
-                 dilation: IntPair = 1, groups: int = 1, preferred_element_type: Any = None):
-    """y = conv(x, w) [+ b], channels-last.
+                 dilation: IntPair = 1, groups: int = 1, preferred_element_type: Any = None,
+                 layout: str = "NHWC"):
+    """y = conv(x, w) [+ b].
 
-    x: (N, H, W, C_in); w: (KH, KW, C_in // groups, C_out), output channel
-    g * (C_out // groups) + o belongs to group g; b: (C_out,) or None.
+    layout "NHWC": x (N, H, W, C_in), w (KH, KW, C_in // groups, C_out), y (N, Ho, Wo, C_out);
+    "NCHW": x (N, C_in, H, W), w (C_out, C_in // groups, KH, KW), y (N, C_out, Ho, Wo) (float
+    only). Output channel g * (C_out // groups) + o belongs to group g; b: (C_out,) or None.
     stride, dilation: int or (h, w); dilation is the kernel (rhs) dilation, 1 = dense.
     padding: ((top, bottom), (left, right)), (ph, pw), an int, or "SAME"/"VALID".
 
@@ -147,9 +169,12 @@ def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
 
     fn = "conv_forward"
     _loader.require()
-    conv = _resolve(fn, x.shape, w.shape, stride, padding, dilation)
-    groups = _check_groups(fn, x.shape, w.shape, groups)
+    conv = _resolve(fn, x.shape, w.shape, stride, padding, dilation, layout)
+    groups = _check_groups(fn, conv, w.shape, groups)
+    co = conv.w_hwio[3]
     if np.dtype(x.dtype).name in INT_SOURCE_DTYPES:
+        if conv.layout != "NHWC":
+            raise ValueError(f"{fn}: layout (={layout!r}) must be 'NHWC' for integer convolutions")
         dt = _int8_out_dtype(fn, x, w, b, preferred_element_type)
         operands = (x, w)
     else:
@@ -159,8 +184,8 @@ def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
             raise TypeError(f"{fn}: preferred_element_type (={preferred_element_type!r}) must be "
                             f"None or the input dtype {dt.name} (oneDNN writes its float "
                             "results in the input dtype)")
-    if b is not None and tuple(b.shape) != (w.shape[3],):
-        raise ValueError(f"{fn}: bias shape {tuple(b.shape)} should be ({w.shape[3]},)")
+    if b is not None and tuple(b.shape) != (co,):
+        raise ValueError(f"{fn}: bias shape {tuple(b.shape)} should be ({co},)")
     target = _loader.TARGETS["fwd"] if b is None else _loader.TARGETS["fwd_bias"]
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(conv.out_shape, dt),
                             vmap_method=VMAP_METHOD)
@@ -168,11 +193,11 @@ def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
 
 
 def conv_backward_data(dy, w, *, x_shape, stride: IntPair = 1, padding: Padding = 0,
-                       dilation: IntPair = 1, groups: int = 1):
+                       dilation: IntPair = 1, groups: int = 1, layout: str = "NHWC"):
     """dx = the gradient of conv_forward with respect to x, given dy (float32 / bfloat16).
 
-    dy: (N, Ho, Wo, C_out); w as in :func:`conv_forward`; x_shape: the (N, H, W, C_in) shape
-    of the forward input (needed because several input sizes give the same output size when
+    dy: the forward output's shape; w and layout as in :func:`conv_forward`; x_shape: the
+    forward input's shape (needed because several input sizes give the same output size when
     stride > 1). Returns dx of shape x_shape in dy's dtype.
     """
     import jax
@@ -180,8 +205,8 @@ def conv_backward_data(dy, w, *, x_shape, stride: IntPair = 1, padding: Padding 
     fn = "conv_backward_data"
     _loader.require()
     x_shape = tuple(int(d) for d in x_shape)
-    conv = _resolve(fn, x_shape, w.shape, stride, padding, dilation)
-    groups = _check_groups(fn, x_shape, w.shape, groups)
+    conv = _resolve(fn, x_shape, w.shape, stride, padding, dilation, layout)
+    groups = _check_groups(fn, conv, w.shape, groups)
     dt = _float_dtype(fn, dy, w)
     if tuple(dy.shape) != conv.out_shape:
         raise ValueError(f"{fn}: dy shape {tuple(dy.shape)} does not match the forward output "
@@ -192,20 +217,21 @@ def conv_backward_data(dy, w, *, x_shape, stride: IntPair = 1, padding: Padding 
 
 
 def conv_backward_weights(x, dy, *, w_shape, stride: IntPair = 1, padding: Padding = 0,
-                          dilation: IntPair = 1, groups: int = 1, with_bias: bool = False):
+                          dilation: IntPair = 1, groups: int = 1, with_bias: bool = False,
+                          layout: str = "NHWC"):
     """dw (and db) = the gradients of conv_forward with respect to w (and b).
 
-    x: (N, H, W, C_in); dy: (N, Ho, Wo, C_out); w_shape: (KH, KW, C_in // groups, C_out);
-    float32 / bfloat16. Returns dw (HWIO, x's dtype), or (dw, db) with db = dy summed over N,
-    Ho, Wo when with_bias is True.
+    x, dy: the forward input's and output's shapes; w_shape: the kernel's (HWIO for layout
+    "NHWC", OIHW for "NCHW"); float32 / bfloat16. Returns dw (w_shape, x's dtype), or (dw, db)
+    with db = dy summed over the batch and spatial axes when with_bias is True.
     """
     import jax
 
     fn = "conv_backward_weights"
     _loader.require()
     w_shape = tuple(int(d) for d in w_shape)
-    conv = _resolve(fn, x.shape, w_shape, stride, padding, dilation)
-    groups = _check_groups(fn, x.shape, w_shape, groups)
+    conv = _resolve(fn, x.shape, w_shape, stride, padding, dilation, layout)
+    groups = _check_groups(fn, conv, w_shape, groups)
     dt = _float_dtype(fn, x, dy)
     if tuple(dy.shape) != conv.out_shape:
         raise ValueError(f"{fn}: dy shape {tuple(dy.shape)} does not match the forward output "
@@ -214,7 +240,7 @@ def conv_backward_weights(x, dy, *, w_shape, stride: IntPair = 1, padding: Paddi
     if with_bias:
         call = jax.ffi.ffi_call(
             _loader.TARGETS["bwd_weights_bias"],
-            (jax.ShapeDtypeStruct(w_shape, dt), jax.ShapeDtypeStruct((w_shape[3],), dt)),
+            (jax.ShapeDtypeStruct(w_shape, dt), jax.ShapeDtypeStruct((conv.w_hwio[3],), dt)),
             vmap_method=VMAP_METHOD)
         dw, db = call(x, dy, **attrs)
         return dw, db
@@ -229,12 +255,13 @@ _DESCRIBE_DTYPES = {"float32": 0, "bfloat16": 1, "int8": 2, "uint8": 3}
 
 def describe(op: str, x_shape, w_shape, *, stride: IntPair = 1, padding: Padding = 0,
              dilation: IntPair = 1, groups: int = 1, dtype: Any = "float32",
-             bias: bool = False) -> str:
+             bias: bool = False, layout: str = "NHWC") -> str:
     """The oneDNN implementation chosen for one convolution (diagnostics).
 
     op: "fwd", "bwd_data" or "bwd_weights"; dtype: the x dtype (int8 and uint8: the forward
     int8 convolution). Builds (and caches) the plan. Example result:
-    "brgconv:avx512_core +weight-reorder scratch=4096".
+    "brgconv:avx512_core +weight-reorder scratch=4096" (also "+src-reorder", "+dst-reorder" when
+    the activations are reordered to oneDNN's layout and back).
     """
     fn = "describe"
     lib = _loader.require()
@@ -243,13 +270,13 @@ def describe(op: str, x_shape, w_shape, *, stride: IntPair = 1, padding: Padding
     name = np.dtype(dtype).name
     if name not in _DESCRIBE_DTYPES:
         raise TypeError(f"{fn}: dtype (={name}) must be one of {sorted(_DESCRIBE_DTYPES)}")
-    conv = _resolve(fn, x_shape, w_shape, stride, padding, dilation)
-    groups = _check_groups(fn, x_shape, w_shape, groups)
-    n, h, w, ci = (int(v) for v in x_shape)
-    kh, kw, _, co = (int(v) for v in w_shape)
+    conv = _resolve(fn, x_shape, w_shape, stride, padding, dilation, layout)
+    groups = _check_groups(fn, conv, w_shape, groups)
+    n, h, w, ci = conv.x_nhwc
+    kh, kw, _, co = conv.w_hwio
     (pt, pb), (pl, pr) = conv.padding
-    geom = (ctypes.c_int64 * 17)(n, h, w, ci, kh, kw, co, *conv.stride, *conv.dilation,
-                                 pt, pb, pl, pr, groups, int(bool(bias)))
+    geom = (ctypes.c_int64 * 18)(n, h, w, ci, kh, kw, co, *conv.stride, *conv.dilation,
+                                 pt, pb, pl, pr, groups, int(bool(bias)), LAYOUTS[conv.layout])
     buf = ctypes.create_string_buffer(512)
     rc = lib.jconv_onednn_describe(_DESCRIBE_OPS[op], _DESCRIBE_DTYPES[name], geom, buf, len(buf))
     text = buf.value.decode()

@@ -1,8 +1,8 @@
 """What this machine runs, and the runtime settings of the native part.
 
 Capabilities (:func:`onednn_version`, :func:`bf16_supported`, :func:`int8_supported`), the plan
-cache (:func:`cache_info`, :func:`set_cache_capacity`, :func:`clear_cache`), the weight layout
-knob (:func:`set_weights_layout`) and OpenMP threads per convolution (:func:`set_num_threads`,
+cache (:func:`cache_info`, :func:`set_cache_capacity`, :func:`clear_cache`), the layout knobs
+(:func:`set_weights_layout`, :func:`set_activations_layout`) and OpenMP threads per convolution (:func:`set_num_threads`,
 :func:`get_num_threads`). README.md has the measurements behind the defaults.
 """
 
@@ -85,6 +85,22 @@ def set_weights_layout(layout: str) -> None:
     if layout not in codes:
         raise ValueError(f"set_weights_layout: layout (={layout!r}) must be 'any' or 'plain'")
     _loader.require().jconv_onednn_set_weights_policy(codes[layout])
+
+
+def set_activations_layout(layout: str) -> None:
+    """Choose how activations (x, y and their gradients) reach oneDNN (a tuning knob; the
+    default is "auto").
+
+    "auto": per convolution (NCHW buffers are reordered to the layout oneDNN picks, NHWC ones
+    are given as they are; README.md has the measurements). "plain": the caller's NHWC / NCHW
+    buffers as they are. "any": oneDNN picks its layout and the plugin reorders to it and back
+    on every call. Integer convolutions always take NHWC as it is. Affects plans built
+    afterwards (the cache key includes it).
+    """
+    codes = {"auto": 0, "plain": 1, "any": 2}
+    if layout not in codes:
+        raise ValueError(f"set_activations_layout: layout (={layout!r}) must be 'auto', 'plain' or 'any'")
+    _loader.require().jconv_onednn_set_activations_policy(codes[layout])
 
 
 def set_num_threads(n: Optional[int]) -> None:

@@ -172,7 +172,7 @@ def test_mixed_dtypes_error():
 def test_native_error_path_is_an_exception():
     """Bypass the Python checks: the handler itself must fail cleanly."""
     attrs = dict(stride=np.array([1, 1], np.int64), padding=np.array([0, 0, 0, 0], np.int64),
-                 dilation=np.array([1, 1], np.int64), groups=np.int64(1))
+                 dilation=np.array([1, 1], np.int64), groups=np.int64(1), layout=np.int64(0))
     call = jax.ffi.ffi_call(jo.TARGETS["fwd"], jax.ShapeDtypeStruct((1, 3, 3, 2), jnp.float16),
                             vmap_method="sequential")
     with pytest.raises(Exception, match="unsupported dtype float16"):
@@ -189,6 +189,11 @@ def test_native_error_path_is_an_exception():
                             vmap_method="sequential")
     with pytest.raises(Exception, match="groups"):
         jax.block_until_ready(call(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), **bad))
+    # An unknown layout code.
+    call = jax.ffi.ffi_call(jo.TARGETS["fwd"], jax.ShapeDtypeStruct((1, 3, 3, 2), jnp.float32),
+                            vmap_method="sequential")
+    with pytest.raises(Exception, match=r"layout must be 0 \(NHWC\) or 1 \(NCHW\), got 2"):
+        jax.block_until_ready(call(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), **dict(attrs, layout=np.int64(2))))
     # The process is still healthy.
     assert float(jo.conv_forward(jnp.ones((1, 3, 3, 1)), jnp.ones((3, 3, 1, 1)))[0, 0, 0, 0]) == 9.0
 
