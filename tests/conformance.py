@@ -99,6 +99,8 @@ class BackendConformance(LaxConformance):
     IMPLS: list[str] = []
     #: float64 checks (check_grads) run only for backends that compute float64
     FLOAT64 = True
+    #: tests that run for each forced algorithm in ``make test-all`` only (tests/conftest.py)
+    ALGORITHMS_SLOW = ("test_check_grads_float64", "test_forward_mode_and_higher_order", "test_vmap")
 
     def _runnable(self, impl, geoms, **kw):
         """The first of ``geoms`` ``impl`` can run, with its inputs (skip when none)."""

@@ -55,10 +55,17 @@ def lax_rules():
 
 
 def pytest_generate_tests(metafunc):
-    """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS."""
+    """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS; a
+    test named in its ``ALGORITHMS_SLOW`` (the long float64 and higher-order checks) runs for the
+    backend's own choice (``IMPLS[0]``) in ``make test`` and for each forced algorithm
+    (``"lax:taps"``...) in ``make test-all`` only."""
+    import pytest
+
     impls = getattr(metafunc.cls, "IMPLS", None)
     if impls is not None and "impl" in metafunc.fixturenames:
-        metafunc.parametrize("impl", impls)
+        slow = metafunc.function.__name__ in getattr(metafunc.cls, "ALGORITHMS_SLOW", ())
+        metafunc.parametrize("impl", [pytest.param(impl, marks=(pytest.mark.slow,) if slow and i else ())
+                                      for i, impl in enumerate(impls)])
 
 
 #: the device selection: correctness of every impl on the device's own compilers (Pallas compiled

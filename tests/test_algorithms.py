@@ -27,6 +27,7 @@ from jconv.impls.lax import weight_grad as lax_dw
 from jconv_experiments.suite import CASES
 from jconv.testing import assert_close
 from oracle import conv2d_ref
+from grids import share
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -88,7 +89,7 @@ def _algos(geom, x, w):
     return [a for a in ALGORITHMS if supports(a, spec)]
 
 
-@pytest.mark.parametrize("geom", GEOMS, ids=_ids)
+@pytest.mark.parametrize("geom", share(GEOMS, every=2), ids=_ids)
 def test_forward_and_vjp_match_xla_and_oracle(geom):
     x, w = _inputs(geom)
     ref = _oracle(geom, x, w)
@@ -112,7 +113,7 @@ def test_forward_and_vjp_match_xla_and_oracle(geom):
 
 # the dense and depthwise geometries' second order (both modes) is in every backend's
 # conformance tests (tests/conformance.py); here the transposed ones, which only lax runs natively
-@pytest.mark.parametrize("geom", [GEOMS[i] for i in (7, 10)], ids=_ids)
+@pytest.mark.parametrize("geom", share([GEOMS[i] for i in (7, 10)], every=2), ids=_ids)
 def test_second_order_grads(geom):
     with jax.enable_x64(True):
         x, w = _inputs(geom, dtype=np.float64, seed=3, hw=(5, 4), batch=1)
@@ -340,7 +341,7 @@ def test_mac_weight_grad_in_row_chunks(geom, monkeypatch):
 _DENSE_DILATED_S1 = ("dense_d21_asym_s1", (3, 4, 1), (3, 2), (1, 1), (2, 1), (1, 1), ((2, 0), (1, 2)))
 
 
-@pytest.mark.parametrize("geom", [GEOMS[i] for i in (0, 1, 6, 9)] + [_DENSE_DILATED_S1], ids=_ids)
+@pytest.mark.parametrize("geom", share([GEOMS[i] for i in (0, 1, 6, 9)] + [_DENSE_DILATED_S1], every=2), ids=_ids)
 @pytest.mark.parametrize("algorithm", ["xla_fwd", "taps"])
 @pytest.mark.parametrize("kmajor", [True, False], ids=["kmajor", "row_major"])
 def test_dense_weight_grad_in_row_chunks(geom, algorithm, kmajor, monkeypatch):

@@ -27,6 +27,7 @@ from jconv.impls.pallas.tiling import BlockSizes, KernelFitError, get_default, m
 from jconv_experiments.suite import CASES, SUITES
 from jconv.testing import assert_close
 from test_conv import GRID, _ids, kwargs_of, make_inputs
+from grids import share
 
 
 def _vjp_check(c, impl="pallas", dtype=np.float32, hw=(7, 6)):
@@ -119,7 +120,7 @@ def test_really_pallas_no_xla_conv():
 @pytest.mark.parametrize("kw,w_shape", [
     (dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)), (3, 2, 2, 4)),
     (dict(groups=2, padding="SAME"), (3, 3, 1, 4)),                  # depthwise x2
-    (dict(groups=2, stride=(1, 2), padding=1), (2, 3, 1, 2)),        # depthwise x1, strided
+    pytest.param(dict(groups=2, stride=(1, 2), padding=1), (2, 3, 1, 2), marks=pytest.mark.slow),  # x1, strided
 ], ids=["dense-s2-d", "depthwise-x2", "depthwise-s12"])
 def test_second_order_matches_xla(kw, w_shape):
     """Every derivative of the Pallas ops is again a Pallas op: grad-of-grad matches XLA's."""
@@ -464,7 +465,8 @@ def test_tap_grid():
 
 
 @pytest.mark.cpu_only
-@pytest.mark.parametrize("xs,ws,kw", TRITON_CASES + TRITON_TAP_LOOP_CASES, ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize("xs,ws,kw", share(TRITON_CASES + TRITON_TAP_LOOP_CASES, every=2, args=3),
+                         ids=lambda v: str(v).replace(" ", ""))
 def test_triton_kernel_forms_interpreted(xs, ws, kw):
     spec = parse_conv2d(xs, "float32", ws, "float32", precision="highest", **kw).execute_spec()
     rng = np.random.default_rng(1)
