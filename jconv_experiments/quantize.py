@@ -55,9 +55,9 @@ def quantize_kernel(kernel) -> tuple[jax.Array, jax.Array]:
     """``(int8 kernel, float32 scale per output channel)`` of an HWIO kernel:
     ``kernel ~= q * scale`` with ``scale[o] = max|kernel[..., o]| / 127`` (1 for an all-zero channel)."""
     k = jnp.asarray(kernel, jnp.float32)
-    amax = jnp.max(jnp.abs(k), axis=tuple(range(k.ndim - 1)))
+    amax = jnp.max(jnp.abs(k), axis=tuple(range(k.ndim - 1)), keepdims=True)
     scale = jnp.where(amax > 0, amax / QMAX, 1.0)
-    return jnp.clip(jnp.round(k / scale), -QMAX, QMAX).astype(jnp.int8), scale
+    return jnp.clip(jnp.round(k / scale), -QMAX, QMAX).astype(jnp.int8), scale.reshape(-1)
 
 
 def activation_scale(x, percentile: float = 100.0) -> float:
@@ -107,7 +107,7 @@ def quantize_model(model: nn.Module, variables, x_calib, *, percentile: float = 
     out = {}
     for path, x in inputs.items():
         p = variables["params"]
-        for part in path.split("/"):
+        for part in filter(None, path.split("/")):  # "" is the top-level module
             p = p[part]
         q, w_scale = quantize_kernel(p["kernel"])
         bias = jnp.asarray(p["bias"], jnp.float32) if "bias" in p else None
@@ -127,8 +127,9 @@ def quantized_conv(module: jconv.linen.Conv2D, x, q: dict, impl: str | None = No
                             promote_dtype=_keep_ints, preferred_element_type=jnp.int32,
                             impl=impl or module.impl)
     acc = int_conv.apply({"params": {"kernel": q["kernel"]}}, quantize_activation(x, q["x_scale"]))
-    y = acc.astype(jnp.float32) * (q["x_scale"] * q["w_scale"])
-    return y if q["bias"] is None else y + q["bias"]
+    per_channel = (1,) * (acc.ndim - 1) + (-1,)  # (O,) against NHWO, explicitly
+    y = acc.astype(jnp.float32) * (q["x_scale"] * q["w_scale"]).reshape(per_channel)
+    return y if q["bias"] is None else y + q["bias"].reshape(per_channel)
 
 
 def quantized_apply(model: nn.Module, variables, qstate: dict, x, *, impl: str | None = None, **mode):
