@@ -83,19 +83,32 @@ def _is_conv_call(context) -> bool:
     return context.method_name == "__call__" and isinstance(context.module, jconv.linen.Conv2D)
 
 
-def conv_inputs(model: nn.Module, variables, x, **mode) -> dict[str, jax.Array]:
-    """The input of every :class:`jconv.linen.Conv2D` call of ``model.apply(variables, x, **mode)``,
-    by module path (``"conv1"``), in call order."""
+def _conv_calls(model: nn.Module, variables, x, **mode) -> dict[str, tuple]:
+    """``{path: (unbound copy of the layer, its input)}`` for every :class:`jconv.linen.Conv2D`
+    call of ``model.apply(variables, x, **mode)``, in call order."""
     seen = {}
 
     def record(next_fun, args, kwargs, context):
         if _is_conv_call(context):
-            seen[_key(context.module)] = args[0]
+            seen[_key(context.module)] = (context.module.clone(parent=None, name=None), args[0])
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
         model.apply(variables, x, **mode)
     return seen
+
+
+def conv_inputs(model: nn.Module, variables, x, **mode) -> dict[str, jax.Array]:
+    """The input of every :class:`jconv.linen.Conv2D` call of ``model.apply(variables, x, **mode)``,
+    by module path (``"conv1"``), in call order."""
+    return {k: x for k, (_, x) in _conv_calls(model, variables, x, **mode).items()}
+
+
+def _params_at(variables, path: str) -> dict:
+    p = variables["params"]
+    for part in filter(None, path.split("/")):  # "" is the top-level module
+        p = p[part]
+    return p
 
 
 def quantize_model(model: nn.Module, variables, x_calib, *, percentile: float = 100.0, **mode) -> dict:
@@ -106,9 +119,7 @@ def quantize_model(model: nn.Module, variables, x_calib, *, percentile: float = 
         raise ValueError(f"quantize_model: model {type(model).__name__} calls no jconv.linen.Conv2D")
     out = {}
     for path, x in inputs.items():
-        p = variables["params"]
-        for part in filter(None, path.split("/")):  # "" is the top-level module
-            p = p[part]
+        p = _params_at(variables, path)
         q, w_scale = quantize_kernel(p["kernel"])
         bias = jnp.asarray(p["bias"], jnp.float32) if "bias" in p else None
         out[path] = {"kernel": q, "w_scale": w_scale, "bias": bias,
@@ -116,17 +127,21 @@ def quantize_model(model: nn.Module, variables, x_calib, *, percentile: float = 
     return out
 
 
-def quantized_conv(module: jconv.linen.Conv2D, x, q: dict, impl: str | None = None) -> jax.Array:
-    """The conv layer ``module`` on float ``x`` in int8: quantize ``x``, int8 x int8 -> int32 by
-    the module itself cloned with integer dtypes (``impl``: the module's unless given),
-    dequantize with ``x_scale * w_scale``, add the float bias."""
+def int_conv(module: jconv.linen.Conv2D, impl: str | None = None) -> jconv.linen.Conv2D:
+    """The conv layer ``module`` as an integer convolution, as ``nn.Conv`` takes integers: int8
+    kernel (``param_dtype``), a ``promote_dtype`` that keeps integers, int32 accumulation
+    (``preferred_element_type``), no bias; ``impl``: the module's unless given."""
     if module.mask is not None:
         raise ValueError(f"quantized_conv: {_key(module)} has a mask; quantize the masked kernel instead")
-    int_conv = module.clone(parent=None, name=None, use_bias=False, dtype=None, param_dtype=jnp.int8,
-                            kernel_init=nn.initializers.zeros_init(),  # flax checks shapes with it
-                            promote_dtype=_keep_ints, preferred_element_type=jnp.int32,
-                            impl=impl or module.impl)
-    acc = int_conv.apply({"params": {"kernel": q["kernel"]}}, quantize_activation(x, q["x_scale"]))
+    return module.clone(parent=None, name=None, use_bias=False, dtype=None, param_dtype=jnp.int8,
+                        kernel_init=nn.initializers.zeros_init(),  # flax checks shapes with it
+                        promote_dtype=_keep_ints, preferred_element_type=jnp.int32, impl=impl or module.impl)
+
+
+def quantized_conv(module: jconv.linen.Conv2D, x, q: dict, impl: str | None = None) -> jax.Array:
+    """The conv layer ``module`` on float ``x`` in int8: quantize ``x``, int8 x int8 -> int32 by
+    :func:`int_conv`, dequantize with ``x_scale * w_scale``, add the float bias."""
+    acc = int_conv(module, impl).apply({"params": {"kernel": q["kernel"]}}, quantize_activation(x, q["x_scale"]))
     per_channel = (1,) * (acc.ndim - 1) + (-1,)  # (O,) against NHWO, explicitly
     y = acc.astype(jnp.float32) * (q["x_scale"] * q["w_scale"]).reshape(per_channel)
     return y if q["bias"] is None else y + q["bias"].reshape(per_channel)
@@ -176,13 +191,28 @@ def _forwards(model, variables, qstate, mode) -> dict:
     return {"float32": f32, "int8": q[None], "int8_xla": q["xla"]}
 
 
-def _speed(fns: dict, x, rounds: int) -> dict:
-    """Median ms per forward of each, interleaved rounds of 3-call blocks (first untimed)."""
-    runners = {k: functools.partial(lambda f: jax.block_until_ready(f(x)), f) for k, f in fns.items()}
+def _timed(calls: dict, rounds: int) -> dict:
+    """Median ms of each ``(fn, arg)`` call, interleaved rounds of 3-call blocks (first untimed)."""
+    runners = {k: functools.partial(lambda f, a: jax.block_until_ready(f(a)), f, a) for k, (f, a) in calls.items()}
     times = time_interleaved(runners, warmup=2, iters=rounds, min_iters=rounds, block=3)
     ms = {f"{k}_ms": 1e3 * statistics.median(t) for k, t in times.items()}
     return dict(ms, ratio_float32_over_int8=ms["float32_ms"] / ms["int8_ms"],
                 ratio_float32_over_int8_xla=ms["float32_ms"] / ms["int8_xla_ms"])
+
+
+def _layer_speed(model, variables, qstate, x, rounds: int, mode) -> list[dict]:
+    """Each conv layer alone on its input at this batch: float32 (the layer, with bias) against
+    the int8 x int8 -> int32 convolution of the quantized input (auto, and xla)."""
+    rows = []
+    for path, (mod, xin) in _conv_calls(model, variables, x, **mode).items():
+        params, q = {"params": _params_at(variables, path)}, qstate[path]
+        xq = quantize_activation(xin, q["x_scale"])
+        calls = {"float32": (jax.jit(lambda a, m=mod, p=params: m.apply(p, a)), xin)}
+        for name, impl in (("int8", None), ("int8_xla", "xla")):
+            m = int_conv(mod, impl)
+            calls[name] = (jax.jit(lambda a, m=m, k=q["kernel"]: m.apply({"params": {"kernel": k}}, a)), xq)
+        rows.append(dict(layer=path, input_shape=list(xin.shape), **_timed(calls, rounds)))
+    return rows
 
 
 def run_quantized(config, workdir, model, params, train, test) -> dict:
@@ -215,7 +245,9 @@ def run_quantized(config, workdir, model, params, train, test) -> dict:
         "batch": bs, "rounds": int(config.get("quantize_rounds", 0)),
     }
     if rec["rounds"]:
-        rec.update(_speed(fns, jnp.asarray(xte[:bs]), rec["rounds"]))
+        xb = jnp.asarray(xte[:bs])
+        rec.update(_timed({k: (f, xb) for k, f in fns.items()}, rec["rounds"]))
+        rec["conv_layers"] = _layer_speed(model, variables, qstate, xb, rec["rounds"], mode)
     rec.update(device=jax.devices()[0].device_kind, cpu_model=cpu_model(), jax=jax.__version__)
     workdir = Path(workdir)
     atomic_write(workdir / "quantized.jsonl", json.dumps(rec) + "\n")
@@ -235,6 +267,13 @@ def table(records: list[dict]) -> str:
         out.append(f"| {r['dataset']} ({r['epochs']} epochs) | {r['test_examples']} | "
                    f"{100 * r['float32_accuracy']:.2f}% | {100 * r['int8_accuracy']:.2f}% | "
                    f"{r['difference_pp']:+.2f} pp | {r['batch']} | {t} |")
+    layers = [(r, c) for r in records for c in r.get("conv_layers", [])]
+    if layers:
+        out += ["", "| data | conv alone | input | float32 ms | int8 ms (auto) | int8 ms (xla) | "
+                "float32 / int8 auto | float32 / int8 xla |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {r['dataset']} | {c['layer']} | {'x'.join(map(str, c['input_shape']))} | {c['float32_ms']:.2f} | "
+                f"{c['int8_ms']:.2f} | {c['int8_xla_ms']:.2f} | {c['ratio_float32_over_int8']:.2f}x | "
+                f"{c['ratio_float32_over_int8_xla']:.2f}x |" for r, c in layers]
     return "\n".join(out)
 
 
@@ -247,7 +286,9 @@ def markdown(records: list[dict]) -> str:
         f"({r['activation_range']} of a calibration batch of {r['calibration_examples']} training images), "
         f"int8 x int8 -> int32 convolution, dequantized in float32 with the float32 bias; {r['float_layers']}. "
         "Times: median of interleaved rounds (blocks of 3 calls, the first untimed) of the whole "
-        "forward at the batch shown; a ratio above 1 means int8 is faster.", "",
+        "forward at the batch shown, then of each convolution alone (float32: the layer with its bias; "
+        "int8: the int8 x int8 -> int32 convolution of the quantized input); a ratio above 1 means int8 "
+        "is faster.", "",
         table(records), "",
         f"Convolutions run by: float32 `{r['plan_float32']}`; int8 (auto) `{r['plan_int8']}`; "
         f"int8 (xla) `{r['plan_int8_xla']}`. int8 accuracy with impl xla: {100 * r['int8_xla_accuracy']:.2f}%. "

@@ -129,6 +129,9 @@ def test_experiment_writes_record_report_and_summary(trained, capsys):
     for k in ("float32_ms", "int8_ms", "int8_xla_ms"):
         assert rec[k] > 0
     assert rec["ratio_float32_over_int8"] == pytest.approx(rec["float32_ms"] / rec["int8_ms"])
+    assert [c["layer"] for c in rec["conv_layers"]] == ["conv1", "conv2"]
+    assert [c["input_shape"] for c in rec["conv_layers"]] == [[256, 28, 28, 1], [256, 13, 13, 32]]
+    assert all(c[k] > 0 for c in rec["conv_layers"] for k in ("float32_ms", "int8_ms", "int8_xla_ms"))
     report = (wd / "report.md").read_text()
     assert report.startswith("## Post-training int8 quantization") and Q.table([rec]) in report
     assert f"{100 * rec['int8_accuracy']:.2f}%" in Q.table([rec])
