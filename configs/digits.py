@@ -52,4 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.plots = True                # filters.png, feature_maps.png
     c.progress = True             # tqdm progress bar
     c.speed_rounds = 30           # train-step timing vs flax.linen.Conv (0: skip)
+    # post-training int8 quantization of the convolutions (jconv_experiments/quantize.py)
+    c.quantize = False            # True: after training, evaluate and time the int8 model too
+    c.quantize_calibration = 256  # training images in the activation-scale calibration batch
+    c.quantize_percentile = 100.0 # activation range: 100 = max-abs; < 100: that percentile of |x|
+    c.quantize_rounds = 20        # timing rounds, float32 vs int8 forward (0: skip)
     return c
