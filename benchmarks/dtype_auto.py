@@ -5,7 +5,8 @@ convolution: the evidence for the dtype table in docs/conformance.md.
     .venv/bin/python benchmarks/dtype_auto.py --table docs/perf/dtype_auto.jsonl
 
 The lax engine's ``auto`` rule (jconv/impls/lax/rules.py) was measured on float32 and bfloat16;
-this checks that its picks hold for int8 (``preferred_element_type=int32``; forward only: no
+this checks that its picks hold (the oneDNN plugin left out: ``select.auto_excluded``; oneDNN's
+own int8 measurements are in plugins/onednn/README.md) for int8 (``preferred_element_type=int32``; forward only: no
 gradient exists) and complex64 (forward and backward). Medians in ms of interleaved rounds
 (``jconv.timing.time_interleaved``, blocks of 2 calls, the first untimed); the machine facts in
 the ``.env.json`` beside the output.
@@ -82,6 +83,9 @@ if __name__ == "__main__":
     p.add_argument("--iters", type=int, default=5)
     a = p.parse_args()
     if a.out:
-        measure(a.out, a.iters)
+        from jconv import select
+
+        with select.auto_excluded("onednn"):
+            measure(a.out, a.iters)
     if a.table:
         print(table(a.table))
