@@ -1,10 +1,10 @@
 """Speed of the jconv_onednn plugin against XLA's convolution (and PyTorch).
 
 Usage (after `pip install ./plugins/onednn`; PyTorch optional):
-    JAX_PLATFORMS=cpu python plugins/onednn/bench_onednn.py [--quick] [--no-torch]
+    JAX_PLATFORMS=cpu python benchmarks/onednn_bench.py [--quick] [--no-torch]
                                                             [--no-bf16] [--no-f32] [--only NAME ...]
-    JAX_PLATFORMS=cpu PYTHONPATH=. python plugins/onednn/bench_onednn.py --int8 [--out FILE.jsonl]
-    python plugins/onednn/bench_onednn.py --table FILE.jsonl      # the int8 table of a results file
+    JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/onednn_bench.py --int8 [--out FILE.jsonl]
+    python benchmarks/onednn_bench.py --table FILE.jsonl      # the int8 table of a results file
 
 --int8: quantized inference, the forward int8 x int8 -> int32 convolution (lax with
 preferred_element_type=int32) through XLA and through the plugin (also uint8 x int8, and both in
@@ -33,11 +33,9 @@ import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Run as a script, this file's folder would come first on sys.path and its
-# jconv_onednn/ source folder (without the built library) would shadow the
-# installed package.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+# the repository root on sys.path (jconv_experiments' suite), as the other benchmarks do
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 import numpy as np
 import jax
@@ -212,7 +210,7 @@ def main():
     ap.add_argument("--no-f32", action="store_true")
     ap.add_argument("--only", nargs="*", help="substrings of layer names to run")
     ap.add_argument("--int8", action="store_true", help="int8 forward vs XLA's int8 (see above)")
-    ap.add_argument("--out", default=os.path.join(_here, "results", "int8_forward.jsonl"),
+    ap.add_argument("--out", default=os.path.join(_ROOT, "plugins", "onednn", "results", "int8_forward.jsonl"),
                     help="--int8: the JSONL file to write")
     ap.add_argument("--table", metavar="JSONL", help="print the int8 table of a results file")
     args = ap.parse_args()
@@ -317,7 +315,7 @@ FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 def suite_dense_layers():
     """(name, ConvSpec) of jconv's default suite's dense layers at the experiments' batch."""
-    from jconv.suite import CASES, SUITES
+    from jconv_experiments.suite import CASES, SUITES
 
     out = []
     for name in SUITES["default"]:
