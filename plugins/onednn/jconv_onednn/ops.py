@@ -1,8 +1,10 @@
 """The convolutions: each one ``jax.ffi.ffi_call`` into the native library.
 
 Arguments are checked here, before anything is traced, with errors naming the function and the
-argument. Stride, dilation and padding are read by jconv's own parser (:mod:`jconv.geometry`,
-imported on first use: jconv imports this package while it initialises itself).
+argument. The geometry is explicit (the caller resolves it: jconv's backend passes its spec's):
+stride and dilation an int or a pair, padding an int, a pair (ph, pw) or ((top, bottom),
+(left, right)); the string paddings ('SAME', 'VALID') are jconv's to resolve
+(``jconv.conv2d``), not this package's.
 """
 
 from __future__ import annotations
@@ -26,14 +28,31 @@ IntPair = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
 
 
-def _geometry():
-    try:
-        from jconv import geometry
-    except ImportError as e:
-        raise ImportError("jconv_onednn: the calls read their arguments with jconv's parser "
-                          "(jconv.geometry); install jconv, from the checkout this plugin came "
-                          f"with ({e})") from e
-    return geometry
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _pair(fn: str, name: str, value, minimum: int) -> Tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``."""
+    items = (value, value) if _is_int(value) else value
+    if isinstance(items, str) or not isinstance(items, Sequence) or len(items) != 2 or not all(map(_is_int, items)):
+        raise TypeError(f"{fn}: {name} (={value!r}) must be an int or a pair of ints")
+    if min(items) < minimum:
+        raise ValueError(f"{fn}: {name} (={value!r}) must be >= {minimum}" + (" (not negative)" if minimum == 0 else ""))
+    return int(items[0]), int(items[1])
+
+
+def _pads(fn: str, padding) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """An int, a pair (ph, pw) or ((top, bottom), (left, right)) of ints >= 0."""
+    if isinstance(padding, str):
+        raise TypeError(f"{fn}: padding (={padding!r}) must be explicit: an int, a pair (ph, pw) or "
+                        "((top, bottom), (left, right)); jconv.conv2d resolves 'SAME' and 'VALID'")
+    if _is_int(padding) or (isinstance(padding, Sequence) and len(padding) == 2 and all(map(_is_int, padding))):
+        ph, pw = _pair(fn, "padding", padding, 0)
+        return (ph, ph), (pw, pw)
+    if isinstance(padding, Sequence) and len(padding) == 2:
+        return _pair(fn, "padding", padding[0], 0), _pair(fn, "padding", padding[1], 0)
+    raise TypeError(f"{fn}: padding (={padding!r}) must be an int, a pair (ph, pw) or ((top, bottom), (left, right))")
 
 
 class _Conv(NamedTuple):
@@ -76,13 +95,11 @@ def _resolve(fn: str, x_shape, w_shape, stride, padding, dilation, layout="NHWC"
     if layout == "NCHW":
         x_nhwc = tuple(x_nhwc[i] for i in (0, 2, 3, 1))
         w_hwio = tuple(w_hwio[i] for i in (2, 3, 1, 0))
-    geo = _geometry()
-    s = geo.pair(fn, "stride", stride)
-    d = geo.pair(fn, "dilation", dilation)
+    s = _pair(fn, "stride", stride, 1)
+    d = _pair(fn, "dilation", dilation, 1)
     n, h, w, _ = x_nhwc
     kh, kw, _, co = w_hwio
-    k_eff = ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1)
-    pads = geo.resolve_padding(fn, padding, (h, w), k_eff, s)
+    pads = _pads(fn, padding)
     (pt, pb), (pl, pr) = pads
     ho, wo = _out_size(h, kh, s[0], d[0], pt, pb), _out_size(w, kw, s[1], d[1], pl, pr)
     out = (n, ho, wo, co) if layout == "NHWC" else (n, co, ho, wo)
@@ -90,7 +107,7 @@ def _resolve(fn: str, x_shape, w_shape, stride, padding, dilation, layout="NHWC"
 
 
 def _check_groups(fn: str, conv: _Conv, w_shape, groups) -> int:
-    if not _geometry().is_int(groups) or int(groups) < 1:
+    if not _is_int(groups) or int(groups) < 1:
         raise ValueError(f"{fn}: groups (={groups!r}) must be an int >= 1")
     groups = int(groups)
     ci, (_, _, cig, co) = conv.x_nhwc[3], conv.w_hwio

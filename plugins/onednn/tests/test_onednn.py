@@ -110,15 +110,18 @@ def test_backward(name, dtype):
 
 
 def test_padding_forms_and_plain_weights_layout():
-    """int / (ph, pw) / string paddings (jconv's parser), and the 'plain' weight layout knob."""
+    """int / (ph, pw) / ((t, b), (l, r)) paddings; strings are jconv's to resolve (a clear error);
+    and the 'plain' weight layout knob."""
     x, w, _, _, _ = _make(CASES["dense3x3"], "float32")
     geo = dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1)
     ref = _ref_conv(x, w, geo)
     _close(jo.conv_forward(x, w, padding=1), ref, 1e-5, "padding=int")
     _close(jo.conv_forward(x, w, padding=(1, 1)), ref, 1e-5, "padding=pair")
-    _close(jo.conv_forward(x, w, padding="SAME"), ref, 1e-5, "padding='SAME'")
-    assert jo.conv_output_shape(x.shape, w.shape, stride=2, padding="SAME") == (2, 4, 4, 16)
-    assert jo.conv_output_shape(x.shape, w.shape, padding="VALID") == (2, 6, 6, 16)
+    _close(jo.conv_forward(x, w, padding=((1, 1), (1, 1))), ref, 1e-5, "padding=pairs")
+    with pytest.raises(TypeError, match=r"padding \(='SAME'\) must be explicit.*jconv.conv2d resolves"):
+        jo.conv_forward(x, w, padding="SAME")
+    assert jo.conv_output_shape(x.shape, w.shape, stride=2, padding=((0, 1), (0, 1))) == (2, 4, 4, 16)
+    assert jo.conv_output_shape(x.shape, w.shape, padding=0) == (2, 6, 6, 16)
     try:
         jo.set_weights_layout("plain")
         _close(jax.jit(lambda x, w: jo.conv_forward(x, w, padding=1))(x, w), ref, 1e-5,
