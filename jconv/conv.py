@@ -133,7 +133,7 @@ def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str, activation: 
     axis = 1 if espec.layout == "NCHW" else -1
     if spec.is_empty:  # nothing to compute: lax's result, zeros of the output shape (gradients zero)
         y = add_bias(jnp.zeros(espec.out_shape, spec.out_dtype), b, axis=axis)
-        y = y if activation is None else jax.nn.relu(y)
+        y = y if activation is None else fused.relu(y)
     elif activation is not None:  # the bias and ReLU as the convolution's epilogue (jconv.fused)
         x, w = _to_exec_layout(x, w, spec, espec.layout)
         b = jnp.zeros((spec.out_channels,), espec.out_dtype) if b is None else b.astype(espec.out_dtype)

@@ -29,6 +29,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
@@ -47,9 +48,14 @@ def _channel_axis(spec: ExecSpec) -> int:
     return 1 if spec.layout == "NCHW" else -1
 
 
+def relu(y):
+    """``max(0, y)`` in ``y``'s own dtype (``jax.nn.relu`` promotes a boolean ``y``)."""
+    return jnp.maximum(y, jnp.zeros((), y.dtype))
+
+
 def _unfused(x, w, b, *, spec, impl, algorithm):
     y = primitive.conv_p.bind(x, w, kind="fwd", spec=spec, impl=impl, algorithm=algorithm)
-    return jnp.maximum(add_bias(y, b, axis=_channel_axis(spec)), 0)
+    return relu(add_bias(y, b, axis=_channel_axis(spec)))
 
 
 def _abstract_eval(x, w, b, *, spec, impl, algorithm):
@@ -98,15 +104,25 @@ def _conv_relu(x, w, b, spec, impl, algorithm):
     return relu_p.bind(x, w, b, spec=spec, impl=impl, algorithm=algorithm)
 
 
-@_conv_relu.defjvp
 def _conv_relu_jvp(spec, impl, algorithm, primals, tangents):
+    """Symbolic zeros skipped: a gradient of the weights alone (a constant ``x``) runs no
+    convolution of a zero ``dx``."""
     x, w, b = primals
     dx, dw, db = tangents
     z = _conv_relu(x, w, b, spec, impl, algorithm)
     params = dict(kind="fwd", spec=spec, impl=impl, algorithm=algorithm)
-    dy = add_bias(primitive.conv_p.bind(dx, w, **params) + primitive.conv_p.bind(x, dw, **params), db,
-                  axis=_channel_axis(spec))
-    return z, jnp.where(z > 0, dy, jnp.zeros((), dy.dtype))
+    terms = [primitive.conv_p.bind(t, p, **params) for t, p in ((dx, w), (x, dw)) if not _zero(t)]
+    dy = functools.reduce(jnp.add, terms) if terms else jnp.zeros(z.shape, z.dtype)
+    if not _zero(db):
+        dy = add_bias(dy, db, axis=_channel_axis(spec))
+    return z, jnp.where(z > 0, dy.astype(z.dtype), jnp.zeros((), z.dtype))
+
+
+def _zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+_conv_relu.defjvp(_conv_relu_jvp, symbolic_zeros=True)
 
 
 def conv_relu(x, w, b, *, spec: ExecSpec, impl: str, algorithm: str):
@@ -115,4 +131,4 @@ def conv_relu(x, w, b, *, spec: ExecSpec, impl: str, algorithm: str):
     return primitive.over_batch_shards(lambda s, *a: _conv_relu(*a, s, impl, algorithm), spec, impl, x, w, b)
 
 
-__all__ = ["relu_p", "conv_relu", "ACTIVATIONS"]
+__all__ = ["relu_p", "conv_relu", "relu", "ACTIVATIONS"]
