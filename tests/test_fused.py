@@ -3,7 +3,9 @@ the Flax modules' ``activation`` field.
 
 Against ``jax.nn.relu(conv2d(...))`` for every backend that runs on the CPU (oneDNN's fused
 post-op where the plugin is installed, the composed epilogue elsewhere): forward, gradients of
-x, w and b, jvp, vmap of each operand, hessian, NCHW, no bias, NaN, batch sharding; the program
+x, w and b, jvp, vmap of each operand, hessian, NCHW, no bias, NaN, batch sharding, the
+arguments conv2d transforms before the convolution (padding mode, flipped kernel, one unbatched
+example), Pallas interpreted, float64 second order (check_grads); the program
 oneDNN runs (one custom call with the epilogue, no separate ReLU pass); errors.
 """
 
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.test_util import check_grads
 
 import jconv
 import jconv.linen
@@ -57,6 +60,8 @@ def test_values_and_gradients(impl, layout):
     t = (jnp.ones_like(x) * 0.5, jnp.ones_like(w) * -0.25, jnp.ones_like(b))
     assert_close(jax.jvp(f, (x, w, b), t)[1], jax.jvp(ref, (x, w, b), t)[1], np.float32, factor=2,
                  precision="highest")
+    if layout == "NCHW":  # second order: once per backend
+        return
     h = jax.hessian(lambda c: jnp.sum(jnp.tanh(f(x, c, b)) ** 2))(w)
     assert_close(h, jax.hessian(lambda c: jnp.sum(jnp.tanh(ref(x, c, b)) ** 2))(w), np.float32, factor=8,
                  precision="highest")
@@ -111,6 +116,7 @@ def test_onednn_runs_the_epilogue_in_the_convolution():
         "jconv_onednn_conv_bwd_data", "jconv_onednn_conv_bwd_weights", "jconv_onednn_conv_fwd_bias"]
 
 
+@pytest.mark.multi_device
 @needs_plugin
 def test_onednn_batch_sharding_is_kept():
     mesh = jax.make_mesh((4,), ("batch",), devices=jax.devices()[:4], axis_types=(jax.sharding.AxisType.Auto,))
@@ -158,3 +164,84 @@ def test_flax_modules_activation(activation):
     grads_ref = jax.grad(lambda p: jnp.sum(after(nn.Conv(4, (3, 3), strides=2).apply(p, x)) ** 2))(params)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
         assert_close(got, want, np.float32, factor=2)
+
+
+TRANSFORMS = [  # what conv2d does to x and w before the convolution, with dilation and groups
+    dict(layout="NHWC", padding_mode="reflect", padding=(1, 2), dilation=(2, 1), groups=2),
+    dict(layout="NCHW", flip_kernel=True, padding="SAME", stride=2, dilation=(1, 2)),
+    dict(layout="NCHW", padding_mode="circular", padding=1, groups=2, unbatched=True),
+]
+
+
+def _transform_case(args, seed=2):
+    args = dict(args)
+    unbatched = args.pop("unbatched", False)
+    x, w, b = _inputs(args["layout"], seed)
+    if args.get("groups", 1) == 1:  # w as for 4 input channels
+        w = jnp.concatenate([w, w[::-1]], axis=2 if args["layout"] == "NHWC" else 1)
+    return (x[0] if unbatched else x), w, b, dict(args, precision="highest")
+
+
+@pytest.mark.parametrize("case", range(len(TRANSFORMS)))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_transformed_arguments(impl, case):
+    """The fused op sees the arrays the unfused convolution sees (padding mode, flipped kernel,
+    NCHW, one example): equal values and gradients, the bias added once, with and without it."""
+    x, w, b, kw = _transform_case(TRANSFORMS[case])
+    f = functools.partial(jconv.conv2d, impl=impl, activation="relu", **kw)
+    ref = lambda *a: jax.nn.relu(jconv.conv2d(*a, impl="xla", **kw))  # noqa: E731
+    assert_close(f(x, w, b), ref(x, w, b), np.float32, precision="highest")
+    assert_close(f(x, w), ref(x, w), np.float32, precision="highest", what="no bias")
+    loss = lambda g: lambda *a: jnp.sum(g(*a) ** 2)  # noqa: E731
+    for got, want in zip(jax.grad(loss(f), argnums=(0, 1, 2))(x, w, b), jax.grad(loss(ref), argnums=(0, 1, 2))(x, w, b)):
+        assert_close(got, want, np.float32, factor=2, precision="highest")
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("case", [0, 1])
+def test_pallas_interpreted(case):
+    """Pallas has no epilogue: the fused op is its forward then the bias and ReLU (interpreted)."""
+    x, w, b, kw = _transform_case(TRANSFORMS[case])
+    f = functools.partial(jconv.conv2d, impl="pallas", activation="relu", **kw)
+    assert "impl=pallas" in str(jax.make_jaxpr(f)(x, w, b))  # the backend asked for, no swap
+    assert_close(f(x, w, b), jax.nn.relu(jconv.conv2d(x, w, b, impl="xla", **kw)), np.float32,
+                 precision="highest")
+    g = jax.grad(lambda c: jnp.sum(f(x, c, b) ** 2))(w)
+    assert_close(g, jax.grad(lambda c: jnp.sum(jax.nn.relu(jconv.conv2d(x, c, b, impl="xla", **kw)) ** 2))(w),
+                 np.float32, factor=2, precision="highest")
+
+
+def test_second_order_float64_lax():
+    """check_grads (finite differences, both modes, order 2) of the fused op on lax in float64,
+    away from the ReLU's kink (a positive bias keeps every output well above 0 or below)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        x = jnp.asarray(rng.uniform(0.5, 1.0, size=(1, 5, 4, 2)))
+        w = jnp.asarray(rng.uniform(0.1, 0.5, size=(3, 2, 1, 4)) * np.array([1, -1, 1, -1]))
+        b = jnp.asarray([0.5, -9.0, 1.0, -9.0])
+        f = functools.partial(jconv.conv2d, impl="lax", activation="relu", groups=2, padding=1)
+        y = f(x, w, b)
+        assert y.dtype == jnp.float64 and float(jnp.min(jnp.abs(y[y != 0]))) > 0.1 and bool((y == 0).any())
+        check_grads(f, (x, w, b), order=2, modes=("fwd", "rev"), eps=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nothing_to_compute(impl):
+    """Zero input channels: the output is relu(b) (lax's zeros plus the bias), its gradient the mask."""
+    x, w, b = jnp.ones((2, 5, 5, 0)), jnp.ones((3, 3, 0, 3)), jnp.asarray([1.0, -2.0, 3.0])
+    y = jconv.conv2d(x, w, b, impl=impl, activation="relu")
+    np.testing.assert_array_equal(np.asarray(y), np.broadcast_to([1.0, 0.0, 3.0], (2, 3, 3, 3)))
+    np.testing.assert_array_equal(np.asarray(jax.grad(lambda c: jnp.sum(jconv.conv2d(
+        x, w, c, impl=impl, activation="relu")))(b)), [18.0, 0.0, 18.0])
+
+
+def test_flax_fields_unchanged_by_default():
+    """activation defaults to None; with "relu" the variables are flax's, names and shapes."""
+    x = jnp.ones((1, 6, 6, 3))
+    assert jconv.linen.Conv(4, (3, 3)).activation is None
+    assert jconv.nnx.Conv2D(3, 4, 3, rngs=nnx.Rngs(0)).activation is None
+    shapes = lambda t: jax.tree.map(jnp.shape, t)  # noqa: E731
+    assert shapes(jconv.linen.Conv(4, (3, 3), activation="relu").init(jax.random.key(0), x)) == shapes(
+        nn.Conv(4, (3, 3)).init(jax.random.key(0), x))
+    state = nnx.state(jconv.nnx.Conv2D(3, 4, 3, activation="relu", rngs=nnx.Rngs(0)), nnx.Param)
+    assert shapes(state) == shapes(nnx.state(nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0)), nnx.Param))
