@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv import primitive, select, targets
+from jconv import fused, primitive, select, targets
 from jconv.geometry import batch_groups, fmt, is_int, parse_conv2d
 from jconv.impls.common import add_bias
 from jconv.impls.registry import check_impl
@@ -124,17 +124,24 @@ def _to_exec_layout(x, w, spec: ConvSpec, layout: str):
     return x, w
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm"))
-def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str):
+@functools.partial(jax.jit, static_argnames=("spec", "impl", "algorithm", "activation"))
+def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str, activation: str | None = None):
     """Arrays in the user's layout -> result in the user's layout: transposed to NHWC and back
-    only when the planned backend does not take the caller's layout (select.operand_layout)."""
+    only when the planned backend does not take the caller's layout (select.operand_layout);
+    ``activation`` (``"relu"``) through :func:`jconv.fused.conv_relu`, the bias inside it."""
     espec = select.operand_layout(spec.execute_spec(), impl, algorithm)
+    axis = 1 if espec.layout == "NCHW" else -1
     if spec.is_empty:  # nothing to compute: lax's result, zeros of the output shape (gradients zero)
-        y = jnp.zeros(espec.out_shape, spec.out_dtype)
+        y = add_bias(jnp.zeros(espec.out_shape, spec.out_dtype), b, axis=axis)
+        y = y if activation is None else fused.relu(y)
+    elif activation is not None:  # the bias and ReLU as the convolution's epilogue (jconv.fused)
+        x, w = _to_exec_layout(x, w, spec, espec.layout)
+        b = jnp.zeros((spec.out_channels,), espec.out_dtype) if b is None else b.astype(espec.out_dtype)
+        y = fused.conv_relu(x, w, b, spec=espec, impl=impl, algorithm=algorithm)
     else:
         x, w = _to_exec_layout(x, w, spec, espec.layout)
-        y = primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm)
-    y = add_bias(y, b, axis=1 if espec.layout == "NCHW" else -1).astype(spec.out_dtype)
+        y = add_bias(primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm), b, axis=axis)
+    y = y.astype(spec.out_dtype)
     if spec.layout != espec.layout:
         y = jnp.transpose(y, (0, 3, 1, 2))
     return y if spec.batched else y[0]
@@ -155,6 +162,7 @@ def conv2d(
     impl="auto",
     precision=None,
     preferred_element_type=None,
+    activation=None,
 ):
     """2-D convolution (cross-correlation, as every framework computes it).
 
@@ -177,6 +185,10 @@ def conv2d(
         result in that dtype or ``preferred_element_type`` (int8 -> int32, bfloat16 -> float32);
         ``b`` in either. Zero sizes give lax's empty (or zero) result. Which backend runs which
         dtype: docs/conformance.md.
+      activation: None, or ``"relu"``: ``max(0, conv + b)``, the bias and ReLU as the
+        convolution's epilogue where the backend has one (oneDNN: one pass over the output;
+        :mod:`jconv.fused`), with its gradients; the values of ``jax.nn.relu`` after, except
+        that oneDNN's epilogue may turn a NaN into 0.
 
     Example (the seed's first MNIST layer, and the same call through XLA's own convolution):
 
@@ -198,8 +210,10 @@ def conv2d(
         padding_mode=padding_mode, flip_kernel=flip_kernel, precision=precision,
         preferred_element_type=preferred_element_type,
     )
+    if activation is not None and activation not in fused.ACTIVATIONS:
+        raise ValueError(f"{fn}: activation (={fmt(activation)}) must be None or one of {fused.ACTIVATIONS}")
     p = select.plan(spec.execute_spec(), impl, fn=fn, platform=target_platform(x))
-    return _execute(x, w, b, spec=spec, impl=p.impl, algorithm=p.algorithm)
+    return _execute(x, w, b, spec=spec, impl=p.impl, algorithm=p.algorithm, activation=activation)
 
 
 def _layout_perms(fn: str, lhs_shape, rhs_shape, dimension_numbers):

@@ -20,15 +20,16 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
-from jconv import geometry
+from jconv import fused, geometry
 from jconv.conv import conv2d, conv_general_dilated
 from jconv.geometry import fmt, is_int
 from jconv.impls.common import add_bias
 
-__all__ = ["ConvArgs", "ConvTransposeArgs", "parse_conv_args", "parse_conv_transpose_args", "flax_conv2d",
-           "flax_conv_transpose"]
+__all__ = ["ConvArgs", "ConvTransposeArgs", "parse_conv_args", "parse_conv_transpose_args", "parse_activation",
+           "flax_conv2d", "flax_conv_transpose"]
 
 Pair = tuple[int, int]
 Pads = tuple[Pair, Pair]
@@ -137,6 +138,23 @@ def parse_conv_args(fn: str, *, kernel_size, strides, padding, input_dilation, k
     )
 
 
+def parse_activation(fn: str, activation: Any):
+    """A ``Conv`` module's ``activation`` (jconv's field; flax's modules have none): None,
+    ``"relu"`` (the bias and ReLU as the convolution's epilogue: :mod:`jconv.fused`; so is
+    ``jax.nn.relu``, which ``flax.linen.relu`` and ``flax.nnx.relu`` are), or any other
+    callable, applied to the output."""
+    if activation is None or activation is jax.nn.relu:
+        return None if activation is None else "relu"
+    if isinstance(activation, str):
+        if activation not in fused.ACTIVATIONS:
+            raise ValueError(f"{fn}: activation (={activation!r}) must be one of {fused.ACTIVATIONS}, a callable "
+                             "or None")
+        return activation
+    if not callable(activation):
+        raise TypeError(f"{fn}: activation (={fmt(activation)}) must be None, a string or a callable")
+    return activation
+
+
 def _transpose_pads(name: str, k_eff: int, s: int) -> Pair:
     """The pads of the input-dilated convolution that transposes a forward conv with ``name``
     padding (``lax.conv_transpose``'s rule): ``SAME`` gives ``in * s`` outputs, ``VALID``
@@ -179,16 +197,18 @@ def _flatten_batch(fn: str, inputs):
 
 
 def flax_conv2d(inputs, kernel, bias, args: ConvArgs, *, flip_kernel=False, precision=None,
-                preferred_element_type=None, impl="auto", fn="Conv2D"):
+                preferred_element_type=None, impl="auto", fn="Conv2D", activation=None):
     """``flax.linen.Conv``'s computation on jconv: :func:`jconv.conv2d`, or
-    :func:`jconv.conv_general_dilated` for ``input_dilation > 1`` (zero padding only).
+    :func:`jconv.conv_general_dilated` for ``input_dilation > 1`` (zero padding only), then
+    ``activation`` (from :func:`parse_activation`; ``"relu"``: conv2d's epilogue).
     ``inputs``, ``kernel`` and ``bias`` are already promoted to one dtype."""
     x, batch_shape = _flatten_batch(fn, inputs)
+    epilogue = activation if isinstance(activation, str) and args.input_dilation == (1, 1) else None
     if args.input_dilation == (1, 1):
         y = conv2d(
             x, kernel, bias, stride=args.strides, padding=args.padding, dilation=args.kernel_dilation,
             groups=args.feature_group_count, padding_mode=args.padding_mode, flip_kernel=flip_kernel,
-            impl=impl, precision=precision, preferred_element_type=preferred_element_type,
+            impl=impl, precision=precision, preferred_element_type=preferred_element_type, activation=epilogue,
         )
     else:
         if args.padding_mode != "zeros" or flip_kernel:
@@ -203,6 +223,8 @@ def flax_conv2d(inputs, kernel, bias, args: ConvArgs, *, flip_kernel=False, prec
             preferred_element_type=preferred_element_type, impl=impl,
         )
         y = add_bias(y, bias)
+    if activation is not None and epilogue is None:
+        y = jax.nn.relu(y) if activation == "relu" else activation(y)
     return y if batch_shape is None else jnp.reshape(y, batch_shape + y.shape[1:])
 
 

@@ -35,7 +35,8 @@ from flax.linen.dtypes import promote_dtype
 from flax.linen.linear import default_kernel_init
 from flax.linen import initializers
 
-from jconv.flax_conv import flax_conv2d, flax_conv_transpose, parse_conv_args, parse_conv_transpose_args
+from jconv.flax_conv import (flax_conv2d, flax_conv_transpose, parse_activation, parse_conv_args,
+                             parse_conv_transpose_args)
 
 __all__ = ["Conv2D", "Conv", "ConvTranspose"]
 
@@ -62,6 +63,9 @@ class Conv2D(nn.Module):
       flip_kernel: True computes true convolution.
       preferred_element_type: output dtype of the convolution.
       impl: ``"auto"``, ``"xla"``, ``"lax"``, ``"lax:<algorithm>"``, ``"pallas"`` or ``"onednn"``.
+      activation: None (default), ``"relu"`` or ``nn.relu``: ``relu(conv + bias)`` with the bias
+        and ReLU as the convolution's epilogue (:mod:`jconv.fused`; one pass less over the
+        output with oneDNN); any other callable is applied to the output.
 
     Example: in place of ``nn.Conv(32, (3, 3))``, with the same parameters:
 
@@ -95,11 +99,13 @@ class Conv2D(nn.Module):
     flip_kernel: bool = False
     preferred_element_type: Any = None
     impl: str = "auto"
+    activation: Any = None
 
     @nn.compact
     def __call__(self, inputs):
         """``inputs``: ``(*batch_dims, H, W, C)`` (no batch dims: one example)."""
         fn = type(self).__name__
+        activation = parse_activation(fn, self.activation)
         args = parse_conv_args(
             fn, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
             input_dilation=self.input_dilation, kernel_dilation=self.kernel_dilation,
@@ -114,7 +120,7 @@ class Conv2D(nn.Module):
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         return flax_conv2d(
             inputs, kernel, bias, args, flip_kernel=self.flip_kernel, precision=self.precision,
-            preferred_element_type=self.preferred_element_type, impl=self.impl, fn=fn,
+            preferred_element_type=self.preferred_element_type, impl=self.impl, fn=fn, activation=activation,
         )
 
 
@@ -141,8 +147,8 @@ class ConvTranspose(nn.Module):
       use_bias, mask, dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
       preferred_element_type: as in flax.
     jconv extra:
-      impl: ``"auto"``, ``"xla"``, ``"lax"``, ``"lax:<algorithm>"``, ``"pallas"`` (an impl that
-        cannot run an input-dilated convolution, such as ``"onednn"``, raises and says so).
+      impl: ``"auto"``, ``"xla"``, ``"lax"``, ``"lax:<algorithm>"``, ``"pallas"``, ``"onednn"``
+        (an impl that cannot run an input-dilated convolution raises and says why).
 
     Auto-named instances are ``ConvTranspose_0, ...``, as with flax. Example: in place of
     ``nn.ConvTranspose(8, (3, 3), strides=2)``, with the same parameters:

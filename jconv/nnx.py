@@ -12,7 +12,7 @@ Subclasses of flax's modules: the same constructor arguments, defaults, paramete
 ``bias``), shapes and initialisation (flax's own constructor draws the same keys from ``rngs``
 in the same order), so ``nnx.state`` of one loads into the other. nnx names parameters after
 attributes, not classes, so the class name never shows in a state. Extra: ``impl`` (and, for
-:class:`Conv2D`, ``padding_mode`` and ``flip_kernel``) from :func:`jconv.conv2d`. An int
+:class:`Conv2D`, ``padding_mode``, ``flip_kernel`` and ``activation``) from :func:`jconv.conv2d`. An int
 ``kernel_size`` means ``(k, k)``. The static arguments are normalised once, in the constructor
 (:mod:`jconv.flax_conv`); change them by building a new module.
 
@@ -32,7 +32,8 @@ from flax.nnx.nn import dtypes
 from flax.nnx.nn.linear import default_bias_init, default_kernel_init
 
 from jconv.conv import conv_general_dilated
-from jconv.flax_conv import flax_conv2d, flax_conv_transpose, parse_conv_args, parse_conv_transpose_args
+from jconv.flax_conv import (flax_conv2d, flax_conv_transpose, parse_activation, parse_conv_args,
+                             parse_conv_transpose_args)
 from jconv.linen import check_mask
 
 __all__ = ["Conv2D", "ConvTranspose"]
@@ -95,11 +96,13 @@ class Conv2D(nnx.Conv):
         padding_mode: str = "zeros",
         flip_kernel: bool = False,
         impl: str = "auto",
+        activation: Any = None,
         rngs: nnx.Rngs,
         kernel_metadata=MappingProxyType({}),
         bias_metadata=MappingProxyType({}),
     ):
         fn = "Conv2D"
+        activation = parse_activation(fn, activation)
         self.conv_args = parse_conv_args(
             fn, kernel_size=kernel_size, strides=strides, padding=padding, input_dilation=input_dilation,
             kernel_dilation=kernel_dilation, feature_group_count=feature_group_count, padding_mode=padding_mode,
@@ -116,6 +119,7 @@ class Conv2D(nnx.Conv):
         self.padding_mode = padding_mode
         self.flip_kernel = flip_kernel
         self.impl = impl
+        self.activation = activation
 
     def __call__(self, inputs, out_sharding=None):
         """``inputs``: ``(*batch_dims, H, W, C)`` (no batch dims: one example)."""
@@ -126,7 +130,7 @@ class Conv2D(nnx.Conv):
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         return flax_conv2d(
             inputs, kernel, bias, self.conv_args, flip_kernel=self.flip_kernel, precision=self.precision,
-            preferred_element_type=self.preferred_element_type, impl=self.impl, fn=fn,
+            preferred_element_type=self.preferred_element_type, impl=self.impl, fn=fn, activation=self.activation,
         )
 
 

@@ -319,23 +319,28 @@ def _batch_split(x, batch: int):
     return mesh, sharding.spec[0]
 
 
-def convolve(x, w, *, spec: ExecSpec, impl: str, algorithm: str):
-    """``y = conv(x, w)`` of execute spec ``spec`` by ``impl``'s ``algorithm`` (no bias)."""
+def over_batch_shards(body, spec: ExecSpec, impl: str, x, *rest):
+    """``body(spec, x, *rest)``, under ``shard_map`` over the batch of ``x`` (``rest``
+    replicated, ``spec`` the local one) when ``impl``'s backend needs its batch split and the
+    mesh is known while tracing; else called as it is."""
     backend = registry.get(impl)
     split = _batch_split(x, spec.batch) if backend.split_batch else None
     if split is None:
-        return _bind("fwd", x, w, spec=spec, impl=impl, algorithm=algorithm)
+        return body(spec, x, *rest)
     mesh, axes = split
     names = axes if isinstance(axes, tuple) else (axes,)
     shards = int(np.prod([mesh.shape[a] for a in names]))
     local = dataclasses.replace(spec, batch=spec.batch // shards)
     P = jax.sharding.PartitionSpec
-
-    def body(x_, w_):
-        return _bind("fwd", x_, w_, spec=local, impl=impl, algorithm=algorithm)
-
     # check_vma=False: custom-call outputs carry no varying-axes annotation
-    return jax.shard_map(body, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes), check_vma=False)(x, w)
+    return jax.shard_map(lambda *a: body(local, *a), mesh=mesh, in_specs=(P(axes),) + (P(),) * len(rest),
+                         out_specs=P(axes), check_vma=False)(x, *rest)
+
+
+def convolve(x, w, *, spec: ExecSpec, impl: str, algorithm: str):
+    """``y = conv(x, w)`` of execute spec ``spec`` by ``impl``'s ``algorithm`` (no bias)."""
+    return over_batch_shards(lambda s, x_, w_: _bind("fwd", x_, w_, spec=s, impl=impl, algorithm=algorithm),
+                             spec, impl, x, w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,4 +383,4 @@ def kernel_jaxprs(jaxpr, platform: str = "cpu") -> list:
     return out
 
 
-__all__ = ["conv_p", "convolve", "KINDS", "result_shape_dtype", "conv_eqns", "kernel_jaxprs"]
+__all__ = ["conv_p", "convolve", "over_batch_shards", "KINDS", "result_shape_dtype", "conv_eqns", "kernel_jaxprs"]

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jconv.spec import ExecSpec
 from jconv.impls import partitioning, registry
-from jconv.impls.common import transpose_kernel
+from jconv.impls.common import add_bias, transpose_kernel
 
 NAME = "onednn"
 INSTALL_HINT = ("install the plugin: pip install ./plugins/onednn from a jconv checkout "
@@ -96,13 +96,27 @@ def _weight_grad(x, dy, spec: ExecSpec, target=None):
     return dw.astype(jnp.float32)
 
 
+def _forward_relu(x, w, b, spec: ExecSpec, target=None):
+    """``max(0, conv(x, w) + b)``: the bias and the ReLU as oneDNN's epilogue of the forward
+    (one pass over the output); a transposed or integer convolution adds them afterwards."""
+    if _transposed(spec) or spec.dtype in _INT_SOURCES:
+        return jnp.maximum(add_bias(_forward(x, w, spec, target), b, axis=1 if spec.layout == "NCHW" else -1), 0)
+    return jconv_onednn.conv_forward(x.astype(spec.dtype), w.astype(spec.dtype), b.astype(spec.dtype),
+                                     activation="relu", **_geometry(spec))
+
+
 _forward_op = partitioning.batch_op(_forward)
+_forward_relu_op = partitioning.batch_op(_forward_relu, bias=True)
 _input_grad_op = partitioning.batch_op(_input_grad)
 _weight_grad_op = partitioning.batch_sum_op(_weight_grad)
 
 
 def forward(x, w, spec: ExecSpec, target=None):
     return _forward_op(x, w, spec, target)
+
+
+def forward_relu(x, w, b, spec: ExecSpec, target=None):
+    return _forward_relu_op(x, w, b, spec, target)
 
 
 def input_grad(dy, w, spec: ExecSpec, target=None):
@@ -178,7 +192,8 @@ def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
 
 
 ONEDNN = registry.Algorithm("onednn", forward, input_grad, weight_grad, supports=supports,
-                            summary="oneDNN's CPU convolution primitives through XLA's FFI")
+                            summary="oneDNN's CPU convolution primitives through XLA's FFI",
+                            forward_relu=forward_relu)
 
 if _MISSING is not None:
     registry.register_unavailable(NAME, _MISSING)

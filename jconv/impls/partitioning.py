@@ -63,9 +63,11 @@ def _all_but_batch(rule: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for f in names if f != "n"))
 
 
-def batch_op(body):
+def batch_op(body, *, bias: bool = False):
     """``body(act, w, spec, target) -> out`` with the batch of ``act`` and ``out`` in dim 0 (the
-    forward, and the input gradient: a forward of the cotangent), split by XLA's partitioner."""
+    forward, and the input gradient: a forward of the cotangent), split by XLA's partitioner.
+    ``bias``: ``body(act, w, b, spec, target)``, ``b`` replicated (a fused epilogue's bias)."""
+    operands = 3 if bias else 2
 
     def infer(spec, target, mesh, arg_shapes, result_shape):
         mesh = _partition_mesh(mesh, arg_shapes[0])
@@ -76,10 +78,11 @@ def batch_op(body):
         axes, shards = _batch_axes(arg_shapes[0], mesh, spec.batch)
         local = dataclasses.replace(spec, batch=spec.batch // shards)
         a_sh = _named(mesh, axes)
-        return mesh, functools.partial(body, spec=local, target=target), a_sh, (a_sh, _named(mesh))
+        args = (a_sh,) + (_named(mesh),) * (operands - 1)
+        return mesh, functools.partial(body, spec=local, target=target), a_sh, args
 
-    rule = "n x0 x1 x2, w0 w1 w2 w3 -> n y0 y1 y2"
-    op = custom_partitioning(body, static_argnums=(2, 3))
+    rule = "n x0 x1 x2, w0 w1 w2 w3" + (", b0" if bias else "") + " -> n y0 y1 y2"
+    op = custom_partitioning(body, static_argnums=(operands, operands + 1))
     op.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
                      need_replication_factors=_all_but_batch(rule))
     return op

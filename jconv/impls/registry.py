@@ -43,6 +43,9 @@ class Algorithm:
     * ``weight_grad(x, dy)``: ``dw`` (KH, KW, C_in/groups, C_out) in ``spec.dtype``.
 
     ``supports(spec)`` returns None when the algorithm can run ``spec``, else the reason.
+    ``forward_relu(x, w, b)``, optional: ``max(0, forward(x, w) + b)`` in one pass (the
+    convolution's epilogue; :mod:`jconv.fused`); None where the algorithm has none (the
+    bias and ReLU then follow the forward as XLA operations).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Algorithm:
     weight_grad: KernelFn
     supports: Callable[[ExecSpec], str | None] = lambda spec: None
     summary: str = ""
+    forward_relu: KernelFn | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ stride and dilation an int or a pair, padding an int, a pair (ph, pw) or ((top, 
 from __future__ import annotations
 
 import ctypes
-from typing import Any, NamedTuple, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,6 +22,8 @@ VMAP_METHOD = "sequential"
 FLOAT_DTYPES = ("float32", "bfloat16")
 #: the layouts of x / y and of w, and their code in the handlers' ``layout`` attribute
 LAYOUTS = {"NHWC": 0, "NCHW": 1}
+#: conv_forward's epilogues (oneDNN post-ops), and their code in the ``activation`` attribute
+ACTIVATIONS = {None: 0, "relu": 1}
 INT_SOURCE_DTYPES = ("int8", "uint8")
 
 IntPair = Union[int, Sequence[int]]
@@ -165,7 +167,7 @@ def conv_output_shape(x_shape, w_shape, *, stride: IntPair = 1, padding: Padding
 
 def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
                  dilation: IntPair = 1, groups: int = 1, preferred_element_type: Any = None,
-                 layout: str = "NHWC"):
+                 layout: str = "NHWC", activation: Optional[str] = None):
     """y = conv(x, w) [+ b].
 
     layout "NHWC": x (N, H, W, C_in), w (KH, KW, C_in // groups, C_out), y (N, Ho, Wo, C_out);
@@ -181,17 +183,25 @@ def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
     preferred_element_type=preferred_element_type) + b`` (for uint8 x, which lax does not
     mix with int8 w: with both operands in int32).
+    activation: None, or "relu" (float only): ``max(0, conv(x, w) + b)`` in the same pass over
+    the output (a oneDNN post-op). Unlike ``jax.nn.relu``, a NaN output becomes 0 on oneDNN's
+    jit kernels (their ReLU is the hardware max; its GEMM-based ones keep NaN).
     """
     import jax
 
     fn = "conv_forward"
     _loader.require()
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{fn}: activation (={activation!r}) must be None or 'relu'")
     conv = _resolve(fn, x.shape, w.shape, stride, padding, dilation, layout)
     groups = _check_groups(fn, conv, w.shape, groups)
     co = conv.w_hwio[3]
     if np.dtype(x.dtype).name in INT_SOURCE_DTYPES:
         if conv.layout != "NHWC":
             raise ValueError(f"{fn}: layout (={layout!r}) must be 'NHWC' for integer convolutions")
+        if activation is not None:
+            raise ValueError(f"{fn}: activation (={activation!r}) is for float convolutions; "
+                             "integer ones return the exact int32 sums")
         dt = _int8_out_dtype(fn, x, w, b, preferred_element_type)
         operands = (x, w)
     else:
@@ -206,7 +216,7 @@ def conv_forward(x, w, b=None, *, stride: IntPair = 1, padding: Padding = 0,
     target = _loader.TARGETS["fwd"] if b is None else _loader.TARGETS["fwd_bias"]
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(conv.out_shape, dt),
                             vmap_method=VMAP_METHOD)
-    return call(*operands, **conv.attrs(groups))
+    return call(*operands, **conv.attrs(groups), activation=np.int64(ACTIVATIONS[activation]))
 
 
 def conv_backward_data(dy, w, *, x_shape, stride: IntPair = 1, padding: Padding = 0,

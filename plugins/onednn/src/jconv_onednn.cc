@@ -10,7 +10,7 @@
 //
 // Handlers (names as registered from Python):
 //   jconv_onednn_conv_fwd            (x, w)        -> y   (float or int8)
-//   jconv_onednn_conv_fwd_bias       (x, w, b)     -> y
+//   jconv_onednn_conv_fwd_bias       (x, w, b)     -> y   (float)
 //   jconv_onednn_conv_bwd_data       (dy, w)       -> dx
 //   jconv_onednn_conv_bwd_weights    (x, dy)       -> dw
 //   jconv_onednn_conv_bwd_weights_bias (x, dy)     -> (dw, db)
@@ -20,6 +20,9 @@
 //   dilation = [dh, dw]                  (>= 1, JAX convention; oneDNN gets d-1)
 //   groups   = int                       (>= 1)
 //   layout   = int                       (0 NHWC, 1 NCHW)
+// and the forward handlers
+//   activation = int                     (0 none, 1 relu: y = max(0, conv + b),
+//                                         a oneDNN post-op, float only)
 //
 // Float convolutions: every tensor has the same dtype, float32 or bfloat16;
 // oneDNN accumulates in float32 and writes the output in the input dtype.
@@ -167,6 +170,7 @@ using I64s = ffi::Span<const int64_t>;
 struct Attrs {
   I64s stride, padding, dilation;
   int64_t groups = 1, layout = 0;
+  int64_t activation = 0;  // forward only: 0 none, 1 relu (a oneDNN post-op)
 };
 
 // Fills `g` from the attributes and the three 4-D shapes (input, kernel,
@@ -413,6 +417,25 @@ void FillDegenerate(ffi::AnyBuffer::Dimensions dims, Dt dt, void* out,
   }
 }
 
+// max(0, y) in place (NaN stays NaN, as in oneDNN's relu and jax.nn.relu),
+// for the degenerate outputs (the bias) of a forward convolution with a relu
+// epilogue.
+void Relu(ffi::AnyBuffer y, Dt dt) {
+  const int64_t count = static_cast<int64_t>(y.element_count());
+  if (dt == Dt::f32) {
+    float* p = static_cast<float*>(y.untyped_data());
+    for (int64_t i = 0; i < count; ++i) {
+      if (p[i] < 0.f) p[i] = 0.f;
+    }
+    return;
+  }
+  uint16_t* p = static_cast<uint16_t*>(y.untyped_data());  // bfloat16 bits
+  for (int64_t i = 0; i < count; ++i) {
+    const bool nan = (p[i] & 0x7f80u) == 0x7f80u && (p[i] & 0x007fu);
+    if ((p[i] & 0x8000u) && !nan) p[i] = 0;
+  }
+}
+
 template <typename F>
 ffi::Error Guarded(F&& body) {
   // No C++ exception may cross the FFI boundary: turn them into errors.
@@ -447,6 +470,11 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
       return ffi::Error::InvalidArgument(
           std::string(kPrefix) + "integer convolutions take NHWC (layout 0)");
     }
+    if (attrs.activation != 0 && (attrs.activation != 1 || types.is_int8())) {
+      return ffi::Error::InvalidArgument(
+          std::string(kPrefix) + "activation must be 0 (none) or 1 (relu, float "
+          "convolutions), got " + std::to_string(attrs.activation));
+    }
     if (b && (b->dimensions().size() != 1 || b->dimensions()[0] != g.co)) {
       return ffi::Error::InvalidArgument(std::string(kPrefix) + "bias shape " +
                                          DimsStr(b->dimensions()) +
@@ -456,9 +484,10 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
     if (x.element_count() == 0 || w.element_count() == 0) {
       FillDegenerate(y.dimensions(), types.dst, y.untyped_data(),
                      b ? b->untyped_data() : nullptr, g.nchw);
+      if (attrs.activation == 1) Relu(y, types.dst);
       return ffi::Error::Success();
     }
-    auto plan = GetPlan(Op::kFwd, types, b != nullptr, g);
+    auto plan = GetPlan(Op::kFwd, types, b != nullptr, g, attrs.activation == 1);
     return Execute(Op::kFwd, *plan, x.untyped_data(), w.untyped_data(),
                    y.untyped_data(), b ? b->untyped_data() : nullptr, scratch);
   });
@@ -467,16 +496,19 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w,
                    ffi::Result<ffi::AnyBuffer> y, I64s stride, I64s padding,
                    I64s dilation, int64_t groups, int64_t layout,
-                   ffi::ScratchAllocator scratch) {
-  return Forward(x, w, nullptr, *y, {stride, padding, dilation, groups, layout},
+                   int64_t activation, ffi::ScratchAllocator scratch) {
+  return Forward(x, w, nullptr, *y,
+                 {stride, padding, dilation, groups, layout, activation},
                  scratch);
 }
 
 ffi::Error ConvFwdBias(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                        ffi::Result<ffi::AnyBuffer> y, I64s stride,
                        I64s padding, I64s dilation, int64_t groups,
-                       int64_t layout, ffi::ScratchAllocator scratch) {
-  return Forward(x, w, &b, *y, {stride, padding, dilation, groups, layout},
+                       int64_t layout, int64_t activation,
+                       ffi::ScratchAllocator scratch) {
+  return Forward(x, w, &b, *y,
+                 {stride, padding, dilation, groups, layout, activation},
                  scratch);
 }
 
@@ -565,13 +597,26 @@ ffi::Error ConvBwdWeightsBias(ffi::AnyBuffer x, ffi::AnyBuffer dy,
 
 // Attributes shared by every handler, in binding order.
 template <typename B>
-auto WithAttrs(B binding) {
-  return std::move(binding)
+auto WithGeometry(B&& binding) {
+  return std::forward<B>(binding)
       .template Attr<I64s>("stride")
       .template Attr<I64s>("padding")
       .template Attr<I64s>("dilation")
       .template Attr<int64_t>("groups")
-      .template Attr<int64_t>("layout")
+      .template Attr<int64_t>("layout");
+}
+
+template <typename B>
+auto WithAttrs(B&& binding) {
+  return WithGeometry(std::forward<B>(binding))
+      .template Ctx<ffi::ScratchAllocator>();
+}
+
+// The forward handlers also take the epilogue.
+template <typename B>
+auto WithForwardAttrs(B&& binding) {
+  return WithGeometry(std::forward<B>(binding))
+      .template Attr<int64_t>("activation")
       .template Ctx<ffi::ScratchAllocator>();
 }
 
@@ -586,13 +631,13 @@ auto WithAttrs(B binding) {
 #pragma GCC visibility push(default)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jconv_onednn_conv_fwd, ConvFwd,
-                              WithAttrs(ffi::Ffi::Bind()
+                              WithForwardAttrs(ffi::Ffi::Bind()
                                             .Arg<ffi::AnyBuffer>()    // x
                                             .Arg<ffi::AnyBuffer>()    // w
                                             .Ret<ffi::AnyBuffer>()));  // y
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jconv_onednn_conv_fwd_bias, ConvFwdBias,
-                              WithAttrs(ffi::Ffi::Bind()
+                              WithForwardAttrs(ffi::Ffi::Bind()
                                             .Arg<ffi::AnyBuffer>()    // x
                                             .Arg<ffi::AnyBuffer>()    // w
                                             .Arg<ffi::AnyBuffer>()    // b

@@ -260,7 +260,7 @@ void AddPrimitive(Op op, const dnnl::convolution_forward::primitive_desc& fwd,
   }
 }
 
-std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
+std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias, bool relu,
                                 WeightsPolicy weights, ActsPolicy acts,
                                 const Geometry& g) {
   auto plan = std::make_shared<Plan>();
@@ -287,13 +287,21 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
 
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::primitive_attr fwd_attr;  // the forward op's, with its epilogue
+  fwd_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (relu) {  // (attributes are handles: a copy of `attr` would share its post-ops)
+    dnnl::post_ops post;
+    post.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    fwd_attr.set_post_ops(post);
+  }
   // int8 convolutions exist for inference only.
   dnnl::convolution_forward::primitive_desc fwd(
       Engine(),
       t.is_int8() ? dnnl::prop_kind::forward_inference
                   : dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, x, w, plan->b_md, y,
-      {g.sh, g.sw}, {g.dh - 1, g.dw - 1}, {g.pt, g.pl}, {g.pb, g.pr}, attr);
+      {g.sh, g.sw}, {g.dh - 1, g.dw - 1}, {g.pt, g.pl}, {g.pb, g.pr},
+      op == Op::kFwd ? fwd_attr : attr);
   if (t.is_int8()) SelectExactInt8Impl(&fwd, k);
   AddPrimitive(op, fwd, x, w, y, attr, g, plan.get());
 
@@ -319,7 +327,7 @@ std::shared_ptr<Plan> BuildPlan(Op op, Types t, bool bias,
 // ---------------------------------------------------------------------------
 
 struct Key {
-  std::array<int64_t, 27> v;
+  std::array<int64_t, 28> v;
   bool operator==(const Key& o) const { return v == o.v; }
 };
 
@@ -335,11 +343,11 @@ struct KeyHash {
   }
 };
 
-Key MakeKey(Op op, Types t, bool bias, WeightsPolicy weights,
+Key MakeKey(Op op, Types t, bool bias, bool relu, WeightsPolicy weights,
             ActsPolicy acts, int threads, const Geometry& g) {
   return Key{{static_cast<int64_t>(op), static_cast<int64_t>(t.src),
               static_cast<int64_t>(t.wei), static_cast<int64_t>(t.dst),
-              bias ? 1 : 0, static_cast<int64_t>(weights),
+              bias ? 1 : 0, relu ? 1 : 0, static_cast<int64_t>(weights),
               static_cast<int64_t>(acts), threads, g.nchw ? 1 : 0, g.n, g.h,
               g.w, g.ci, g.kh, g.kw, g.co, g.ho, g.wo, g.groups, g.sh, g.sw,
               g.dh, g.dw, g.pt, g.pb, g.pl, g.pr}};
@@ -422,15 +430,15 @@ PlanCache& Cache() {
 }  // namespace
 
 std::shared_ptr<const Plan> GetPlan(Op op, Types t, bool bias,
-                                    const Geometry& g) {
+                                    const Geometry& g, bool relu) {
   const auto weights = static_cast<WeightsPolicy>(
       g_weights_policy.load(std::memory_order_relaxed));
   const auto acts =
       static_cast<ActsPolicy>(g_acts_policy.load(std::memory_order_relaxed));
   const int threads = ApplyThreadSetting();
-  const Key key = MakeKey(op, t, bias, weights, acts, threads, g);
+  const Key key = MakeKey(op, t, bias, relu, weights, acts, threads, g);
   if (auto plan = Cache().Lookup(key)) return plan;
-  return Cache().Insert(key, BuildPlan(op, t, bias, weights, acts, g));
+  return Cache().Insert(key, BuildPlan(op, t, bias, relu, weights, acts, g));
 }
 
 void CacheStats(int64_t* out) { Cache().Stats(out); }

@@ -1,5 +1,6 @@
 // Plans: everything needed to run one oneDNN convolution, built once per
-// (op, types, bias, layout policies, thread count, geometry) and cached.
+// (op, types, bias, epilogue, layout policies, thread count, geometry) and
+// cached.
 //
 // A plan holds the oneDNN primitive and, for each of its three operands
 // (activations x and y, weights w), the layout the caller's buffer has
@@ -107,8 +108,10 @@ struct Plan {
   size_t total_scratch = 0;
 };
 
+// `relu`: the forward convolution applies max(0, .) to its output (bias
+// included) as a oneDNN post-op, in the same pass.
 std::shared_ptr<const Plan> GetPlan(Op op, Types t, bool bias,
-                                    const Geometry& g);
+                                    const Geometry& g, bool relu = false);
 
 // The plan cache: [entries, capacity, hits, misses]; capacity 0 disables it.
 void CacheStats(int64_t* out);

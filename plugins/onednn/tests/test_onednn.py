@@ -175,7 +175,8 @@ def test_mixed_dtypes_error():
 def test_native_error_path_is_an_exception():
     """Bypass the Python checks: the handler itself must fail cleanly."""
     attrs = dict(stride=np.array([1, 1], np.int64), padding=np.array([0, 0, 0, 0], np.int64),
-                 dilation=np.array([1, 1], np.int64), groups=np.int64(1), layout=np.int64(0))
+                 dilation=np.array([1, 1], np.int64), groups=np.int64(1), layout=np.int64(0),
+                 activation=np.int64(0))
     call = jax.ffi.ffi_call(jo.TARGETS["fwd"], jax.ShapeDtypeStruct((1, 3, 3, 2), jnp.float16),
                             vmap_method="sequential")
     with pytest.raises(Exception, match="unsupported dtype float16"):

@@ -253,7 +253,8 @@ def test_int8_refused_without_vnni(monkeypatch):
 def test_native_errors():
     """Bypass the Python checks: the handler refuses bad integer operands cleanly."""
     attrs = dict(stride=np.array([1, 1], np.int64), padding=np.array([0, 0, 0, 0], np.int64),
-                 dilation=np.array([1, 1], np.int64), groups=np.int64(1), layout=np.int64(0))
+                 dilation=np.array([1, 1], np.int64), groups=np.int64(1), layout=np.int64(0),
+                 activation=np.int64(0))
     x, w = jnp.ones((1, 5, 5, 2), jnp.int8), jnp.ones((3, 3, 2, 2), jnp.int8)
 
     def call(target, out_dtype, *args):
@@ -270,4 +271,5 @@ def test_native_errors():
     with pytest.raises(Exception, match="unsupported dtype int8"):
         f = jax.ffi.ffi_call(jo.TARGETS["bwd_data"], jax.ShapeDtypeStruct(x.shape, jnp.int8),
                              vmap_method="sequential")
-        jax.block_until_ready(f(jnp.ones((1, 3, 3, 2), jnp.int8), w, **attrs))
+        backward = {k: v for k, v in attrs.items() if k != "activation"}  # the forward's only
+        jax.block_until_ready(f(jnp.ones((1, 3, 3, 2), jnp.int8), w, **backward))

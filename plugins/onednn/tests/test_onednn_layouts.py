@@ -1,4 +1,4 @@
-"""The plugin on NCHW / OIHW arrays, and the activation-layout knob (float32).
+"""The plugin on NCHW / OIHW arrays, the activation-layout knob, and the ReLU epilogue (float32).
 
 Every geometry of onednn_cases in layout "NCHW" (each activation policy: "auto", which reorders
 NCHW to oneDNN's blocked layout and back; "plain", NCHW as it is; "any") and in layout "NHWC"
@@ -119,3 +119,39 @@ def test_layout_errors():
         with pytest.raises(ValueError, match="must be 'NHWC' for integer convolutions"):
             jo.conv_forward(jnp.ones((1, 2, 4, 4), jnp.int8), jnp.ones((2, 2, 3, 3), jnp.int8),
                             preferred_element_type=jnp.int32, layout="NCHW")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("name", ["dense3x3", "depthwise_m2", "stride_2x1_dilation_1x2", "1x1", "stem7x7"])
+def test_relu_epilogue(name, layout):
+    """activation="relu": max(0, conv + b) in the forward's own pass (a oneDNN post-op), with and
+    without bias. A NaN output becomes 0 (oneDNN's jit ReLU is the hardware max; its GEMM-based
+    kernels keep NaN): either, never a NaN in another image."""
+    x, w, b, _, geo = _make(CASES[name], layout)
+    channel = (1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1)
+    ref = _ref(x, w, geo)
+    got = jax.jit(lambda a, c, d: jo.conv_forward(a, c, d, activation="relu", **geo))(x, w, b)
+    _close(got, jnp.maximum(ref + b.reshape(channel), 0), "relu(conv + b)")
+    assert float(jnp.min(got)) == 0.0
+    _close(jo.conv_forward(x, w, activation="relu", **geo), jnp.maximum(ref, 0), "relu(conv)")
+    y = jo.conv_forward(x.at[0].set(jnp.nan), w, b, activation="relu", **geo)
+    assert bool(jnp.all(jnp.isnan(y[0]) | (y[0] == 0))) and not bool(jnp.isnan(y[1:]).any())
+
+
+def test_relu_epilogue_degenerate_and_errors():
+    b = jnp.asarray([1.0, -2.0, 3.0])
+    y = jo.conv_forward(jnp.ones((2, 4, 5, 0)), jnp.ones((1, 1, 0, 3)), b, activation="relu")
+    np.testing.assert_array_equal(np.asarray(y), np.broadcast_to(np.asarray([1.0, 0.0, 3.0]), (2, 4, 5, 3)))
+    with pytest.raises(ValueError, match=r"conv_forward: activation \(='gelu'\) must be None or 'relu'"):
+        jo.conv_forward(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), activation="gelu")
+    attrs = dict(stride=np.array([1, 1], np.int64), padding=np.array([0, 0, 0, 0], np.int64),
+                 dilation=np.array([1, 1], np.int64), groups=np.int64(1), layout=np.int64(0),
+                 activation=np.int64(2))
+    call = jax.ffi.ffi_call(jo.TARGETS["fwd"], jax.ShapeDtypeStruct((1, 3, 3, 2), jnp.float32),
+                            vmap_method="sequential")
+    with pytest.raises(Exception, match=r"activation must be 0 \(none\) or 1 \(relu"):
+        jax.block_until_ready(call(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), **attrs))
+    if jo.int8_supported():
+        with pytest.raises(ValueError, match="activation .* is for float convolutions"):
+            jo.conv_forward(jnp.ones((1, 4, 4, 2), jnp.int8), jnp.ones((3, 3, 2, 2), jnp.int8),
+                            preferred_element_type=jnp.int32, activation="relu")
