@@ -237,7 +237,7 @@ def test_mac_refuses_huge_unrolls():
         jconv.conv2d(jnp.ones((1, 8, 8, 512)), jnp.ones((3, 3, 512, 8)), impl="lax:mac")
 
 
-# ---- the selection rules (docs/performance.md) ----
+# ---- the selection rules (docs/performance.md, "The auto rules") ----
 # these are the lax engine's rules: what auto plans without the oneDNN plugin (with it, its own
 # rule goes first: tests/test_backend_onednn.py)
 

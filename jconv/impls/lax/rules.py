@@ -2,7 +2,8 @@
 XLA's conv) and its pick for ``impl="auto"`` on the CPU (:func:`auto`), where it is asked after
 the oneDNN plugin and before XLA (:data:`jconv.select.AUTO_ORDER`); where it declines, XLA's
 convolution runs. Every number these rules use is in :data:`THRESHOLDS`; the measurements behind
-each are in docs/performance.md ("The auto rules"), regenerated from committed results.
+each are in docs/performance.md ("The auto rules"; which of its tables are generated from committed
+results, and how to re-measure the others, is said beside each).
 """
 
 from __future__ import annotations
