@@ -325,51 +325,64 @@ def weight_grad_valid(xp, g, w_shape, spec: ExecSpec, *, target: Target, precisi
         return dw.reshape(w_shape)
     tl = make_tiling(_with_dtype(spec, cdt), blocks, target)
     _note("depthwise_dw" if tl.depthwise else "conv_dw", tl, target, _folded)
-    n = spec.batch
-    r, rows, ow, rin, iw = tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
-    npx, nt = len(tl.phases), len(tl.taps)
-    bk = tl.blocks
     scratch = _uses_scratch(target, interpret)
-    g_shape = (n, tl.out_rows, ow, tl.bundles * tl.cout_block_total)
+    g_shape = (spec.batch, tl.out_rows, tl.out_w, tl.bundles * tl.cout_block_total)
     in_bytes = _nbytes(_tiles_shape(tl), cdt) + _nbytes(g_shape, cdt)
     xt = phase_tiles(pack_channels(xp.astype(cdt), tl), tl)
     gp = pack_out_channels(pad_out_grid(g.astype(cdt), tl), tl)
-    steps = n * r
-    if tl.depthwise:
-        bc = bk.block_co
-        nc = tl.cout_block_total // bc
-        splits = 1 if scratch else _splits(target, nc, steps)
-        out_shape = jax.ShapeDtypeStruct((splits, nt, tl.cout_block_total), _F32)
-        _check_memory("weight gradient", in_bytes + _nbytes(out_shape.shape, _F32), target)
-        cost = pl.CostEstimate(flops=int(spec.flops), transcendentals=0,
-                               bytes_accessed=in_bytes + _nbytes(out_shape.shape, _F32))
-        if scratch:
-            kern = functools.partial(kernels.depthwise_dw_kernel, taps=tl.taps, rows=rows, out_w=ow, red_axes=(1, 2))
-            dwb = pl.pallas_call(
-                kern, out_shape=out_shape, grid=(nc, n, r),
-                in_specs=[
-                    pl.BlockSpec((None, None, npx, rin, iw, bc), lambda c, i, t: (i, t, 0, 0, 0, c)),
-                    pl.BlockSpec((None, rows, ow, bc), lambda c, i, t: (i, t, 0, c)),
-                ],
-                out_specs=pl.BlockSpec((None, nt, bc), lambda c, i, t: (0, 0, c)),
-                scratch_shapes=[pltpu.VMEM((nt, bc), _F32)],
-                cost_estimate=cost, name="jconv_depthwise_dw",
-                **call_kwargs(target, interpret, ("parallel", "arbitrary", "arbitrary")),
-            )(xt, gp)
-        else:
-            kern = functools.partial(kernels.depthwise_dw_kernel_triton, taps=tl.taps, rows=rows, out_w=ow,
-                                     steps=steps, row_tiles=r, splits=splits, split_axis=1)
-            dwb = pl.pallas_call(
-                kern, out_shape=out_shape, grid=(nc, splits),
-                in_specs=[
-                    pl.BlockSpec((n, r, npx, rin, iw, bc), lambda c, s: (0, 0, 0, 0, 0, c)),
-                    pl.BlockSpec((n, tl.out_rows, ow, bc), lambda c, s: (0, 0, 0, c)),
-                ],
-                out_specs=pl.BlockSpec((None, nt, bc), lambda c, s: (s, 0, c)),
-                cost_estimate=cost, name="jconv_depthwise_dw",
-                **call_kwargs(target, interpret, ("parallel", "parallel")),
-            )(xt, gp)
-        return unpack_weight_grad(dwb.sum(axis=0), tl, w_shape)
+    call = _depthwise_dw_call if tl.depthwise else _conv_dw_call
+    dwb = call(xt, gp, spec, tl, target=target, precision=precision, interpret=interpret, scratch=scratch,
+               in_bytes=in_bytes)
+    return unpack_weight_grad(dwb.sum(axis=0), tl, w_shape)
+
+
+def _depthwise_dw_call(xt, gp, spec: ExecSpec, tl, *, target: Target, precision, interpret, scratch: bool,
+                       in_bytes: int):
+    """The depthwise weight gradient's pallas_call: (splits, taps, channels) float32 partial sums."""
+    n, r, rows, ow, rin, iw = spec.batch, tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
+    npx, nt, bk, steps = len(tl.phases), len(tl.taps), tl.blocks, spec.batch * tl.row_tiles
+    bc = bk.block_co
+    nc = tl.cout_block_total // bc
+    splits = 1 if scratch else _splits(target, nc, steps)
+    out_shape = jax.ShapeDtypeStruct((splits, nt, tl.cout_block_total), _F32)
+    _check_memory("weight gradient", in_bytes + _nbytes(out_shape.shape, _F32), target)
+    cost = pl.CostEstimate(flops=int(spec.flops), transcendentals=0,
+                           bytes_accessed=in_bytes + _nbytes(out_shape.shape, _F32))
+    if scratch:
+        kern = functools.partial(kernels.depthwise_dw_kernel, taps=tl.taps, rows=rows, out_w=ow, red_axes=(1, 2))
+        dwb = pl.pallas_call(
+            kern, out_shape=out_shape, grid=(nc, n, r),
+            in_specs=[
+                pl.BlockSpec((None, None, npx, rin, iw, bc), lambda c, i, t: (i, t, 0, 0, 0, c)),
+                pl.BlockSpec((None, rows, ow, bc), lambda c, i, t: (i, t, 0, c)),
+            ],
+            out_specs=pl.BlockSpec((None, nt, bc), lambda c, i, t: (0, 0, c)),
+            scratch_shapes=[pltpu.VMEM((nt, bc), _F32)],
+            cost_estimate=cost, name="jconv_depthwise_dw",
+            **call_kwargs(target, interpret, ("parallel", "arbitrary", "arbitrary")),
+        )(xt, gp)
+    else:
+        kern = functools.partial(kernels.depthwise_dw_kernel_triton, taps=tl.taps, rows=rows, out_w=ow,
+                                 steps=steps, row_tiles=r, splits=splits, split_axis=1)
+        dwb = pl.pallas_call(
+            kern, out_shape=out_shape, grid=(nc, splits),
+            in_specs=[
+                pl.BlockSpec((n, r, npx, rin, iw, bc), lambda c, s: (0, 0, 0, 0, 0, c)),
+                pl.BlockSpec((n, tl.out_rows, ow, bc), lambda c, s: (0, 0, 0, c)),
+            ],
+            out_specs=pl.BlockSpec((None, nt, bc), lambda c, s: (s, 0, c)),
+            cost_estimate=cost, name="jconv_depthwise_dw",
+            **call_kwargs(target, interpret, ("parallel", "parallel")),
+        )(xt, gp)
+    return dwb
+
+
+def _conv_dw_call(xt, gp, spec: ExecSpec, tl, *, target: Target, precision, interpret, scratch: bool,
+                  in_bytes: int):
+    """The dense/grouped weight gradient's pallas_call: (splits, bundles, taps, C_in, C_out) float32
+    partial sums."""
+    n, r, rows, ow, rin, iw = spec.batch, tl.row_tiles, tl.rows, tl.out_w, tl.rows_in, tl.in_w
+    npx, nt, bk, steps = len(tl.phases), len(tl.taps), tl.blocks, spec.batch * tl.row_tiles
     nb = tl.bundles
     if scratch:
         nk, nj = tl.k_blocks, tl.j_blocks
@@ -410,7 +423,7 @@ def weight_grad_valid(xp, g, w_shape, spec: ExecSpec, *, target: Target, precisi
             cost_estimate=cost, name="jconv_conv_dw",
             **call_kwargs(target, interpret, ("parallel",) * 4),
         )(xt, gp)
-    return unpack_weight_grad(dwb.sum(axis=0), tl, w_shape)
+    return dwb
 
 
 __all__ = ["forward_valid", "weight_grad_valid", "compute_dtype", "call_kwargs", "HBM_BUDGET", "KernelFitError"]
