@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_devices = 0             # 0: all devices (data parallel); n: the first n local devices
     c.model = "mnist_cnn"         # the seed's CNN, or a jconv_experiments.zoo model at its small size
     c.num_classes = 10            # zoo models: classes of the head
-    # several processes (docs/experiments.md, "Training on several processes or hosts")
+    # several processes (README.md, "Training on several processes or hosts")
     c.distributed = False         # True: jax.distributed.initialize() first
     c.coordinator_address = ""    # "host:port" of process 0; "" = detected (Cloud TPU pod slices, SLURM, Open MPI)
     c.num_processes = 0           # with coordinator_address: how many processes

@@ -1,6 +1,7 @@
 """Whole networks: jconv against XLA and PyTorch on the zoo's models (``configs/models.py``).
 
     python -m jconv_experiments --config=configs/models.py --workdir=runs/models
+    python -m jconv_experiments.networks --table docs/perf/models_cpu.jsonl   # docs/models.md's tables
 
 For each model (:mod:`jconv_experiments.zoo`), dtype and pass (``inference``: the forward in
 evaluation mode; ``train``: one full train step, forward and backward in training mode with
@@ -338,3 +339,19 @@ def run(config, workdir: str) -> None:
         from jconv_experiments import report
 
         print(f"networks: {len(store)} rows in {store.path}; report: {report.build_report(workdir)}")
+
+
+def _main(argv=None) -> None:
+    import argparse
+
+    from jconv_experiments.bench.store import load_rows
+    from jconv_experiments.report.networks import docs_table
+
+    p = argparse.ArgumentParser(description="Print docs/models.md's tables from a results.jsonl of this experiment.")
+    p.add_argument("--table", required=True, help="a results.jsonl written by run (e.g. docs/perf/models_cpu.jsonl)")
+    a = p.parse_args(argv)
+    print(docs_table(load_rows(a.table, KEY)))
+
+
+if __name__ == "__main__":
+    _main()

@@ -156,6 +156,52 @@ def section_compile(rows) -> list[str]:
             "buffer (MiB).", "", table(["model", "dtype", "pass", "candidate", "compile s", "temp MiB"], lines), ""]
 
 
+def _ms(row) -> str:
+    if row is None:
+        return "-"
+    return "error" if row.get("error") else fmt_ms(row.get("time_median_s"))
+
+
+def _x(v) -> str:
+    return f"{v:.2f}x" if v else "-"
+
+
+def docs_table(rows: list[dict]) -> str:
+    """docs/models.md's tables (``python -m jconv_experiments.networks --table FILE``): per model,
+    dtype and pass the median ms of each candidate, how many times faster jconv runs than each
+    (time of the other / jconv's), jconv's train step over its forward, and whether every
+    candidate matched XLA; then where the time goes (float32 profiles: conv and the rest)."""
+    by = _by(rows)
+    lines = []
+    for model in _models(rows):
+        for dtype, pass_ in _variants(rows, model):
+            g = (model, dtype, pass_)
+            fwd, trn = _t(by.get((model, dtype, "inference", "jconv"))), _t(by.get((model, dtype, "train", "jconv")))
+            step = trn / fwd if pass_ == "train" and fwd and trn else None
+            group = [r for r in rows if (r["model"], r["dtype"], r["pass"]) == g]
+            ok = all(not r.get("error") and r.get("within_tol") for r in group)
+            lines.append([model, dtype, pass_] + [_ms(by.get(g + (c,))) for c in ORDER]
+                         + [_x(ratio(rows, *g, "jconv", c)) for c in ORDER[1:]]
+                         + [_x(step) if pass_ == "train" else "", "yes" if ok else "**no**"])
+    md = [table(["model", "dtype", "pass", "jconv ms", "XLA ms", "PyTorch ms", "torch.compile ms",
+                 "jconv vs XLA", "vs PyTorch", "vs torch.compile", "train / forward", "same outputs"], lines)]
+    prof = []
+    for model in _models(rows):
+        for dtype, pass_ in _variants(rows, model):
+            cells = []
+            for c in ("jconv", "xla", "torch"):
+                b = (by.get((model, dtype, pass_, c)) or {}).get("breakdown_s")
+                total = sum(b.values()) if b else 0.0
+                cells += [fmt_ms(b["conv"]), fmt_ms(total - b["conv"]), f"{100 * b['conv'] / total:.0f}%"] \
+                    if total else ["-", "-", "-"]
+            if any(c != "-" for c in cells):
+                prof.append([model, dtype, pass_] + cells)
+    if prof:
+        md += ["", table(["model", "dtype", "pass"] + [f"{n} {k}" for n in ("jconv", "XLA", "PyTorch")
+                                                     for k in ("conv ms", "rest ms", "conv %")], prof)]
+    return "\n".join(md)
+
+
 def markdown(rows: list[dict], env: dict | None = None, plots: tuple[str, ...] = PLOTS) -> str:
     md = ["# Whole networks: jconv, XLA and PyTorch", ""]
     for section in (section_header(env or {}), section_verdict(rows), section_models(rows),
@@ -211,4 +257,4 @@ def plot_all(rows: list[dict], workdir: str) -> None:
     plot_models(rows, os.path.join(workdir, "models.png"))
 
 
-__all__ = ["markdown", "plot_all", "PLOTS", "ratio", "geomean"]
+__all__ = ["markdown", "plot_all", "PLOTS", "ratio", "geomean", "docs_table"]

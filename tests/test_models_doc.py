@@ -1,0 +1,54 @@
+"""docs/models.md: its tables are what ``python -m jconv_experiments.networks --table`` prints
+from the committed run (docs/perf/models_cpu.jsonl + .env.json), and that command is beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jconv_experiments import networks
+from jconv_experiments.report.networks import docs_table
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = REPO / "docs" / "perf" / "models_cpu.jsonl"
+ENV = REPO / "docs" / "perf" / "models_cpu.env.json"
+DOC = REPO / "docs" / "models.md"
+CATS = {"conv": 0.05, "norm": 0.01, "dense": 0.0, "other layers": 0.01, "loss+optimizer": 0.0, "unattributed": 0.0}
+
+
+def _row(pass_, cand, t, **kw):
+    return dict({"model": "resnet50", "dtype": "float32", "pass": pass_, "candidate": cand, "time_median_s": t,
+                 "within_tol": True}, **kw)
+
+
+def test_docs_table_ratios_come_from_the_times():
+    rows = [_row("inference", "jconv", 0.1, breakdown_s=CATS), _row("inference", "xla", 0.2),
+            _row("inference", "torch", 0.15), _row("inference", "torch_compile", 0.05),
+            _row("train", "jconv", 0.3), _row("train", "xla", 0.45), _row("train", "torch", 0.6, within_tol=False)]
+    md = docs_table(rows)
+    assert "| resnet50 | float32 | inference | 100 | 200 | 150 | 50 | 2.00x | 1.50x | 0.50x |  | yes |" in md
+    assert "| resnet50 | float32 | train | 300 | 450 | 600 | - | 1.50x | 2.00x | - | 3.00x | **no** |" in md
+    assert "| resnet50 | float32 | inference | 50 | 20 | 71% | - | - | - | - | - | - |" in md  # conv, rest, share
+
+
+def test_docs_models_tables_are_generated_from_the_committed_run():
+    if not ROWS.exists():
+        pytest.fail(f"{ROWS} is missing: docs/models.md's tables come from it")
+    rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+    assert rows and all(set(networks.KEY) <= set(r) for r in rows)
+    doc = DOC.read_text()
+    assert docs_table(rows) in doc, "docs/models.md differs: python -m jconv_experiments.networks --table " \
+                                    "docs/perf/models_cpu.jsonl prints its tables"
+    assert "python -m jconv_experiments.networks --table docs/perf/models_cpu.jsonl" in doc
+    env = json.loads(ENV.read_text())
+    assert env["lscpu"] and env["config"]["experiment"] == "networks" and env.get("load_average_start")
+    assert env["cpu_model"] in doc
+    assert "(img/models_cpu.png)" in doc and (REPO / "docs" / "img" / "models_cpu.png").stat().st_size > 10_000
+
+
+def test_docs_are_linked():
+    assert "docs/models.md" in (REPO / "README.md").read_text()
+    assert "models.md" in (REPO / "docs" / "experiments.md").read_text()
+    assert "docs/models.md" in (REPO / "configs" / "models.py").read_text()
