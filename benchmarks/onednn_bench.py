@@ -8,7 +8,7 @@ Usage (after `pip install ./plugins/onednn`; PyTorch optional):
 
 --int8: quantized inference, the forward int8 x int8 -> int32 convolution (lax with
 preferred_element_type=int32) through XLA and through the plugin (also uint8 x int8, and both in
-float32 for scale) on the dense layers of jconv's default suite (jconv.suite; groups 1, NHWC, no
+float32 for scale) on the dense layers of jconv's default suite (jconv_experiments.suite; groups 1, NHWC, no
 input dilation) at the experiments' batch (configs/default.py: 8, lowered so one forward is at
 most 1 GFLOP). Each result must equal XLA's exactly before it is timed. Writes a JSONL file: an
 env record (lscpu, versions, threads), then one record per layer.
