@@ -2,6 +2,7 @@
 
     JAX_PLATFORMS=cpu python benchmarks/models_reference64.py            # ResNet-50, MobileNetV2
     python benchmarks/models_reference64.py --small --out /tmp/r64.jsonl  # the zoo's small models
+    python benchmarks/models_reference64.py --table docs/perf/models_reference64.jsonl  # docs/models.md's table
 
 The models experiment (configs/models.py) found the ResNet-50 and MobileNetV2 float32 train
 steps' gradients of jconv and PyTorch equally far (~1e-2) from XLA's. This measures which is
@@ -37,6 +38,8 @@ from jconv_experiments.bench import env_info
 from jconv_experiments.zoo import steps
 
 CANDIDATES = ("xla", "jconv", "jconv_xla", "torch")
+TITLES = {"xla": "XLA (flax.linen.Conv)", "jconv": "jconv (impl auto)", "jconv_xla": "jconv, impl `xla`",
+          "torch": "PyTorch eager"}
 
 
 def build(setup, name: str, config):
@@ -83,6 +86,21 @@ def measure_model(config, model: str, names) -> list[dict]:
     return rows
 
 
+def table(rows: list[dict]) -> str:
+    """docs/models.md's table: per model, each candidate's worst gradient leaf against float64
+    (scaled error) and that over XLA's."""
+    from jconv_experiments.report.common import table as md_table
+
+    by = {(r["model"], r["candidate"]): r for r in rows}
+    cands = list(dict.fromkeys(r["candidate"] for r in rows))
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        errs = [by[(model, c)]["err_grads_vs64"] if (model, c) in by else None for c in cands]
+        xla = by[(model, "xla")]["err_grads_vs64"]
+        lines.append([model] + [f"{e:.2e} ({e / xla:.2f}x)" if e is not None else "-" for e in errs])
+    return md_table(["model"] + [TITLES[c] for c in cands], lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet50,mobilenet_v2")
@@ -90,7 +108,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=0, help="0: configs/models.py's (8)")
     p.add_argument("--small", action="store_true", help="the zoo's small models (a quick check)")
     p.add_argument("--out", default="docs/perf/models_reference64.jsonl")
+    p.add_argument("--table", help="print docs/models.md's table from this jsonl (measures nothing)")
     a = p.parse_args(argv)
+    if a.table:
+        with open(a.table) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+        return
     config = models_config.get_config()
     config.small = a.small
     if a.batch:
