@@ -3,6 +3,7 @@ from the committed run (docs/perf/models_cpu.jsonl + .env.json), and that comman
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS = REPO / "docs" / "perf" / "models_cpu.jsonl"
 ENV = REPO / "docs" / "perf" / "models_cpu.env.json"
 DOC = REPO / "docs" / "models.md"
+REF64 = REPO / "docs" / "perf" / "models_reference64.jsonl"
 CATS = {"conv": 0.05, "norm": 0.01, "dense": 0.0, "other layers": 0.01, "loss+optimizer": 0.0, "unattributed": 0.0}
 
 
@@ -31,6 +33,9 @@ def test_docs_table_ratios_come_from_the_times():
     assert "| resnet50 | float32 | inference | 100 | 200 | 150 | 50 | 2.00x | 1.50x | 0.50x |  | yes |" in md
     assert "| resnet50 | float32 | train | 300 | 450 | 600 | - | 1.50x | 2.00x | - | 3.00x | **no** |" in md
     assert "| resnet50 | float32 | inference | 50 | 20 | 71% | - | - | - | - | - | - |" in md  # conv, rest, share
+    # a train row checked against the float64 step: that verdict, not the comparison with XLA's
+    rows[-1].update(within_tol_vs_xla=False, within_tol_vs64=True)
+    assert "| resnet50 | float32 | train | 300 | 450 | 600 | - | 1.50x | 2.00x | - | 3.00x | yes |" in docs_table(rows)
 
 
 def test_docs_models_tables_are_generated_from_the_committed_run():
@@ -46,6 +51,20 @@ def test_docs_models_tables_are_generated_from_the_committed_run():
     assert env["lscpu"] and env["config"]["experiment"] == "networks" and env.get("load_average_start")
     assert env["cpu_model"] in doc
     assert "(img/models_cpu.png)" in doc and (REPO / "docs" / "img" / "models_cpu.png").stat().st_size > 10_000
+
+
+def test_docs_models_reference64_table_is_generated_from_the_committed_run():
+    """The float64 reference's table is what benchmarks/models_reference64.py --table prints."""
+    spec = importlib.util.spec_from_file_location("models_reference64", REPO / "benchmarks" / "models_reference64.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [json.loads(line) for line in REF64.read_text().splitlines() if line.strip()]
+    assert {r["candidate"] for r in rows} == set(mod.CANDIDATES) and all(r["err_grads_vs64"] > 0 for r in rows)
+    doc = DOC.read_text()
+    assert mod.table(rows) in doc, "docs/models.md differs: python benchmarks/models_reference64.py --table " \
+                                   "docs/perf/models_reference64.jsonl prints its table"
+    assert "benchmarks/models_reference64.py --table\ndocs/perf/models_reference64.jsonl" in doc
+    assert json.loads(REF64.with_suffix(".env.json").read_text())["lscpu"]
 
 
 def test_docs_are_linked():

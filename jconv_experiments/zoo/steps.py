@@ -19,7 +19,7 @@ import optax
 from jconv_experiments.zoo import ModelSpec
 
 __all__ = ["abstract_variables", "random_variables", "make_inputs", "optimizer", "loss_fn", "inference_fn",
-           "train_step_fn", "init_state", "first_step_grads"]
+           "train_step_fn", "init_state", "first_step_grads", "grads_float64"]
 
 ADAM_B1 = 0.9
 
@@ -75,12 +75,13 @@ def optimizer(spec: ModelSpec) -> optax.GradientTransformation:
     raise ValueError(f"zoo.optimizer: optimizer (={kind!r}) must be 'sgd' or 'adamw'")
 
 
-def loss_fn(logits, labels):
-    """Mean softmax cross-entropy (over examples, and pixels for segmentation), in float32.
+def loss_fn(logits, labels, dtype=jnp.float32):
+    """Mean softmax cross-entropy (over examples, and pixels for segmentation), in float32
+    (``dtype``: float64 for :func:`grads_float64`).
 
     Against one-hot targets: the integer-label form gathers, and its gradient scatters, which
     XLA constant-folds for a segmentation map at compile time (seconds per program)."""
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(dtype)
     return jnp.mean(optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1])))
 
 
@@ -95,19 +96,40 @@ def train_step_fn(module, tx):
     def step(state, x, y):
         stats = state["batch_stats"]
 
-        def loss_of(params):
-            variables = {"params": params, **({"batch_stats": stats} if stats else {})}
-            if stats:
-                logits, upd = module.apply(variables, x, train=True, mutable=["batch_stats"])
-                return loss_fn(logits, y), upd["batch_stats"]
-            return loss_fn(module.apply(variables, x, train=True), y), stats
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        (loss, new_stats), grads = jax.value_and_grad(_train_loss(module, stats, x, y), has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "batch_stats": new_stats, "opt_state": opt_state}, loss
 
     return step
+
+
+def _train_loss(module, stats, x, y, dtype=jnp.float32):
+    """``params -> (loss, new batch_stats)``: the forward in training mode and the loss."""
+
+    def loss_of(params):
+        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+        if stats:
+            logits, upd = module.apply(variables, x, train=True, mutable=["batch_stats"])
+            return loss_fn(logits, y, dtype), upd["batch_stats"]
+        return loss_fn(module.apply(variables, x, train=True), y, dtype), stats
+
+    return loss_of
+
+
+def grads_float64(module, variables: dict, x, y) -> tuple[float, dict]:
+    """``(loss, grads)`` of a train step's loss in float64: ``module`` (built with
+    ``dtype="float64"``, e.g. ``zoo.build(name, "xla", dtype="float64")``), the variables and
+    ``x`` cast to float64, the forward, BatchNorm's statistics, the loss and the backward all in
+    float64 (``jax.enable_x64``): the reference a float32 step's gradients are measured against
+    (what :func:`train_step_fn` differentiates, without the optimiser). NumPy float64 leaves."""
+    with jax.enable_x64(True):
+        wide = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), variables)
+        stats = wide.get("batch_stats", {})
+        f = jax.jit(jax.value_and_grad(lambda p, a, b: _train_loss(module, stats, a, b, jnp.float64)(p),
+                                       has_aux=True))
+        (loss, _), grads = f(wide["params"], jnp.asarray(np.asarray(x, np.float64)), jnp.asarray(y))
+        return float(loss), jax.tree.map(lambda g: np.asarray(g, np.float64), jax.device_get(grads))
 
 
 def init_state(variables: dict, tx) -> dict:

@@ -46,8 +46,8 @@ def torch_target(model: nn.Module, collection: str, path: tuple[str, ...]):
     return module, getattr(module, attr)
 
 
-def to_torch_layout(module: nn.Module, leaf: str, a: np.ndarray, shape) -> np.ndarray:
-    """One flax leaf's value in the layout of the twin's tensor (of ``shape``)."""
+def to_torch_layout(module: nn.Module, leaf: str, a: np.ndarray, shape, dtype=np.float32) -> np.ndarray:
+    """One flax leaf's value in the layout of the twin's tensor (of ``shape``), as ``dtype``."""
     if leaf == "kernel":
         if isinstance(module, nn.ConvTranspose2d):
             a = a[::-1, ::-1].transpose(2, 3, 0, 1)
@@ -55,7 +55,7 @@ def to_torch_layout(module: nn.Module, leaf: str, a: np.ndarray, shape) -> np.nd
             a = a.transpose(3, 2, 0, 1)
         elif isinstance(module, nn.Linear):
             a = a.T
-    a = np.ascontiguousarray(a, np.float32)
+    a = np.ascontiguousarray(a, dtype)
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"to_torch_layout: flax leaf {leaf} of shape {a.shape} does not fit {tuple(shape)}")
     return a
@@ -63,7 +63,7 @@ def to_torch_layout(module: nn.Module, leaf: str, a: np.ndarray, shape) -> np.nd
 
 def _leaves(tree: dict, collection: str):
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        yield tuple(str(getattr(k, "key", k)) for k in path), np.asarray(leaf, np.float32)
+        yield tuple(str(getattr(k, "key", k)) for k in path), np.asarray(leaf)
 
 
 def load_flax_variables(model: nn.Module, variables: dict) -> nn.Module:
@@ -83,12 +83,13 @@ def load_flax_variables(model: nn.Module, variables: dict) -> nn.Module:
     return model
 
 
-def torch_grads_vs(model: nn.Module, flax_grads: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(torch .grad, flax gradient in torch layout), ...]`` for every parameter."""
+def torch_grads_vs(model: nn.Module, flax_grads: dict, dtype=np.float32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(torch .grad, flax gradient in torch layout as dtype), ...]`` for every parameter, in
+    the order of ``jax.tree.leaves(flax_grads)``."""
     pairs = []
     for path, a in _leaves(flax_grads, "params"):
         module, t = torch_target(model, "params", path)
-        pairs.append((t.grad.detach().float().numpy(), to_torch_layout(module, path[-1], a, t.shape)))
+        pairs.append((t.grad.detach().float().numpy(), to_torch_layout(module, path[-1], a, t.shape, dtype)))
     return pairs
 
 
