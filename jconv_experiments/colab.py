@@ -177,7 +177,10 @@ def step_tests(workdir: str, repo: str) -> int:
     print("$", " ".join(cmd[1:]), flush=True)
     t0 = time.time()
     with open(os.path.join(workdir, "tests.log"), "w") as log:
-        proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # no compile-only checks in the background (tests/conftest.py, make test's JCONV_AOT_EARLY):
+        # they would start JAX in more processes beside the tests, and only one may hold a TPU
+        env = {k: v for k, v in os.environ.items() if k != "JCONV_AOT_EARLY"}
+        proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         for chunk in iter(lambda: proc.stdout.read1(4096), b""):
             text = chunk.decode("utf-8", "replace")
             sys.stdout.write(text)
