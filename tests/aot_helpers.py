@@ -48,7 +48,8 @@ def start_early(directory: str) -> list[subprocess.Popen]:
         out = os.path.join(directory, platform)
         cmd = (f'"{sys.executable}" "{os.path.join(ROOT, "tests", "aot_checks.py")}" {platform} '
                f'> "{out}.jsonl" 2> "{out}.err"; echo $? > "{out}.rc.tmp" && mv "{out}.rc.tmp" "{out}.rc"')
-        procs.append(subprocess.Popen(["sh", "-c", cmd], env=_env(), cwd=ROOT))
+        # its own process group: pytest's exit stops the shell and the checks under it together
+        procs.append(subprocess.Popen(["sh", "-c", cmd], env=_env(), cwd=ROOT, start_new_session=True))
     os.environ[EARLY_DIR] = directory
     return procs
 

@@ -36,9 +36,14 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    import signal
+
     for proc in _EARLY:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the shell and the aot_checks.py under it (its own session)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 import pytest  # noqa: E402
