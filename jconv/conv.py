@@ -130,9 +130,8 @@ def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str, activation: 
     only when the planned backend does not take the caller's layout (select.operand_layout);
     ``activation`` (``"relu"``) through :func:`jconv.fused.conv_relu`, the bias inside it."""
     espec = select.operand_layout(spec.execute_spec(), impl, algorithm)
-    axis = 1 if espec.layout == "NCHW" else -1
     if spec.is_empty:  # nothing to compute: lax's result, zeros of the output shape (gradients zero)
-        y = add_bias(jnp.zeros(espec.out_shape, spec.out_dtype), b, axis=axis)
+        y = add_bias(jnp.zeros(espec.out_shape, spec.out_dtype), b, axis=espec.channel_axis)
         y = y if activation is None else fused.relu(y)
     elif activation is not None:  # the bias and ReLU as the convolution's epilogue (jconv.fused)
         x, w = _to_exec_layout(x, w, spec, espec.layout)
@@ -140,7 +139,7 @@ def _execute(x, w, b, *, spec: ConvSpec, impl: str, algorithm: str, activation: 
         y = fused.conv_relu(x, w, b, spec=espec, impl=impl, algorithm=algorithm)
     else:
         x, w = _to_exec_layout(x, w, spec, espec.layout)
-        y = add_bias(primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm), b, axis=axis)
+        y = add_bias(primitive.convolve(x, w, spec=espec, impl=impl, algorithm=algorithm), b, axis=espec.channel_axis)
     y = y.astype(spec.out_dtype)
     if spec.layout != espec.layout:
         y = jnp.transpose(y, (0, 3, 1, 2))

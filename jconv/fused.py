@@ -44,10 +44,6 @@ ACTIVATIONS = ("relu",)
 relu_p = Primitive("jconv_conv_bias_relu")
 
 
-def _channel_axis(spec: ExecSpec) -> int:
-    return 1 if spec.layout == "NCHW" else -1
-
-
 def relu(y):
     """``max(0, y)`` in ``y``'s own dtype (``jax.nn.relu`` promotes a boolean ``y``)."""
     return jnp.maximum(y, jnp.zeros((), y.dtype))
@@ -55,7 +51,7 @@ def relu(y):
 
 def _unfused(x, w, b, *, spec, impl, algorithm):
     y = primitive.conv_p.bind(x, w, kind="fwd", spec=spec, impl=impl, algorithm=algorithm)
-    return relu(add_bias(y, b, axis=_channel_axis(spec)))
+    return relu(add_bias(y, b, axis=spec.channel_axis))
 
 
 def _abstract_eval(x, w, b, *, spec, impl, algorithm):
@@ -114,7 +110,7 @@ def _conv_relu_jvp(spec, impl, algorithm, primals, tangents):
     terms = [primitive.conv_p.bind(t, p, **params) for t, p in ((dx, w), (x, dw)) if not _zero(t)]
     dy = functools.reduce(jnp.add, terms) if terms else jnp.zeros(z.shape, z.dtype)
     if not _zero(db):
-        dy = add_bias(dy, db, axis=_channel_axis(spec))
+        dy = add_bias(dy, db, axis=spec.channel_axis)
     return z, jnp.where(z > 0, dy.astype(z.dtype), jnp.zeros((), z.dtype))
 
 

@@ -182,6 +182,11 @@ class ExecSpec(Geometry):
         return (self.batch,) + tuple(size) + (channels,)  # type: ignore[return-value]
 
     @property
+    def channel_axis(self) -> int:
+        """The channel axis of ``x`` and the output in :attr:`layout` (1 for NCHW, else -1)."""
+        return 1 if self.layout == "NCHW" else -1
+
+    @property
     def x_shape(self) -> tuple[int, int, int, int]:
         return self._act(self.in_size, self.in_channels)
 

@@ -100,7 +100,7 @@ def _forward_relu(x, w, b, spec: ExecSpec, target=None):
     """``max(0, conv(x, w) + b)``: the bias and the ReLU as oneDNN's epilogue of the forward
     (one pass over the output); a transposed or integer convolution adds them afterwards."""
     if _transposed(spec) or spec.dtype in _INT_SOURCES:
-        return jnp.maximum(add_bias(_forward(x, w, spec, target), b, axis=1 if spec.layout == "NCHW" else -1), 0)
+        return jnp.maximum(add_bias(_forward(x, w, spec, target), b, axis=spec.channel_axis), 0)
     return jconv_onednn.conv_forward(x.astype(spec.dtype), w.astype(spec.dtype), b.astype(spec.dtype),
                                      activation="relu", **_geometry(spec))
 
