@@ -99,8 +99,16 @@ class BackendConformance(LaxConformance):
     IMPLS: list[str] = []
     #: float64 checks (check_grads) run only for backends that compute float64
     FLOAT64 = True
-    #: tests that run for each forced algorithm in ``make test-all`` only (tests/conftest.py)
-    ALGORITHMS_SLOW = ("test_check_grads_float64", "test_forward_mode_and_higher_order", "test_vmap")
+    #: the tests each forced algorithm (``"lax:taps"``...) runs in ``make test``: values and
+    #: derivatives on the geometries and JAX's main grids, transposed, edge and empty cases; the
+    #: others run for the backend's own choice (``IMPLS[0]``) in ``make test`` and for each forced
+    #: algorithm in ``make test-all`` (tests/conftest.py). Per algorithm, tests/test_algorithms.py
+    #: covers bias and layouts, dtypes (preferred, integer, complex, float16/bfloat16/float64) and
+    #: second order; padding forms, dimension numbers and NumPy inputs are resolved by the parser
+    #: before any algorithm is chosen
+    ALGORITHMS_QUICK = ("test_forward_and_vjp", "test_lax_conv", "test_grad_conv", "test_conv_general_dilated",
+                        "test_grad_conv_general_dilated", "test_conv_transpose", "test_edge_cases",
+                        "test_empty_shapes")
 
     def _runnable(self, impl, geoms, **kw):
         """The first of ``geoms`` ``impl`` can run, with its inputs (skip when none)."""

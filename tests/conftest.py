@@ -60,16 +60,16 @@ def lax_rules():
 
 
 def pytest_generate_tests(metafunc):
-    """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS; a
-    test named in its ``ALGORITHMS_SLOW`` (the long float64 and higher-order checks) runs for the
-    backend's own choice (``IMPLS[0]``) in ``make test`` and for each forced algorithm
-    (``"lax:taps"``...) in ``make test-all`` only."""
+    """A conformance class (tests/conformance.py) runs every test for each impl in its IMPLS: the
+    backend's own choice (``IMPLS[0]``) every test in ``make test``, each forced algorithm
+    (``"lax:taps"``...) the tests named in its ``ALGORITHMS_QUICK`` in ``make test`` and the
+    others in ``make test-all``."""
     import pytest
 
     impls = getattr(metafunc.cls, "IMPLS", None)
     if impls is not None and "impl" in metafunc.fixturenames:
-        slow = metafunc.function.__name__ in getattr(metafunc.cls, "ALGORITHMS_SLOW", ())
-        metafunc.parametrize("impl", [pytest.param(impl, marks=(pytest.mark.slow,) if slow and i else ())
+        quick = metafunc.function.__name__ in getattr(metafunc.cls, "ALGORITHMS_QUICK", ())
+        metafunc.parametrize("impl", [pytest.param(impl, marks=(pytest.mark.slow,) if i and not quick else ())
                                       for i, impl in enumerate(impls)])
 
 

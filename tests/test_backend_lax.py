@@ -8,7 +8,7 @@ class TestConformance(BackendConformance):
     FLOAT64 = True
 
     def share(self, impl: str) -> int:
-        """JAX's grids (tests/conformance_lax.py): the engine's choice runs half of each, every
-        algorithm an eighth (the engine compiles slowly; each algorithm's dtype handling:
-        tests/test_algorithms.py::test_integer_and_complex_kinds)."""
-        return 2 if impl == "lax" else 8
+        """JAX's grids (tests/conformance_lax.py): the engine's choice runs a third of each, every
+        algorithm an eighth (the engine compiles slowly, about 0.6 s per small convolution here;
+        each algorithm's dtype handling: tests/test_algorithms.py::test_integer_and_complex_kinds)."""
+        return 3 if impl == "lax" else 8

@@ -49,7 +49,7 @@ def _linen_loss(module):
     return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
 
 
-@pytest.mark.parametrize("kwargs,kernel_size,shape,features", share(GRID, every=3, keep=(11, 12), args=4), ids=IDS)
+@pytest.mark.parametrize("kwargs,kernel_size,shape,features", share(GRID, every=4, keep=(11, 12), args=4), ids=IDS)
 def test_linen_same_params_outputs_and_gradients(kwargs, kernel_size, shape, features):
     x = _x(shape)
     ref = nn.ConvTranspose(features, kernel_size, **kwargs)
@@ -77,7 +77,7 @@ def _nnx_value_and_grads(model, x):
     return nnx.merge(graphdef, state)(x), jax.grad(loss, argnums=(0, 1))(state, x)
 
 
-@pytest.mark.parametrize("kwargs,kernel_size,shape,features", share(GRID[1:] + GRID[:1], every=3, keep=(10, 11), args=4),
+@pytest.mark.parametrize("kwargs,kernel_size,shape,features", share(GRID[1:] + GRID[:1], every=4, keep=(10, 11), args=4),
                          ids=IDS[1:] + IDS[:1])
 def test_nnx_same_params_outputs_and_gradients(kwargs, kernel_size, shape, features):
     x = _x(shape)
@@ -228,7 +228,12 @@ def _why_not(impl, kernel_size, shape, features, kwargs):
     return None
 
 
-@pytest.mark.parametrize("impl", ALL_IMPLS)
+#: each forced algorithm ("lax:taps"...) in make test-all (make test: each backend's own choice;
+#: every algorithm's transposed path is tests/test_algorithms.py's and the conformance tests')
+IMPL_PARAMS = [pytest.param(i, marks=pytest.mark.slow) if ":" in i else i for i in ALL_IMPLS]
+
+
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_every_impl_runs_the_transposed_path_or_says_why(impl):
     """Each impl string computes flax's values and gradients through both modules, or raises its
     planner's reason (never a silent switch to another implementation)."""

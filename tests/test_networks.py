@@ -55,14 +55,15 @@ def test_small_run_checks_times_profiles_resumes_and_reports(tmp_path):
 
 
 def test_float64_reference_check_on_small_models(tmp_path):
-    """Float32 train steps are judged against the float64 step: on the small models XLA's
-    float32 gradient is close to it, jconv's within max(tol, factor x XLA's)."""
+    """Float32 train steps are judged against the float64 step: on a small model XLA's float32
+    gradient is close to it, jconv's within max(tol, factor x XLA's). (MobileNetV2, whose
+    depthwise layers the run above does not have; its ResNet-50 and U-Net train rows pass the
+    same check.)"""
     wd = str(tmp_path)
-    networks.run(small(models="resnet50,mobilenet_v2", passes="train", candidates="jconv,xla", profile="",
+    networks.run(small(models="mobilenet_v2", passes="train", candidates="jconv,xla", profile="",
                        batch=2, block=1, report=False), wd)
     rows = load_rows(os.path.join(wd, "results.jsonl"), networks.KEY)
-    assert {(r["model"], r["candidate"]) for r in rows} == {(m, c) for m in ("resnet50", "mobilenet_v2")
-                                                           for c in ("jconv", "xla")}
+    assert {(r["model"], r["candidate"]) for r in rows} == {("mobilenet_v2", c) for c in ("jconv", "xla")}
     for r in rows:
         assert r["within_tol"] and r["within_tol_vs64"] and r["within_tol_vs_xla"], r
         assert 0 < r["xla_err_grads_vs64"] < 1e-5, r  # float32 rounding, nothing more, at this size

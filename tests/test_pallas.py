@@ -118,7 +118,8 @@ def test_really_pallas_no_xla_conv():
 
 
 @pytest.mark.parametrize("kw,w_shape", [
-    (dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)), (3, 2, 2, 4)),
+    # (make test: depthwise x2; the conformance tests' higher order covers the dense geometries)
+    pytest.param(dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)), (3, 2, 2, 4), marks=pytest.mark.slow),
     (dict(groups=2, padding="SAME"), (3, 3, 1, 4)),                  # depthwise x2
     pytest.param(dict(groups=2, stride=(1, 2), padding=1), (2, 3, 1, 2), marks=pytest.mark.slow),  # x1, strided
 ], ids=["dense-s2-d", "depthwise-x2", "depthwise-s12"])
@@ -187,7 +188,7 @@ def test_float64_is_refused():
 
 INTERPRET_CASES = [
     # (x shape, w shape, conv kwargs, forward BlockSizes or None)
-    ((1, 7, 6, 3), (3, 2, 3, 8), dict(stride=2, padding="SAME"), None),
+    pytest.param((1, 7, 6, 3), (3, 2, 3, 8), dict(stride=2, padding="SAME"), None, marks=pytest.mark.slow),
     ((1, 6, 6, 4), (3, 3, 1, 8), dict(groups=4, padding=1, stride=(1, 2)), None),
     # two input-channel blocks (the "arbitrary" reduction axis) and two output-channel blocks,
     # taps as shifted windows of the stride's phases (256 channels: no folding)
@@ -465,7 +466,7 @@ def test_tap_grid():
 
 
 @pytest.mark.cpu_only
-@pytest.mark.parametrize("xs,ws,kw", share(TRITON_CASES + TRITON_TAP_LOOP_CASES, every=2, args=3),
+@pytest.mark.parametrize("xs,ws,kw", share(TRITON_CASES + TRITON_TAP_LOOP_CASES, every=3, keep=(8,), args=3),
                          ids=lambda v: str(v).replace(" ", ""))
 def test_triton_kernel_forms_interpreted(xs, ws, kw):
     spec = parse_conv2d(xs, "float32", ws, "float32", precision="highest", **kw).execute_spec()

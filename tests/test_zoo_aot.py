@@ -32,7 +32,7 @@ for model in ("resnet50", "unet"):
 """
 
 
-@pytest.mark.parametrize("target,platform", [("v5e", "tpu"), ("l4", "cuda")])
+@pytest.mark.parametrize("target,platform", [("v5e", "tpu"), pytest.param("l4", "cuda", marks=pytest.mark.slow)])
 def test_small_zoo_train_steps_compile(target, platform):
     require_compiler(platform)
     out = subprocess.run([sys.executable, "-c", PROGRAM, target], cwd=ROOT, env=_env(), capture_output=True,
