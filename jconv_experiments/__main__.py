@@ -16,8 +16,6 @@ import importlib.util
 from absl import app, flags
 from ml_collections import config_flags
 
-from jconv_experiments import report
-
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (get_config() -> ConfigDict).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, report and plots.")
@@ -30,6 +28,8 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("experiments: --workdir is required")
     if command == ["report"]:
+        from jconv_experiments import report  # (jax, flax, matplotlib: not for a bad flag's error)
+
         try:
             print(f"report: {report.build_report(_WORKDIR.value)}")
         except FileNotFoundError as e:
