@@ -65,10 +65,11 @@ run: $(VENV)/.installed-$(ACCEL)
 # workers and the experiment runs the tests start compile many of the same programs; the cache
 # also serves the next run). `make test` also compiles XLA:CPU code at LLVM -O0: the same HLO
 # passes, about 40% less compile time; `make test-all` compiles at the default level. And
-# `make test` draws 20 geometries for the Pallas lowering property test, `make test-all` 60.
+# `make test` draws 12 geometries for the Pallas lowering property test (`make test-all` 60) and
+# 10 examples per property of tests/test_properties.py (`make test-all` 20).
 TEST_ENV := JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 JCONV_AOT_EARLY=1 \
             JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax-tests JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
-TEST_QUICK_FLAGS := XLA_FLAGS="$(XLA_FLAGS) --xla_backend_optimization_level=0" JCONV_LOWERING_DRAWS=20
+TEST_QUICK_FLAGS := XLA_FLAGS="$(XLA_FLAGS) --xla_backend_optimization_level=0" JCONV_LOWERING_DRAWS=12 JCONV_PROPERTY_EXAMPLES=10
 TESTS    := tests plugins/onednn/tests
 
 test: $(VENV)/.installed-test

@@ -1,5 +1,7 @@
 """Property tests: random valid specs drawn by hypothesis."""
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +12,8 @@ from jconv.geometry import parse_conv2d
 from jconv.testing import assert_close
 from oracle import conv2d_ref
 
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
+#: examples per property (make test: 10, JCONV_PROPERTY_EXAMPLES; make test-all: 20)
+SETTINGS = settings(max_examples=int(os.environ.get("JCONV_PROPERTY_EXAMPLES", "20")), deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

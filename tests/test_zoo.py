@@ -52,7 +52,12 @@ def _worst(a, b) -> float:
     return max(scaled_error(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("name", MODELS)
+#: make test: ConvNeXt-T and the U-Net; ResNet-50 and MobileNetV2 in make test-all (make test runs
+#: them through jconv's modules against XLA in tests/test_networks.py and tests/test_flax_resnet.py)
+QUICK_MODELS = ("convnext_t", "unet")
+
+
+@pytest.mark.parametrize("name", [m if m in QUICK_MODELS else pytest.param(m, marks=pytest.mark.slow) for m in MODELS])
 def test_jconv_modules_take_flax_variables_and_agree(name):
     spec, variables, x, y = _setup(name)
     jmod, fmod = zoo.build(name, "jconv", small=True), zoo.build(name, "xla", small=True)
