@@ -71,3 +71,18 @@ def test_docs_are_linked():
     assert "docs/models.md" in (REPO / "README.md").read_text()
     assert "models.md" in (REPO / "docs" / "experiments.md").read_text()
     assert "docs/models.md" in (REPO / "configs" / "models.py").read_text()
+
+
+def test_docs_convnext_layers_table_is_generated_from_the_committed_run():
+    """ConvNeXt-T's convolutions one by one: the table is what benchmarks/convnext_layers.py --table prints."""
+    spec = importlib.util.spec_from_file_location("convnext_layers", REPO / "benchmarks" / "convnext_layers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = REPO / "docs" / "perf" / "convnext_layers_cpu.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert [r["layer"] for r in rows] == [layer[0] for layer in mod.LAYERS]
+    doc = DOC.read_text()
+    assert mod.table(str(path)) in doc, "docs/models.md differs: python benchmarks/convnext_layers.py --table " \
+                                        "docs/perf/convnext_layers_cpu.jsonl prints its table"
+    assert "python benchmarks/convnext_layers.py --table docs/perf/convnext_layers_cpu.jsonl" in doc
+    assert json.loads(path.with_suffix(".env.json").read_text())["lscpu"]

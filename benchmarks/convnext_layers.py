@@ -1,0 +1,156 @@
+"""ConvNeXt-T's convolutions one by one (float32, NHWC, batch 8): where the model's conv time goes.
+
+    JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/convnext_layers.py [--out docs/perf/convnext_layers_cpu.jsonl]
+    python benchmarks/convnext_layers.py --table docs/perf/convnext_layers_cpu.jsonl   # docs/models.md's table
+
+Each distinct convolution of ConvNeXt-T (jconv_experiments/zoo/convnext.py at 224x224: the 4x4/4
+stem, the three 2x2/2 downsamplings, the 7x7 depthwise layer of each stage) is timed in one
+process in interleaved rounds (jconv.timing.time_interleaved, blocks of 3 calls, the first of
+each block untimed), with its bias:
+
+* forward: jconv ``auto``, XLA (``impl="xla"``), PyTorch NCHW and channels_last;
+* the depthwise layers' weight gradient (the VJP with respect to the kernel): jconv ``onednn``,
+  XLA, the lax engine, PyTorch channels_last (``aten.convolution_backward``).
+
+Every candidate's result is checked against XLA's before it is timed. One row per layer, with
+how many times the model uses it, and ``<out>.env.json`` (lscpu) beside the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+#: (name, H=W, C_in, C_out, kernel, stride, padding, groups, uses in ConvNeXt-T)
+LAYERS = [
+    ("stem 4x4/4 3->96", 224, 3, 96, 4, 4, 0, 1, 1),
+    ("down 2x2/2 96->192", 56, 96, 192, 2, 2, 0, 1, 1),
+    ("down 2x2/2 192->384", 28, 192, 384, 2, 2, 0, 1, 1),
+    ("down 2x2/2 384->768", 14, 384, 768, 2, 2, 0, 1, 1),
+    ("dw 7x7 56x56x96", 56, 96, 96, 7, 1, 3, 96, 3),
+    ("dw 7x7 28x28x192", 28, 192, 192, 7, 1, 3, 192, 3),
+    ("dw 7x7 14x14x384", 14, 384, 384, 7, 1, 3, 384, 9),
+    ("dw 7x7 7x7x768", 7, 768, 768, 7, 1, 3, 768, 3),
+]
+FWD = ("auto", "xla", "torch_nchw", "torch_cl")
+WGRAD = ("onednn", "xla", "lax", "torch_cl")
+
+
+def _median_ms(ts: dict) -> dict:
+    return {k: round(statistics.median(v) * 1e3, 3) for k, v in ts.items()}
+
+
+def measure(layer, n: int, rounds: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import jconv
+    from jconv.timing import time_interleaved
+
+    name, hw, ci, co, k, s, p, g, uses = layer
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, hw, hw, ci)).astype(np.float32)
+    w = (rng.normal(size=(k, k, ci // g, co)) * 0.1).astype(np.float32)
+    b = rng.normal(size=(co,)).astype(np.float32)
+    conv = dict(stride=s, padding=p, groups=g)
+    xj, wj, bj = map(jnp.asarray, (x, w, b))
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    txl = tx.contiguous(memory_format=torch.channels_last)
+    tw, tb = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(), torch.from_numpy(b)
+
+    def tconv(t):
+        return lambda: torch.nn.functional.conv2d(t, tw, tb, stride=s, padding=p, groups=g)
+
+    fwd = {impl: jax.jit(lambda x_, w_, b_, impl=impl: jconv.conv2d(x_, w_, b_, impl=impl, **conv))
+           for impl in ("auto", "xla")}
+    ref = np.asarray(fwd["xla"](xj, wj, bj))
+    fns = {}
+    for impl, f in fwd.items():
+        np.testing.assert_allclose(np.asarray(f(xj, wj, bj)), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+        fns[impl] = lambda f=f: f(xj, wj, bj).block_until_ready()
+    for key, t in (("torch_nchw", tx), ("torch_cl", txl)):
+        with torch.no_grad():
+            got = tconv(t)().permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+        fns[key] = tconv(t)
+    with torch.no_grad():
+        row = dict(layer=name, uses=uses, n=n, plan=str(jconv.plan_for(xj, wj, bj, **conv).impl),
+                   fwd_ms=_median_ms(time_interleaved(fns, iters=rounds, block=3)))
+    if g == ci == co:  # depthwise: its weight gradient too
+        dy = rng.normal(size=ref.shape).astype(np.float32)
+        dyj = jnp.asarray(dy)
+
+        def wgrad(impl):
+            return jax.jit(lambda w_, dy_: jax.vjp(lambda v: jconv.conv2d(xj, v, impl=impl, **conv), w_)[1](dy_)[0])
+
+        grads = {impl: wgrad(impl) for impl in ("onednn", "xla", "lax")}
+        gref = np.asarray(grads["xla"](wj, dyj))
+        tol = dict(rtol=1e-3, atol=1e-4 * np.abs(gref).max())
+        fns = {}
+        for impl, f in grads.items():
+            np.testing.assert_allclose(np.asarray(f(wj, dyj)), gref, **tol)
+            fns[impl] = lambda f=f: f(wj, dyj).block_until_ready()
+        tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+        def torch_wgrad():
+            return torch.ops.aten.convolution_backward(tdy, txl, tw, None, (s, s), (p, p), (1, 1), False, (0, 0), g,
+                                                       (False, False, True))[1]
+
+        np.testing.assert_allclose(torch_wgrad().permute(2, 3, 1, 0).numpy(), gref, **tol)
+        fns["torch_cl"] = torch_wgrad
+        row["wgrad_ms"] = _median_ms(time_interleaved(fns, iters=rounds, block=3))
+    return row
+
+
+def table(path: str) -> str:
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    out = ["| layer | uses | fwd: jconv auto | XLA | PyTorch NCHW | PyTorch channels_last | "
+           "dw weight grad: jconv (oneDNN) | XLA | lax engine | PyTorch channels_last |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    tot = dict.fromkeys(FWD, 0.0)
+    for r in rows:
+        f, wg = r["fwd_ms"], r.get("wgrad_ms")
+        for k in FWD:
+            tot[k] += r["uses"] * f[k]
+        cells = [f"{f[k]:.2f}" for k in FWD] + ([f"{wg[k]:.1f}" for k in WGRAD] if wg else [""] * len(WGRAD))
+        out.append(f"| {r['layer']} | {r['uses']} | " + " | ".join(cells) + " |")
+    out.append("| **the model's convolutions (uses x ms)** | | " + " | ".join(f"**{tot[k]:.0f}**" for k in FWD)
+               + " | | | | |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/perf/convnext_layers_cpu.jsonl")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and exit")
+    a = ap.parse_args(argv)
+    if a.table:
+        print(table(a.table))
+        return
+    from jconv.files import atomic_write_json
+    from jconv_experiments.bench import env_info
+
+    with open(a.out, "w") as f:  # each row as it is measured
+        for layer in LAYERS:
+            row = measure(layer, a.batch, a.rounds)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            print(json.dumps(row), flush=True)
+    atomic_write_json(a.out.removesuffix(".jsonl") + ".env.json", dict(env_info(), argv=sys.argv[1:]), indent=2)
+    print(table(a.out))
+
+
+if __name__ == "__main__":
+    main()
