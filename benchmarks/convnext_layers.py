@@ -12,7 +12,7 @@ each block untimed), with its bias:
 * the depthwise layers' weight gradient (the VJP with respect to the kernel): jconv ``onednn``,
   XLA, the lax engine, PyTorch channels_last (``aten.convolution_backward``).
 
-Every candidate's result is checked against XLA's before it is timed. One row per layer, with
+Every candidate's result is checked against XLA's (jconv.testing.assert_close) before it is timed. One row per layer, with
 how many times the model uses it, and ``<out>.env.json`` (lscpu) beside the rows.
 """
 
@@ -54,6 +54,7 @@ def measure(layer, n: int, rounds: int) -> dict:
     import torch
 
     import jconv
+    from jconv.testing import assert_close
     from jconv.timing import time_interleaved
 
     name, hw, ci, co, k, s, p, g, uses = layer
@@ -75,12 +76,12 @@ def measure(layer, n: int, rounds: int) -> dict:
     ref = np.asarray(fwd["xla"](xj, wj, bj))
     fns = {}
     for impl, f in fwd.items():
-        np.testing.assert_allclose(np.asarray(f(xj, wj, bj)), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+        assert_close(f(xj, wj, bj), ref, np.float32, what=f"{name} fwd {impl}")
         fns[impl] = lambda f=f: f(xj, wj, bj).block_until_ready()
     for key, t in (("torch_nchw", tx), ("torch_cl", txl)):
         with torch.no_grad():
             got = tconv(t)().permute(0, 2, 3, 1).numpy()
-        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+        assert_close(got, ref, np.float32, what=f"{name} fwd {key}")
         fns[key] = tconv(t)
     with torch.no_grad():
         row = dict(layer=name, uses=uses, n=n, plan=str(jconv.plan_for(xj, wj, bj, **conv).impl),
@@ -94,10 +95,9 @@ def measure(layer, n: int, rounds: int) -> dict:
 
         grads = {impl: wgrad(impl) for impl in ("onednn", "xla", "lax")}
         gref = np.asarray(grads["xla"](wj, dyj))
-        tol = dict(rtol=1e-3, atol=1e-4 * np.abs(gref).max())
         fns = {}
         for impl, f in grads.items():
-            np.testing.assert_allclose(np.asarray(f(wj, dyj)), gref, **tol)
+            assert_close(f(wj, dyj), gref, np.float32, what=f"{name} weight grad {impl}")
             fns[impl] = lambda f=f: f(wj, dyj).block_until_ready()
         tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
@@ -105,7 +105,7 @@ def measure(layer, n: int, rounds: int) -> dict:
             return torch.ops.aten.convolution_backward(tdy, txl, tw, None, (s, s), (p, p), (1, 1), False, (0, 0), g,
                                                        (False, False, True))[1]
 
-        np.testing.assert_allclose(torch_wgrad().permute(2, 3, 1, 0).numpy(), gref, **tol)
+        assert_close(torch_wgrad().permute(2, 3, 1, 0).numpy(), gref, np.float32, what=f"{name} weight grad torch")
         fns["torch_cl"] = torch_wgrad
         row["wgrad_ms"] = _median_ms(time_interleaved(fns, iters=rounds, block=3))
     return row
