@@ -64,13 +64,12 @@ def pytest_generate_tests(metafunc):
     backend's own choice (``IMPLS[0]``) every test in ``make test``, each forced algorithm
     (``"lax:taps"``...) the tests named in its ``ALGORITHMS_QUICK`` in ``make test`` and the
     others in ``make test-all``."""
-    import pytest
-
     impls = getattr(metafunc.cls, "IMPLS", None)
     if impls is not None and "impl" in metafunc.fixturenames:
+        from grids import forced_algorithm, slow_unless
+
         quick = metafunc.function.__name__ in getattr(metafunc.cls, "ALGORITHMS_QUICK", ())
-        metafunc.parametrize("impl", [pytest.param(impl, marks=(pytest.mark.slow,) if i and not quick else ())
-                                      for i, impl in enumerate(impls)])
+        metafunc.parametrize("impl", slow_unless(impls, lambda impl: quick or not forced_algorithm(impl)))
 
 
 #: the device selection: correctness of every impl on the device's own compilers (Pallas compiled

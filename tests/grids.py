@@ -17,6 +17,16 @@ import pytest
 from _pytest.mark.structures import ParameterSet
 
 
+def slow_unless(cases, quick):
+    """``cases`` with those for which ``quick(case)`` is false marked slow (``make test-all``)."""
+    return [case if quick(case) else pytest.param(case, marks=pytest.mark.slow) for case in cases]
+
+
+def forced_algorithm(impl: str) -> bool:
+    """Whether ``impl`` forces one algorithm of a backend (``"lax:taps"``), not its own choice."""
+    return ":" in impl
+
+
 def share(cases, every: int, keep=(), args: int = 1):
     """``cases`` with all but every ``every``-th one (and the indices in ``keep``) marked slow;
     ``args``: how many argument names the parametrization has (a case is their tuple)."""

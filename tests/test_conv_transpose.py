@@ -17,7 +17,7 @@ import jconv.nnx as jn
 from conformance import backend_impls
 from jconv.impls import registry
 from jconv.testing import assert_close
-from grids import share
+from grids import forced_algorithm, share, slow_unless
 
 # (flax ConvTranspose kwargs, kernel_size, input shape (N, H, W, C), features)
 GRID = [
@@ -230,10 +230,7 @@ def _why_not(impl, kernel_size, shape, features, kwargs):
 
 #: each forced algorithm ("lax:taps"...) in make test-all (make test: each backend's own choice;
 #: every algorithm's transposed path is tests/test_algorithms.py's and the conformance tests')
-IMPL_PARAMS = [pytest.param(i, marks=pytest.mark.slow) if ":" in i else i for i in ALL_IMPLS]
-
-
-@pytest.mark.parametrize("impl", IMPL_PARAMS)
+@pytest.mark.parametrize("impl", slow_unless(ALL_IMPLS, lambda impl: not forced_algorithm(impl)))
 def test_every_impl_runs_the_transposed_path_or_says_why(impl):
     """Each impl string computes flax's values and gradients through both modules, or raises its
     planner's reason (never a silent switch to another implementation)."""

@@ -22,6 +22,8 @@ from jconv_experiments import zoo
 from jconv_experiments.bench import profile
 from jconv_experiments.zoo import steps
 
+from grids import slow_unless
+
 MODELS = list(zoo.MODELS)
 BATCH = 4
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -57,7 +59,7 @@ def _worst(a, b) -> float:
 QUICK_MODELS = ("convnext_t", "unet")
 
 
-@pytest.mark.parametrize("name", [m if m in QUICK_MODELS else pytest.param(m, marks=pytest.mark.slow) for m in MODELS])
+@pytest.mark.parametrize("name", slow_unless(MODELS, lambda m: m in QUICK_MODELS))
 def test_jconv_modules_take_flax_variables_and_agree(name):
     spec, variables, x, y = _setup(name)
     jmod, fmod = zoo.build(name, "jconv", small=True), zoo.build(name, "xla", small=True)
