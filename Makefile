@@ -63,8 +63,9 @@ run: $(VENV)/.installed-$(ACCEL)
 # multi-process training) and every GPU and TPU target.
 # Both keep one JAX compilation cache (.cache/jax-tests) for all their processes (the two pytest
 # workers and the experiment runs the tests start compile many of the same programs; the cache
-# also serves the next run). `make test` also compiles XLA:CPU code at LLVM -O0: the same HLO
-# passes, about 40% less compile time; `make test-all` compiles at the default level. And
+# also serves the next run; an entry read while another process writes it is a cache miss:
+# pyproject.toml's filterwarnings). `make test` also compiles XLA:CPU code at LLVM -O0: the same
+# HLO passes, about 40% less compile time; `make test-all` compiles at the default level. And
 # `make test` draws 12 geometries for the Pallas lowering property test (`make test-all` 60) and
 # 10 examples per property of tests/test_properties.py (`make test-all` 20).
 TEST_ENV := JAX_PLATFORMS=cpu JCONV_REQUIRE_LIBTPU=1 JCONV_REQUIRE_CUDA=1 JCONV_AOT_EARLY=1 \
