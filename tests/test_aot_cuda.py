@@ -10,7 +10,7 @@ JCONV_REQUIRE_CUDA=1 (set by `make test`)."""
 
 import pytest
 
-from aot_checks import DTYPES, LAX_NCHW, LAYERS, TARGETS, selected_draws
+from aot_checks import DTYPES, LAX_NCHW, SET_LAYERS, TARGETS, selected_draws
 from aot_helpers import require_compiler, run_checks
 
 
@@ -28,7 +28,7 @@ def test_missing_compiler_fails_when_required(monkeypatch):
 
 def test_cuda_compiles_every_kernel_kind():
     results = run_checks("cuda")
-    expected = {(t, n, d) for t in TARGETS["cuda"] for n in LAYERS for d in DTYPES}
+    expected = {(t, n, d) for t in TARGETS["cuda"] for n in SET_LAYERS["cuda"] for d in DTYPES}
     expected |= {(t, f"{n}_{k}", d) for t in TARGETS["cuda"] for n in LAX_NCHW for k in ("fwd", "fwd+bwd")
                  for d in DTYPES}
     expected |= {(t, n, d[3]) for n, d in selected_draws().items() for t in d[4]["cuda"]}
