@@ -13,7 +13,7 @@ changes with the batch (docs/performance.md, the tuner). Only a measurement on t
 shapes settles those.
 
 What is measured: every candidate (each registered backend's ``tune_candidates`` that can run
-the spec on the platform: on the CPU ``"xla"``, each lax algorithm and ``"onednn"`` where its
+the spec on the platform: on the CPU ``"xla"``, each lax algorithm and oneDNN's where its
 plugin is installed; ``"xla"`` and ``"pallas"`` on GPU/TPU) is compiled and called twice; candidates whose
 second call is more than ``prune`` times slower than the best are dropped; the rest are timed together
 by :func:`jconv.timing.time_interleaved` (blocks of calls, medians); the rules' choice stays

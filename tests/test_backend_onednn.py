@@ -22,7 +22,9 @@ from jconv.testing import assert_close
 
 
 class TestConformance(BackendConformance):
-    IMPLS = backend_impls("onednn")
+    #: the backend's choice and ``f32``; ``onednn:onednn`` is what ``"onednn"`` runs but for
+    #: bfloat16 on a CPU without bfloat16 instructions (where it refuses it: test_bfloat16_...)
+    IMPLS = [impl for impl in backend_impls("onednn") if impl != "onednn:onednn"]
     FLOAT64 = False  # oneDNN computes float32 and bfloat16
 
 needs_plugin = pytest.mark.skipif("onednn" not in registry.names(),
@@ -100,16 +102,16 @@ for name in ("mobilenetv2_dw3x3_s1", "resnet50_s2_3x3", "resnet50_s4_3x3", "resn
 
 
 @needs_plugin
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_algorithm_grid(dtype):
+@pytest.mark.parametrize("dtype,impl", [("float32", "onednn"), ("bfloat16", "onednn"), ("bfloat16", "onednn:f32")])
+def test_algorithm_grid(dtype, impl):
     """tests/test_algorithms.py's geometries (every engine path: stride, dilation, groups,
     depthwise x2, asymmetric and negative padding, 1x1, input dilation: dense, grouped with
     kernel dilation, depthwise): forward and VJP against XLA. Input dilation with a window
-    stride, or with padding beyond dilation * (k - 1), is refused (test below)."""
+    stride, or with padding beyond dilation * (k - 1), is refused (test below). bfloat16: the
+    backend's choice (bfloat16 kernels, or ``f32`` on a CPU without bfloat16 instructions) and
+    ``f32``."""
     from test_algorithms import GEOMS, _inputs, _run, _xla
 
-    if dtype == "bfloat16" and not __import__("jconv_onednn").bf16_supported():
-        pytest.skip("no bfloat16 instructions on this CPU")
     ran = []
     for geom in GEOMS:
         x, w = _inputs(geom)
@@ -117,7 +119,7 @@ def test_algorithm_grid(dtype):
             continue
         xa, wa = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
         y_ref, vjp_ref = jax.vjp(functools.partial(_xla, geom), xa.astype(jnp.float32), wa.astype(jnp.float32))
-        y, vjp = jax.vjp(functools.partial(_run, geom, "onednn"), xa, wa)
+        y, vjp = jax.vjp(functools.partial(_run, geom, impl), xa, wa)
         assert y.dtype == jnp.dtype(dtype)
         assert_close(y, y_ref, dtype, precision="highest", what=f"{geom[0]} forward")
         ct = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
@@ -264,3 +266,31 @@ def test_nchw_empty_batch_and_padding_modes():
         assert_close(got, jconv.conv2d(x[:, :, :5], w, impl="xla", precision="highest", **args), np.float32,
                      precision="highest")
         assert jconv.conv2d(x[:0, :, :5], w, impl="onednn", **args).shape == (0,) + got.shape[1:]
+
+
+@needs_plugin
+@pytest.mark.parametrize("native", [False, True], ids=["no_bf16_instructions", "bf16_instructions"])
+def test_bfloat16_runs_in_float32_without_bfloat16_instructions(monkeypatch, native):
+    """impl='onednn' on bfloat16: oneDNN's bfloat16 kernels where the CPU has the instructions,
+    else ``f32``: the float32 primitives on float32 copies (exact), the result rounded once to
+    bfloat16, the same numbers as the float32 convolution of the upcast operands rounded; the
+    forced bfloat16 algorithm on such a CPU is a clear error that names ``f32``."""
+    jo = __import__("jconv_onednn")
+    monkeypatch.setattr(jo, "bf16_supported", lambda: native)
+    spec = CASES["mnist_conv2"].spec(2, "bfloat16")
+    plan = jconv.plan_for(spec, "onednn", platform="cpu")
+    assert plan.algorithm == ("onednn" if native else "f32"), plan
+    if not native:
+        assert "no bfloat16 instructions" in plan.reason
+        with pytest.raises(ValueError, match=r"impl='onednn:onednn' bfloat16 needs a CPU with bfloat16 "
+                                             r"instructions.*'onednn:f32' computes it in float32"):
+            jconv.conv2d(jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16),
+                         impl="onednn:onednn")
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)), jnp.bfloat16)
+        w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.bfloat16)
+        f = functools.partial(jconv.conv2d, padding=1, stride=(2, 1), groups=2)
+        y = jax.jit(functools.partial(f, impl="onednn"))(x, w)
+        want = f(x.astype(jnp.float32), w.astype(jnp.float32), impl="onednn").astype(jnp.bfloat16)
+        assert y.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(want, np.float32))

@@ -6,7 +6,8 @@ Forward, input gradient and weight gradient are oneDNN primitives (the plugin's
 an NCHW caller's NCHW / OIHW arrays as they are (``ExecSpec.layout``; no transposes in XLA); the convolution
 primitive (:mod:`jconv.primitive`) makes every transformation out of them; input dilation
 (transposed convolution) runs as the same three calls of another convolution (:func:`_transposed`).
-Float32 and bfloat16 (bfloat16 where the CPU has bfloat16 instructions), and the forward
+Float32 and bfloat16 (bfloat16 kernels where the CPU has bfloat16 instructions; elsewhere the
+algorithm ``f32`` computes bfloat16 in float32 and rounds the result once), and the forward
 int8/uint8 x int8 -> int32 convolution of quantized inference (exact; on CPUs with VNNI or AMX);
 what oneDNN does not run here (float16/float64, an output dtype other than the input's, or other
 than int32 for integers, input dilation with a window stride or an integer dtype) is a clear
@@ -26,6 +27,7 @@ unavailable with the reason, and ``impl="onednn"`` says how to install it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import jax.numpy as jnp
@@ -127,6 +129,39 @@ def weight_grad(x, dy, spec: ExecSpec, target=None):
     return _weight_grad_op(x, dy, spec, target).astype(spec.dtype)
 
 
+# ---- "f32": bfloat16 computed in float32, for CPUs without bfloat16 instructions --------------
+
+
+def _as_f32(spec: ExecSpec) -> ExecSpec:
+    return dataclasses.replace(spec, dtype="float32", out_dtype="float32")
+
+
+def forward_f32(x, w, spec: ExecSpec, target=None):
+    """The float32 forward of float32 copies of the operands (exact for bfloat16), rounded once to
+    ``spec.out_dtype``: what a bfloat16 kernel computes (float32 sums), by float32 kernels."""
+    return _forward_op(x, w, _as_f32(spec), target).astype(spec.out_dtype)
+
+
+def forward_relu_f32(x, w, b, spec: ExecSpec, target=None):
+    return _forward_relu_op(x, w, b, _as_f32(spec), target).astype(spec.out_dtype)
+
+
+def input_grad_f32(dy, w, spec: ExecSpec, target=None):
+    return _input_grad_op(dy, w, _as_f32(spec), target).astype(spec.dtype)
+
+
+def weight_grad_f32(x, dy, spec: ExecSpec, target=None):
+    return _weight_grad_op(x, dy, _as_f32(spec), target).astype(spec.dtype)
+
+
+def supports_f32(spec: ExecSpec) -> str | None:
+    """bfloat16 (and float32, which it runs as the ``onednn`` algorithm does) in and out."""
+    if spec.dtype not in ("float32", "bfloat16") or spec.out_dtype != spec.dtype:
+        return (f"impl='onednn:f32' computes float32 or bfloat16 convolutions in float32, returning their "
+                f"dtype, not {spec.dtype} -> {spec.out_dtype}; use impl='lax' or impl='xla'")
+    return supports(_as_f32(spec))
+
+
 def supports(spec: ExecSpec) -> str | None:
     if spec.dtype in _INT_SOURCES:
         return _supports_int8(spec)
@@ -137,7 +172,8 @@ def supports(spec: ExecSpec) -> str | None:
         return (f"impl='onednn' returns its input dtype ({spec.dtype}), not preferred_element_type "
                 f"{spec.out_dtype}; use impl='lax' or impl='xla'")
     if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
-        return "impl='onednn' bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); this one has none"
+        return ("impl='onednn:onednn' bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); this "
+                "one has none (impl='onednn' or 'onednn:f32' computes it in float32)")
     if spec.layout not in LAYOUTS:
         return f"impl='onednn' takes arrays in {' or '.join(LAYOUTS)}, not {spec.layout}"
     return _supports_transposed(spec) if _transposed(spec) else None
@@ -177,30 +213,58 @@ def _supports_int8(spec: ExecSpec) -> str | None:
 
 def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
     """``impl="auto"`` on the CPU (asked first there: :data:`jconv.select.AUTO_ORDER`): oneDNN
-    for every convolution it runs (float32 and bfloat16, transposed ones included, bfloat16 only
-    on a CPU with bfloat16 instructions; the int8/uint8 -> int32 forward on a CPU with VNNI or AMX),
-    except strided bfloat16 depthwise, which it declines.
+    for every convolution it runs (float32 and bfloat16, transposed ones included; the
+    int8/uint8 -> int32 forward on a CPU with VNNI or AMX). bfloat16: oneDNN's bfloat16 kernels on a
+    CPU with bfloat16 instructions, except strided depthwise, which it declines; on a CPU without
+    them, ``f32`` (oneDNN's float32 primitives on float32 copies, faster there than the lax
+    engine's bfloat16 algorithms, the forward and backward of a train step on every suite layer
+    but the smallest).
     Measured on the whole suite against the lax/XLA plans, XLA and PyTorch: docs/performance.md
     (the oneDNN section)."""
-    if platform != "cpu" or supports(spec) is not None:
+    if platform != "cpu":
+        return None
+    kind = ("transposed" if _transposed(spec) else "depthwise" if spec.is_depthwise
+            else "grouped" if spec.groups > 1 else "1x1" if spec.is_pointwise else "dense")
+    if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
+        if supports_f32(spec) is not None:
+            return None
+        return "f32", (f"{kind}, bfloat16 in float32: oneDNN's float32 primitives (plugin installed; this CPU "
+                       f"has no bfloat16 instructions)")
+    if supports(spec) is not None:
         return None
     if spec.is_depthwise and spec.dtype == "bfloat16" and spec.stride != (1, 1):
         return None  # oneDNN 3.2's strided bfloat16 depthwise backward is slower than the lax engine's
-    kind = ("transposed" if _transposed(spec) else "depthwise" if spec.is_depthwise
-            else "grouped" if spec.groups > 1 else "1x1" if spec.is_pointwise else "dense")
     return "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed)"
 
 
 ONEDNN = registry.Algorithm("onednn", forward, input_grad, weight_grad, supports=supports,
                             summary="oneDNN's CPU convolution primitives through XLA's FFI",
                             forward_relu=forward_relu)
+F32 = registry.Algorithm("f32", forward_f32, input_grad_f32, weight_grad_f32, supports=supports_f32,
+                         summary="bfloat16 as float32 copies through oneDNN's float32 primitives, rounded "
+                                 "back (CPUs without bfloat16 instructions)",
+                         forward_relu=forward_relu_f32)
+
+
+def choose(spec: ExecSpec, platform: str) -> tuple[str, str]:
+    """``impl="onednn"``: its primitives in the operands' dtype; bfloat16 on a CPU without
+    bfloat16 instructions in float32 (``f32``)."""
+    if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
+        return "f32", "bfloat16 in float32: this CPU has no bfloat16 instructions"
+    return "onednn", "requested"
+
+
+def tune_candidates(spec: ExecSpec, platform: str) -> list[str]:
+    """What the tuner measures: the algorithm ``impl="onednn"`` picks (:func:`choose`), on the CPU."""
+    return [f"{NAME}:{choose(spec, platform)[0]}"] if platform == "cpu" else []
+
 
 if _MISSING is not None:
     registry.register_unavailable(NAME, _MISSING)
 else:
     BACKEND = registry.register(registry.Backend(
-        name=NAME, algorithms={"onednn": ONEDNN}, choose=lambda spec, platform: ("onednn", "requested"),
-        auto=auto_rule, tune_candidates=lambda spec, platform: ["onednn"] if platform == "cpu" else [],
+        name=NAME, algorithms={"onednn": ONEDNN, "f32": F32}, choose=choose,
+        auto=auto_rule, tune_candidates=tune_candidates,
         platforms=("cpu",), split_batch=True, native=True, layouts=LAYOUTS,
         summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",
     ))
