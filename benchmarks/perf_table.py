@@ -21,11 +21,12 @@ import sys
 
 def load(path):
     rows = {}
-    for line in open(path):
-        line = line.strip()
-        if line:
-            r = json.loads(line)
-            rows[(r["case"], r["pass"], r["dtype"], r["impl"])] = r
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                r = json.loads(line)
+                rows[(r["case"], r["pass"], r["dtype"], r["impl"])] = r
     return rows
 
 
@@ -34,11 +35,14 @@ def _gm(vals):
     return math.exp(statistics.mean(math.log(v) for v in vals)) if vals else float("nan")
 
 
-def build(rows, dtype="float32") -> str:
+def build(rows, dtype="float32", vs=None) -> str:
+    """The table; ``vs``: another impl of the run (e.g. ``lax``), with its ms and auto's speedup
+    over it in two more columns and its geometric mean in the summary."""
     cases = list(dict.fromkeys(k[0] for k in rows))
-    out = ["| layer | batch | pass | XLA ms | PyTorch ms | auto ms | auto runs | vs XLA | vs PyTorch | % GEMM | temp/x |",
-           "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    summary = {"fwd": ([], [], []), "fwd+bwd": ([], [], [])}
+    extra = f" {vs} ms | vs {vs} |" if vs else ""
+    out = ["| layer | batch | pass | XLA ms | PyTorch ms | auto ms | auto runs | vs XLA | vs PyTorch | % GEMM | temp/x |"
+           + extra, "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if vs else "")]
+    summary = {"fwd": ([], [], [], []), "fwd+bwd": ([], [], [], [])}
     for case in cases:
         for p in ("fwd", "fwd+bwd"):
             a, x = rows.get((case, p, dtype, "auto")), rows.get((case, p, dtype, "xla"))
@@ -55,19 +59,34 @@ def build(rows, dtype="float32") -> str:
             frac = f"{100 * a['gflops'] / g['gflops']:.0f}%" if (g and p == "fwd" and not g.get("error")) else ""
             mem = f"{a['temp_bytes'] / a['argument_bytes']:.1f}" if a.get("temp_bytes") is not None and a.get("argument_bytes") else ""
             plan = (a.get("plan") or "").replace("lax:", "") + (" (tuned)" if (a.get("plan_reason") or "").startswith("auto: tuned") else "")
+            cells = ""
+            if vs:
+                o = rows.get((case, p, dtype, vs))
+                om = o["time_median_s"] * 1e3 if o and not o.get("error") else None
+                summary[p][3].append(om / am if om else None)
+                cells = f" {'' if om is None else f'{om:.2f}'} | {'' if om is None else f'{om / am:.2f}x'} |"
             out.append(f"| {case} | {a['batch']} | {p} | {xm:.2f} | {'' if tm is None else f'{tm:.2f}'} | {am:.2f} | "
-                       f"{plan} | {vs_x:.2f}x | {'' if vs_t is None else f'{vs_t:.2f}x'} | {frac} | {mem} |")
+                       f"{plan} | {vs_x:.2f}x | {'' if vs_t is None else f'{vs_t:.2f}x'} | {frac} | {mem} |" + cells)
     out.append("")
-    for p, (vx, vt, pairs) in summary.items():
+    for p, (vx, vt, pairs, vo) in summary.items():
         if not vx:
             continue
         worst = min(pairs)
         below = [f"{c} ({v:.2f}x)" for v, c in sorted(pairs) if v < 0.9]
+        other = (f" auto vs {vs} geometric mean **{_gm(vo):.2f}x**, worst {min(v for v in vo if v):.2f}x."
+                 if vs and any(vo) else "")
         out.append(f"- **{p}**: auto vs XLA geometric mean **{_gm(vx):.2f}x**, worst {worst[0]:.2f}x ({worst[1]}); "
                    f"below 0.9x: {', '.join(below) or 'none'}. auto vs PyTorch geometric mean "
-                   f"**{_gm(vt):.2f}x** over {sum(1 for v in vt if v)} layers.")
+                   f"**{_gm(vt):.2f}x** over {sum(1 for v in vt if v)} layers." + other)
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    print(build(load(sys.argv[1]), *(sys.argv[2:3] or [])))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="docs/performance.md's table of a compare run")
+    ap.add_argument("results")
+    ap.add_argument("dtype", nargs="?", default="float32")
+    ap.add_argument("--vs", help="another impl of the run: its ms and auto's speedup over it")
+    a = ap.parse_args()
+    print(build(load(a.results), a.dtype, a.vs))

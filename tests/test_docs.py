@@ -26,3 +26,20 @@ def test_a_changed_number_in_the_block_fails_the_check(tmp_path, monkeypatch):
     readme.write_text(head + changed + tail)
     monkeypatch.setattr(readme_results, "README", str(readme))
     assert readme_results.main(["--check"]) == 1
+
+
+def test_performance_bfloat16_without_instructions_table_is_generated():
+    """docs/performance.md's table 2b is what benchmarks/perf_table.py prints from the committed
+    run, with that command beside it, and the run recorded a CPU without bfloat16 instructions."""
+    import json
+
+    import perf_table
+
+    path = os.path.join(ROOT, "docs", "perf", "cpu_full_bf16_no_isa.jsonl")
+    with open(os.path.join(ROOT, "docs", "performance.md")) as f:
+        doc = f.read()
+    assert perf_table.build(perf_table.load(path), "bfloat16", "lax") in doc
+    assert "benchmarks/perf_table.py docs/perf/cpu_full_bf16_no_isa.jsonl bfloat16 --vs lax" in doc
+    with open(path.replace(".jsonl", ".env.json")) as f:
+        env = json.load(f)
+    assert env["lscpu"] and "avx512_bf16" not in env["cpu_isa"]
