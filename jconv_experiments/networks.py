@@ -388,12 +388,15 @@ def _main(argv=None) -> None:
     import argparse
 
     from jconv_experiments.bench.store import load_rows
-    from jconv_experiments.report.networks import docs_table
+    from jconv_experiments.report.networks import docs_table, targets_table
 
     p = argparse.ArgumentParser(description="Print docs/models.md's tables from a results.jsonl of this experiment.")
     p.add_argument("--table", required=True, help="a results.jsonl written by run (e.g. docs/perf/models_cpu.jsonl)")
     a = p.parse_args(argv)
-    print(docs_table(load_rows(a.table, KEY)))
+    rows = load_rows(a.table, KEY)
+    print(docs_table(rows))
+    print()
+    print(targets_table(rows))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jconv_experiments import networks
-from jconv_experiments.report.networks import docs_table
+from jconv_experiments.report.networks import docs_table, targets_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = REPO / "docs" / "perf" / "models_cpu.jsonl"
@@ -38,14 +38,32 @@ def test_docs_table_ratios_come_from_the_times():
     assert "| resnet50 | float32 | train | 300 | 450 | 600 | - | 1.50x | 2.00x | - | 3.00x | yes |" in docs_table(rows)
 
 
+def test_targets_table_splits_the_wall_time_as_the_profile_does():
+    """The conv time for a target is the peer's time / the factor less the time outside the
+    convolutions; the profile's categories (here 0.08 s against 0.1 s timed) are scaled to the
+    wall time first."""
+    prof = {"conv": 0.06, "norm": 0.02}  # conv 75% of the profile: 75 of the 100 ms timed
+    rows = [_row("inference", "jconv", 0.1, breakdown_s=prof), _row("inference", "xla", 0.12),
+            _row("inference", "torch", 0.3), _row("train", "jconv", 0.5, breakdown_s={"conv": 0.1, "norm": 0.4}),
+            _row("train", "torch", 0.52), _row("train", "xla", 1.0)]
+    md = targets_table(rows)
+    # vs PyTorch: 3.0x >= 1.5x, met; vs XLA: 1.2x, convs may take 120/1.5 - 25 = 55 ms of their 75: 1.36x faster
+    assert "| resnet50 | float32 | inference | >= 1.5x PyTorch | 3.00x | yes | 75 | 25 | 175 | - |" in md
+    assert "| resnet50 | float32 | inference | >= 1.5x XLA | 1.20x | no | 75 | 25 | 55 | 1.36x |" in md
+    # train: conv 100 of 500 ms, the rest 400 > 520 / 1.3: no conv time reaches it
+    assert "| resnet50 | float32 | train | >= 1.3x PyTorch | 1.04x | no | 100 | 400 | < 0 | **none** |" in md
+    assert "| resnet50 | float32 | 5.00x (over) | 8.33x (over) | 1.73x |" in md  # train / forward per library
+
+
 def test_docs_models_tables_are_generated_from_the_committed_run():
     if not ROWS.exists():
         pytest.fail(f"{ROWS} is missing: docs/models.md's tables come from it")
     rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
     assert rows and all(set(networks.KEY) <= set(r) for r in rows)
     doc = DOC.read_text()
-    assert docs_table(rows) in doc, "docs/models.md differs: python -m jconv_experiments.networks --table " \
-                                    "docs/perf/models_cpu.jsonl prints its tables"
+    for part in (docs_table(rows), targets_table(rows)):
+        assert part in doc, "docs/models.md differs: python -m jconv_experiments.networks --table " \
+                            "docs/perf/models_cpu.jsonl prints its tables"
     assert "python -m jconv_experiments.networks --table docs/perf/models_cpu.jsonl" in doc
     env = json.loads(ENV.read_text())
     assert env["lscpu"] and env["config"]["experiment"] == "networks" and env.get("load_average_start")

@@ -215,6 +215,59 @@ def docs_table(rows: list[dict]) -> str:
     return "\n".join(md)
 
 
+#: Issue 22's speed targets for a model's float32 and bfloat16 rows: (pass, peer, at least this many
+#: times faster than the peer); and a train step at most ``STEP_TARGET`` times its forward.
+SPEED_TARGETS = (("inference", "torch", 1.5), ("inference", "xla", 1.5), ("train", "torch", 1.3))
+STEP_TARGET = 3.2
+_PEER = {"torch": "PyTorch", "xla": "XLA"}
+
+
+def targets_table(rows: list[dict]) -> str:
+    """docs/models.md's targets tables (``python -m jconv_experiments.networks --table FILE``):
+    per model, dtype and pass, each speed target of ``SPEED_TARGETS``: jconv's ratio now; where the
+    row was profiled (float32), its time in the convolutions and outside them (the timed wall time split as the profile's
+    categories split theirs, since XLA's concurrent instructions make them add up to more or less
+    than the wall time); the time the
+    convolutions may take for the target with the rest as it is (the peer's time / the factor -
+    the rest), and how many times faster they would have to run ("none": the rest alone misses the
+    target). Then each library's train step over its own forward, against ``STEP_TARGET``."""
+    by = _by(rows)
+    lines = []
+    for model in _models(rows):
+        for dtype, pass_ in _variants(rows, model):
+            row = by.get((model, dtype, pass_, "jconv"))
+            b, t = (row or {}).get("breakdown_s"), _t(row)
+            if not t:
+                continue
+            profiled = bool(b and sum(b.values()))
+            conv = t * b["conv"] / sum(b.values()) if profiled else None  # the profile's share of the wall time
+            for p, peer, want in SPEED_TARGETS:
+                peer_t = _t(by.get((model, dtype, pass_, peer)))
+                if p != pass_ or not peer_t:
+                    continue
+                now = ratio(rows, model, dtype, pass_, "jconv", peer)
+                met = bool(now and now >= want)
+                cells = ["-"] * 4
+                if profiled:
+                    budget = peer_t / want - (t - conv)
+                    cells = [fmt_ms(conv), fmt_ms(t - conv), fmt_ms(budget) if budget > 0 else "< 0",
+                             "-" if met else ("**none**" if budget <= 0 else _x(conv / budget))]
+                lines.append([model, dtype, pass_, f">= {want}x {_PEER[peer]}", _x(now), "yes" if met else "no"] + cells)
+    md = [table(["model", "dtype", "pass", "target", "jconv now", "met", "jconv convs ms", "jconv rest ms",
+                 "convs may take ms", "convs must run faster by"], lines)]
+    steps = []
+    for model in _models(rows):
+        for dtype in dict.fromkeys(d for d, _ in _variants(rows, model)):
+            cells = []
+            for c in ("jconv", "xla", "torch"):
+                f, t = _t(by.get((model, dtype, "inference", c))), _t(by.get((model, dtype, "train", c)))
+                cells.append(_x(t / f) + ("" if t / f <= STEP_TARGET else " (over)") if f and t else "-")
+            steps.append([model, dtype] + cells)
+    md += ["", table(["model", "dtype", f"train / forward: jconv (target <= {STEP_TARGET}x)", "XLA", "PyTorch"],
+                     steps)]
+    return "\n".join(md)
+
+
 def markdown(rows: list[dict], env: dict | None = None, plots: tuple[str, ...] = PLOTS) -> str:
     md = ["# Whole networks: jconv, XLA and PyTorch", ""]
     for section in (section_header(env or {}), section_verdict(rows), section_models(rows),
