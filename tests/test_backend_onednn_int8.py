@@ -36,9 +36,10 @@ def _spec(name, dtype="int8", out_dtype="int32", **kw):
 
 
 def _onednn():
+    """The backend's ``onednn`` algorithm (its forward, supports)."""
     from jconv.impls import onednn
 
-    return onednn
+    return onednn.ONEDNN
 
 
 @needs_int8
@@ -99,7 +100,7 @@ def test_forward_batch_sharded():
         x = jax.device_put(jnp.asarray(rng.integers(-128, 128, spec.x_shape), jnp.int8),
                            NamedSharding(mesh, P("batch")))
         w = jnp.asarray(rng.integers(-128, 128, spec.kernel_shape), jnp.int8)
-        y = jax.jit(lambda x, w: onednn.forward(x, w, spec))(x, w)
+        y = jax.jit(lambda x, w: onednn.ONEDNN.forward(x, w, spec))(x, w)
         ref = lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.int32)
         assert y.sharding.is_equivalent_to(NamedSharding(mesh, P("batch")), 4), y.sharding

@@ -113,45 +113,29 @@ _input_grad_op = partitioning.batch_op(_input_grad)
 _weight_grad_op = partitioning.batch_sum_op(_weight_grad)
 
 
-def forward(x, w, spec: ExecSpec, target=None):
-    return _forward_op(x, w, spec, target)
-
-
-def forward_relu(x, w, b, spec: ExecSpec, target=None):
-    return _forward_relu_op(x, w, b, spec, target)
-
-
-def input_grad(dy, w, spec: ExecSpec, target=None):
-    return _input_grad_op(dy, w, spec, target)
-
-
-def weight_grad(x, dy, spec: ExecSpec, target=None):
-    return _weight_grad_op(x, dy, spec, target).astype(spec.dtype)
-
-
-# ---- "f32": bfloat16 computed in float32, for CPUs without bfloat16 instructions --------------
-
-
 def _as_f32(spec: ExecSpec) -> ExecSpec:
     return dataclasses.replace(spec, dtype="float32", out_dtype="float32")
 
 
-def forward_f32(x, w, spec: ExecSpec, target=None):
-    """The float32 forward of float32 copies of the operands (exact for bfloat16), rounded once to
-    ``spec.out_dtype``: what a bfloat16 kernel computes (float32 sums), by float32 kernels."""
-    return _forward_op(x, w, _as_f32(spec), target).astype(spec.out_dtype)
+def _entry_points(compute) -> dict:
+    """An algorithm's forward, input gradient, weight gradient and fused forward: oneDNN's
+    primitives on the operands in the dtype of ``compute(spec)``, each result cast to the caller's
+    dtype. ``onednn``: the spec as it is (the casts are no-ops); ``f32``: bfloat16 run as float32
+    copies (exact) by the float32 primitives and rounded once, what a bfloat16 kernel computes
+    (float32 sums) done by float32 kernels, for CPUs without bfloat16 instructions."""
+    def forward(x, w, spec: ExecSpec, target=None):
+        return _forward_op(x, w, compute(spec), target).astype(spec.out_dtype)
 
+    def forward_relu(x, w, b, spec: ExecSpec, target=None):
+        return _forward_relu_op(x, w, b, compute(spec), target).astype(spec.out_dtype)
 
-def forward_relu_f32(x, w, b, spec: ExecSpec, target=None):
-    return _forward_relu_op(x, w, b, _as_f32(spec), target).astype(spec.out_dtype)
+    def input_grad(dy, w, spec: ExecSpec, target=None):
+        return _input_grad_op(dy, w, compute(spec), target).astype(spec.dtype)
 
+    def weight_grad(x, dy, spec: ExecSpec, target=None):
+        return _weight_grad_op(x, dy, compute(spec), target).astype(spec.dtype)
 
-def input_grad_f32(dy, w, spec: ExecSpec, target=None):
-    return _input_grad_op(dy, w, _as_f32(spec), target).astype(spec.dtype)
-
-
-def weight_grad_f32(x, dy, spec: ExecSpec, target=None):
-    return _weight_grad_op(x, dy, _as_f32(spec), target).astype(spec.dtype)
+    return dict(forward=forward, input_grad=input_grad, weight_grad=weight_grad, forward_relu=forward_relu)
 
 
 def supports_f32(spec: ExecSpec) -> str | None:
@@ -211,47 +195,45 @@ def _supports_int8(spec: ExecSpec) -> str | None:
     return None
 
 
-def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
-    """``impl="auto"`` on the CPU (asked first there: :data:`jconv.select.AUTO_ORDER`): oneDNN
-    for every convolution it runs (float32 and bfloat16, transposed ones included; the
-    int8/uint8 -> int32 forward on a CPU with VNNI or AMX). bfloat16: oneDNN's bfloat16 kernels on a
-    CPU with bfloat16 instructions, except strided depthwise, which it declines; on a CPU without
-    them, ``f32`` (oneDNN's float32 primitives on float32 copies, faster there than the lax
-    engine's bfloat16 algorithms, the forward and backward of a train step on every suite layer
-    but the smallest).
-    Measured on the whole suite against the lax/XLA plans, XLA and PyTorch: docs/performance.md
-    (the oneDNN section)."""
-    if platform != "cpu":
-        return None
-    kind = ("transposed" if _transposed(spec) else "depthwise" if spec.is_depthwise
-            else "grouped" if spec.groups > 1 else "1x1" if spec.is_pointwise else "dense")
-    if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
-        if supports_f32(spec) is not None:
-            return None
-        return "f32", (f"{kind}, bfloat16 in float32: oneDNN's float32 primitives (plugin installed; this CPU "
-                       f"has no bfloat16 instructions)")
-    if supports(spec) is not None:
-        return None
-    if spec.is_depthwise and spec.dtype == "bfloat16" and spec.stride != (1, 1):
-        return None  # oneDNN 3.2's strided bfloat16 depthwise backward is slower than the lax engine's
-    return "onednn", f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed)"
-
-
-ONEDNN = registry.Algorithm("onednn", forward, input_grad, weight_grad, supports=supports,
-                            summary="oneDNN's CPU convolution primitives through XLA's FFI",
-                            forward_relu=forward_relu)
-F32 = registry.Algorithm("f32", forward_f32, input_grad_f32, weight_grad_f32, supports=supports_f32,
-                         summary="bfloat16 as float32 copies through oneDNN's float32 primitives, rounded "
-                                 "back (CPUs without bfloat16 instructions)",
-                         forward_relu=forward_relu_f32)
-
-
 def choose(spec: ExecSpec, platform: str) -> tuple[str, str]:
     """``impl="onednn"``: its primitives in the operands' dtype; bfloat16 on a CPU without
     bfloat16 instructions in float32 (``f32``)."""
     if spec.dtype == "bfloat16" and not jconv_onednn.bf16_supported():
         return "f32", "bfloat16 in float32: this CPU has no bfloat16 instructions"
     return "onednn", "requested"
+
+
+def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
+    """``impl="auto"`` on the CPU (asked first there: :data:`jconv.select.AUTO_ORDER`): what
+    ``impl="onednn"`` picks (:func:`choose`) for every convolution it runs (float32 and bfloat16,
+    transposed ones included; the int8/uint8 -> int32 forward on a CPU with VNNI or AMX), except
+    strided depthwise with the bfloat16 kernels, which it declines. On a CPU without bfloat16
+    instructions that pick is ``f32``, faster there than the lax engine's bfloat16 algorithms in a
+    train step's forward and backward on every suite layer but the smallest.
+    Measured on the whole suite against the lax/XLA plans, XLA and PyTorch: docs/performance.md
+    (the oneDNN section, table 2b)."""
+    if platform != "cpu":
+        return None
+    algorithm = choose(spec, platform)[0]
+    if ALGORITHMS[algorithm].supports(spec) is not None:
+        return None
+    if algorithm == "onednn" and spec.is_depthwise and spec.dtype == "bfloat16" and spec.stride != (1, 1):
+        return None  # oneDNN 3.2's strided bfloat16 depthwise backward is slower than the lax engine's
+    kind = ("transposed" if _transposed(spec) else "depthwise" if spec.is_depthwise
+            else "grouped" if spec.groups > 1 else "1x1" if spec.is_pointwise else "dense")
+    if algorithm == "f32":
+        return algorithm, (f"{kind}, bfloat16 in float32: oneDNN's float32 primitives (plugin installed; this "
+                           f"CPU has no bfloat16 instructions)")
+    return algorithm, f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed)"
+
+
+ONEDNN = registry.Algorithm("onednn", supports=supports, summary="oneDNN's CPU convolution primitives through XLA's FFI",
+                            **_entry_points(lambda spec: spec))
+F32 = registry.Algorithm("f32", supports=supports_f32,
+                         summary="bfloat16 as float32 copies through oneDNN's float32 primitives, rounded "
+                                 "back (CPUs without bfloat16 instructions)",
+                         **_entry_points(_as_f32))
+ALGORITHMS = {a.name: a for a in (ONEDNN, F32)}
 
 
 def tune_candidates(spec: ExecSpec, platform: str) -> list[str]:
@@ -263,7 +245,7 @@ if _MISSING is not None:
     registry.register_unavailable(NAME, _MISSING)
 else:
     BACKEND = registry.register(registry.Backend(
-        name=NAME, algorithms={"onednn": ONEDNN, "f32": F32}, choose=choose,
+        name=NAME, algorithms=ALGORITHMS, choose=choose,
         auto=auto_rule, tune_candidates=tune_candidates,
         platforms=("cpu",), split_batch=True, native=True, layouts=LAYOUTS,
         summary="oneDNN's CPU convolutions through XLA's FFI (plugin jconv-onednn)",
