@@ -227,7 +227,8 @@ def auto_rule(spec: ExecSpec, platform: str) -> tuple[str, str] | None:
     return algorithm, f"{kind}, {spec.dtype}: oneDNN's CPU primitives (plugin installed)"
 
 
-ONEDNN = registry.Algorithm("onednn", supports=supports, summary="oneDNN's CPU convolution primitives through XLA's FFI",
+ONEDNN = registry.Algorithm("onednn", supports=supports,
+                            summary="oneDNN's CPU convolution primitives through XLA's FFI",
                             **_entry_points(lambda spec: spec))
 F32 = registry.Algorithm("f32", supports=supports_f32,
                          summary="bfloat16 as float32 copies through oneDNN's float32 primitives, rounded "

@@ -223,14 +223,15 @@ _PEER = {"torch": "PyTorch", "xla": "XLA"}
 
 
 def targets_table(rows: list[dict]) -> str:
-    """docs/models.md's targets tables (``python -m jconv_experiments.networks --table FILE``):
-    per model, dtype and pass, each speed target of ``SPEED_TARGETS``: jconv's ratio now; where the
-    row was profiled (float32), its time in the convolutions and outside them (the timed wall time split as the profile's
-    categories split theirs, since XLA's concurrent instructions make them add up to more or less
-    than the wall time); the time the
-    convolutions may take for the target with the rest as it is (the peer's time / the factor -
-    the rest), and how many times faster they would have to run ("none": the rest alone misses the
-    target). Then each library's train step over its own forward, against ``STEP_TARGET``."""
+    """docs/models.md's targets tables (``python -m jconv_experiments.networks --table FILE``).
+
+    The first: per model, dtype, pass and target of ``SPEED_TARGETS``, jconv's ratio now and,
+    where the row was profiled (float32), the time its convolutions may take for the target with
+    the rest as it is (the peer's time / the factor - the rest) and how many times faster they
+    would have to run ("none": the rest alone misses the target). The wall time is split into
+    convolutions and the rest as the profile's categories split theirs (XLA runs instructions
+    concurrently, so the categories add up to more or less than the wall time). The second: each
+    library's train step over its own forward, against ``STEP_TARGET``."""
     by = _by(rows)
     lines = []
     for model in _models(rows):
@@ -240,7 +241,7 @@ def targets_table(rows: list[dict]) -> str:
             if not t:
                 continue
             profiled = bool(b and sum(b.values()))
-            conv = t * b["conv"] / sum(b.values()) if profiled else None  # the profile's share of the wall time
+            conv = t * b["conv"] / sum(b.values()) if profiled else None  # the profile's share of t
             for p, peer, want in SPEED_TARGETS:
                 peer_t = _t(by.get((model, dtype, pass_, peer)))
                 if p != pass_ or not peer_t:
@@ -252,7 +253,8 @@ def targets_table(rows: list[dict]) -> str:
                     budget = peer_t / want - (t - conv)
                     cells = [fmt_ms(conv), fmt_ms(t - conv), fmt_ms(budget) if budget > 0 else "< 0",
                              "-" if met else ("**none**" if budget <= 0 else _x(conv / budget))]
-                lines.append([model, dtype, pass_, f">= {want}x {_PEER[peer]}", _x(now), "yes" if met else "no"] + cells)
+                lines.append([model, dtype, pass_, f">= {want}x {_PEER[peer]}", _x(now), "yes" if met else "no"]
+                             + cells)
     md = [table(["model", "dtype", "pass", "target", "jconv now", "met", "jconv convs ms", "jconv rest ms",
                  "convs may take ms", "convs must run faster by"], lines)]
     steps = []
