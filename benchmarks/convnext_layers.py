@@ -29,17 +29,35 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-#: (name, H=W, C_in, C_out, kernel, stride, padding, groups, uses in ConvNeXt-T)
-LAYERS = [
-    ("stem 4x4/4 3->96", 224, 3, 96, 4, 4, 0, 1, 1),
-    ("down 2x2/2 96->192", 56, 96, 192, 2, 2, 0, 1, 1),
-    ("down 2x2/2 192->384", 28, 192, 384, 2, 2, 0, 1, 1),
-    ("down 2x2/2 384->768", 14, 384, 768, 2, 2, 0, 1, 1),
-    ("dw 7x7 56x56x96", 56, 96, 96, 7, 1, 3, 96, 3),
-    ("dw 7x7 28x28x192", 28, 192, 192, 7, 1, 3, 192, 3),
-    ("dw 7x7 14x14x384", 14, 384, 384, 7, 1, 3, 384, 9),
-    ("dw 7x7 7x7x768", 7, 768, 768, 7, 1, 3, 768, 3),
-]
+def layers() -> list[tuple]:
+    """ConvNeXt-T's distinct convolutions, read from the model the experiment runs
+    (``jconv_experiments.zoo``, traced at 224x224, nothing compiled): (name, H=W, C_in, C_out,
+    kernel, stride, padding, groups, uses in the model); the stem and downsamplings first, then
+    the depthwise layers, each in the model's order."""
+    import collections
+
+    import jax
+    import jax.numpy as jnp
+
+    from jconv import primitive
+    from jconv_experiments import zoo
+
+    model = zoo.build("convnext_t", "jconv")
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda a: model.init(jax.random.key(0), a, train=False), x)
+    jaxpr = jax.make_jaxpr(lambda v, a: model.apply(v, a, train=False))(variables, x)
+    uses = collections.Counter()
+    for eqn in primitive.conv_eqns(jaxpr):
+        s = eqn.params["spec"]
+        uses[(s.x_shape[1], s.x_shape[3], s.w_shape[3], s.w_shape[0], s.stride[0], s.padding[0][0], s.groups)] += 1
+    out = []
+    for (hw, ci, co, k, st, p, g), n in uses.items():
+        name = (f"dw {k}x{k} {hw}x{hw}x{ci}" if g == ci else
+                f"{'down' if out else 'stem'} {k}x{k}/{st} {ci}->{co}")
+        out.append((name, hw, ci, co, k, st, p, g, n))
+    return sorted(out, key=lambda layer: layer[0].startswith("dw"))  # stable: the model's order within each
+
+
 FWD = ("auto", "xla", "torch_nchw", "torch_cl")
 WGRAD = ("onednn", "xla", "lax", "torch_cl")
 
@@ -143,7 +161,7 @@ def main(argv=None) -> None:
     from jconv_experiments.bench import env_info
 
     with open(a.out, "w") as f:  # each row as it is measured
-        for layer in LAYERS:
+        for layer in layers():
             row = measure(layer, a.batch, a.rounds)
             f.write(json.dumps(row) + "\n")
             f.flush()

@@ -98,7 +98,8 @@ def test_docs_convnext_layers_table_is_generated_from_the_committed_run():
     spec.loader.exec_module(mod)
     path = REPO / "docs" / "perf" / "convnext_layers_cpu.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    assert [r["layer"] for r in rows] == [layer[0] for layer in mod.LAYERS]
+    assert [(r["layer"], r["uses"]) for r in rows] == [(layer[0], layer[-1]) for layer in mod.layers()], \
+        "the committed rows are not ConvNeXt-T's convolutions as jconv_experiments.zoo builds it: measure again"
     doc = DOC.read_text()
     assert mod.table(str(path)) in doc, "docs/models.md differs: python benchmarks/convnext_layers.py --table " \
                                         "docs/perf/convnext_layers_cpu.jsonl prints its table"
